@@ -1,0 +1,2 @@
+// migstream/node: adapters that need Node (files, streams, TCP).
+export {};

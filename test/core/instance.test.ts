@@ -1,0 +1,63 @@
+import { describe, expect, it } from "vitest";
+import { allocate, CoreBuffer } from "../../src/core/buffer.js";
+import { MigrationError } from "../../src/core/errors.js";
+import { core, coreModule } from "../../src/core/instance.js";
+
+describe("core instance", () => {
+  it("has no imports, so it instantiates anywhere without glue", () => {
+    expect(WebAssembly.Module.imports(coreModule())).toEqual([]);
+  });
+
+  it("instantiates lazily and synchronously, once", () => {
+    expect(core()).toBe(core());
+    expect(core().memory).toBeInstanceOf(WebAssembly.Memory);
+  });
+});
+
+describe("allocator", () => {
+  it("aligns blocks to 64 bytes and never overlaps live blocks", () => {
+    const c = core();
+    const ptrs = [1, 100, 4096, 65536, 3].map((n) => [c.alloc(n), n] as const);
+    for (const [p] of ptrs) expect(p % 64).toBe(0);
+    const sorted = [...ptrs].sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < sorted.length; i++) expect(sorted[i]![0]).toBeGreaterThanOrEqual(sorted[i - 1]![0] + sorted[i - 1]![1]);
+    for (const [p] of ptrs) c.free(p);
+  });
+
+  it("reuses freed space and coalesces neighbours", () => {
+    const c = core();
+    const before = c.allocatedBytes;
+    const a = c.alloc(1000);
+    const b = c.alloc(1000);
+    const d = c.alloc(1000);
+    c.free(a);
+    c.free(b);
+    // a and b coalesced: a 2000-byte request fits where they were.
+    const e = c.alloc(2000);
+    expect(e).toBe(a);
+    c.free(e);
+    c.free(d);
+    c.free(d); // double free is ignored
+    expect(c.allocatedBytes).toBe(before);
+  });
+
+  it("grows memory for large blocks and keeps old data", () => {
+    const small = allocate(16);
+    small.bytes.set([1, 2, 3]);
+    const pagesBefore = core().memory.buffer.byteLength;
+    const big = allocate(8 * 1024 * 1024);
+    expect(core().memory.buffer.byteLength).toBeGreaterThan(pagesBefore);
+    expect(Array.from(small.bytes.subarray(0, 3))).toEqual([1, 2, 3]);
+    expect(big.bytes.every((b) => b === 0)).toBe(true);
+    big.free();
+    small.free();
+  });
+
+  it("rejects use after free and invalid sizes with typed errors", () => {
+    const buf = allocate(8);
+    buf.free();
+    expect(() => buf.bytes).toThrow(MigrationError);
+    expect(() => new CoreBuffer(-1)).toThrow(MigrationError);
+    expect(() => core().alloc(1.5)).toThrow(/invalid allocation size/);
+  });
+});
