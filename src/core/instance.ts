@@ -20,6 +20,14 @@ export interface CoreExports {
   scan_hash(ptr: number, len: number, pageSize: number, hashes: number, bitmap: number): number;
   xbzrle_encode(oldPage: number, newPage: number, len: number, out: number, limit: number): number;
   xbzrle_decode(delta: number, deltaLen: number, page: number, pageLen: number): number;
+  chain_digest(digest: bigint, checksum: bigint): bigint;
+  encode_context_size(): number;
+  encode_window(ctx: number): number;
+  frame_record(ctx: number, tag: number, flags: number, payload: number): number;
+  decode_context_size(): number;
+  region_entry_size(): number;
+  decode_window(ctx: number): number;
+  first_missing(regions: number, count: number): bigint;
 }
 
 const WASM_PAGE = 65536;

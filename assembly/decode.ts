@@ -1,0 +1,302 @@
+// Record parsing for the decoder: takes a window of stream bytes, and for each complete record
+// checks its framing fields against the limits, verifies its checksum, then checks its meaning
+// (sequence, region, bounds, payload shape) and, when applying in memory, applies it to the
+// staging regions. Nothing is applied from a record that did not verify first.
+import {
+  END_PAYLOAD,
+  FLAG_OPTIONAL,
+  RECORD_HEADER,
+  RECORD_TRAILER,
+  ROUND_PAYLOAD,
+  TAG_CONFIG,
+  TAG_DELTA,
+  TAG_END,
+  TAG_PAGES,
+  TAG_ROUND,
+  TAG_ZERO,
+} from "./format";
+import { chainDigest, recordChecksum } from "./checksum";
+import { xbzrle_decode } from "./xbzrle";
+
+// Decoder context layout (mirrored by src/codec/decode-context.ts).
+const D_IN = 0; // u32 window
+const D_INLEN = 4; // u32 bytes in the window
+const D_POS = 8; // u32 parse position in the window (in/out)
+const D_REGIONS = 12; // u32 region table, REGION_ENTRY bytes per region
+const D_NREGIONS = 16; // u16
+const D_ALG = 18; // u8
+const D_SHIFT = 19; // u8 log2(page size)
+const D_MAXPAYLOAD = 20; // u32
+const D_SEQ = 24; // u32 expected sequence number (in/out)
+const D_MODE = 28; // u32 MODE_* bits
+const D_DIGEST = 32; // u64 running digest (in/out)
+const D_STREAMPOS = 40; // u64 stream offset of window byte 0
+const D_ERR_RECORD = 48; // u32 record index of the error
+const D_NEEDED = 52; // u32 size of the incomplete record at pos, once its header is known
+const D_ERR_OFFSET = 56; // u64 stream offset of the error
+const D_CONFIGS = 64; // u32 config records seen
+const D_ROUNDS = 68; // u32 round markers seen
+const D_R_TAG = 72; // u8 last record handed to the caller
+const D_R_FLAGS = 73; // u8
+const D_R_REGION = 74; // u16
+const D_R_LEN = 76; // u32 payload length
+const D_R_PAGES = 80; // u32
+const D_R_PAYLOAD = 84; // u32 payload pointer
+const D_R_OFFSET = 88; // u64
+const D_PAGES_RAW = 96; // u32 counters
+const D_PAGES_ZERO = 100;
+const D_PAGES_DELTA = 104;
+const D_REC_RAW = 108;
+const D_REC_ZERO = 112;
+const D_REC_DELTA = 116;
+const D_REC_SKIPPED = 120;
+
+// Region table entry.
+const R_SIZE = 0; // u64 region size
+const R_STAGING = 8; // u32 staging copy (applying in memory)
+const R_HAVE = 12; // u32 bitmap of pages the target holds
+const R_PAGES = 16; // u32 page count
+const REGION_ENTRY: usize = 32;
+
+const MODE_APPLY: u32 = 1; // apply page records to the staging regions here
+const MODE_ENDED: u32 = 4; // the end-of-stream record was verified
+
+export const DECODE_NEED_MORE: i32 = 0;
+export const DECODE_RECORD: i32 = 1; // a record for the caller is described at D_R_*
+export const DECODE_END: i32 = 2;
+
+// Errors (negative), mapped to messages and codes by src/codec/decode-errors.ts.
+export const ERR_UNKNOWN_TAG: i32 = -1;
+export const ERR_FLAGS: i32 = -2;
+export const ERR_SEQUENCE: i32 = -3;
+export const ERR_REGION: i32 = -4;
+export const ERR_BOUNDS: i32 = -5;
+export const ERR_LENGTH: i32 = -6;
+export const ERR_LIMIT: i32 = -7;
+export const ERR_CHECKSUM: i32 = -8;
+export const ERR_DELTA: i32 = -9;
+export const ERR_NOT_HELD: i32 = -10;
+export const ERR_END_COUNT: i32 = -11;
+export const ERR_END_BYTES: i32 = -12;
+export const ERR_END_DIGEST: i32 = -13;
+export const ERR_DUP_CONFIG: i32 = -14;
+export const ERR_ROUND: i32 = -15;
+export const ERR_TRAILING: i32 = -16;
+export const ERR_FIELDS: i32 = -17;
+
+export function decode_context_size(): u32 {
+  return 128;
+}
+
+export function region_entry_size(): u32 {
+  return <u32>REGION_ENTRY;
+}
+
+@inline
+function fail(ctx: usize, code: i32, pos: usize): i32 {
+  store<u32>(ctx, load<u32>(ctx, D_SEQ), D_ERR_RECORD);
+  store<u64>(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>pos, D_ERR_OFFSET);
+  store<u32>(ctx, <u32>pos, D_POS);
+  return code;
+}
+
+@inline
+function describe(ctx: usize, rec: usize): void {
+  store<u8>(ctx, load<u8>(rec, 0), D_R_TAG);
+  store<u8>(ctx, load<u8>(rec, 1), D_R_FLAGS);
+  store<u16>(ctx, load<u16>(rec, 2), D_R_REGION);
+  store<u32>(ctx, load<u32>(rec, 4), D_R_LEN);
+  store<u32>(ctx, load<u32>(rec, 12), D_R_PAGES);
+  store<u32>(ctx, <u32>(rec + RECORD_HEADER), D_R_PAYLOAD);
+  store<u64>(ctx, load<u64>(rec, 16), D_R_OFFSET);
+}
+
+export function decode_window(ctx: usize): i32 {
+  const input = <usize>load<u32>(ctx, D_IN);
+  const inLen = <usize>load<u32>(ctx, D_INLEN);
+  const regions = <usize>load<u32>(ctx, D_REGIONS);
+  const nRegions = load<u16>(ctx, D_NREGIONS);
+  const alg = load<u8>(ctx, D_ALG);
+  const shift = <u64>load<u8>(ctx, D_SHIFT);
+  const pageSize: u64 = <u64>1 << shift;
+  const maxPayload = <usize>load<u32>(ctx, D_MAXPAYLOAD);
+  const mode = load<u32>(ctx, D_MODE);
+  const apply = (mode & MODE_APPLY) != 0;
+  let pos = <usize>load<u32>(ctx, D_POS);
+
+  while (true) {
+    const avail = inLen - pos;
+    if ((load<u32>(ctx, D_MODE) & MODE_ENDED) != 0) {
+      if (avail != 0) return fail(ctx, ERR_TRAILING, pos);
+      store<u32>(ctx, <u32>pos, D_POS);
+      return DECODE_NEED_MORE;
+    }
+    if (avail < RECORD_HEADER) {
+      store<u32>(ctx, 0, D_NEEDED);
+      store<u32>(ctx, <u32>pos, D_POS);
+      return DECODE_NEED_MORE;
+    }
+    const rec = input + pos;
+    const tag = load<u8>(rec, 0);
+    const flags = load<u8>(rec, 1);
+    const payloadLen = <usize>load<u32>(rec, 4);
+    // Framing first: nothing is buffered or trusted past these two checks.
+    if ((flags & ~FLAG_OPTIONAL) != 0) return fail(ctx, ERR_FLAGS, pos);
+    if (payloadLen > maxPayload) return fail(ctx, ERR_LIMIT, pos);
+    const size = RECORD_HEADER + payloadLen + RECORD_TRAILER;
+    if (avail < size) {
+      store<u32>(ctx, <u32>size, D_NEEDED);
+      store<u32>(ctx, <u32>pos, D_POS);
+      return DECODE_NEED_MORE;
+    }
+    const checksum = load<u64>(rec + RECORD_HEADER + payloadLen);
+    if (recordChecksum(alg, rec, RECORD_HEADER + payloadLen) != checksum) return fail(ctx, ERR_CHECKSUM, pos);
+
+    // Verified: now its meaning.
+    const seq = load<u32>(ctx, D_SEQ);
+    if (load<u32>(rec, 8) != seq) return fail(ctx, ERR_SEQUENCE, pos);
+    const regionIndex = load<u16>(rec, 2);
+    const pages = load<u32>(rec, 12);
+    const offset = load<u64>(rec, 16);
+    const payload = rec + RECORD_HEADER;
+    let result = -100;
+
+    if (tag == TAG_PAGES || tag == TAG_ZERO || tag == TAG_DELTA) {
+      if (flags != 0) return fail(ctx, ERR_FLAGS, pos);
+      if (regionIndex >= nRegions) return fail(ctx, ERR_REGION, pos);
+      const entry = regions + <usize>regionIndex * REGION_ENTRY;
+      const regionSize = load<u64>(entry, R_SIZE);
+      const regionPages = load<u32>(entry, R_PAGES);
+      const have = <usize>load<u32>(entry, R_HAVE);
+      if (pages == 0) return fail(ctx, ERR_FIELDS, pos);
+      if ((offset & (pageSize - 1)) != 0) return fail(ctx, ERR_BOUNDS, pos);
+      const first = offset >> shift;
+      if (first >= <u64>regionPages || <u64>pages > <u64>regionPages - first) return fail(ctx, ERR_BOUNDS, pos);
+      const covered = min(<u64>pages << shift, regionSize - offset);
+      const firstPage = <u32>first;
+
+      if (tag == TAG_PAGES) {
+        if (<u64>payloadLen != covered) return fail(ctx, ERR_LENGTH, pos);
+      } else if (tag == TAG_ZERO) {
+        if (payloadLen != 0) return fail(ctx, ERR_LENGTH, pos);
+      } else {
+        // Each page: u32 length, then that many XBZRLE bytes, exactly filling the payload; and
+        // a delta needs an older version of its page on the target.
+        let q: usize = 0;
+        for (let i: u32 = 0; i < pages; i++) {
+          if (payloadLen - q < 4) return fail(ctx, ERR_LENGTH, pos);
+          const dlen = <usize>load<u32>(payload + q);
+          if (dlen > payloadLen - q - 4) return fail(ctx, ERR_LENGTH, pos);
+          q += 4 + dlen;
+          const page = firstPage + i;
+          if ((load<u8>(have + (page >> 3)) & (<u8>1 << <u8>(page & 7))) == 0) return fail(ctx, ERR_NOT_HELD, pos);
+        }
+        if (q != payloadLen) return fail(ctx, ERR_LENGTH, pos);
+      }
+
+      if (apply) {
+        const staging = <usize>load<u32>(entry, R_STAGING) + <usize>offset;
+        if (tag == TAG_PAGES) {
+          memory.copy(staging, payload, payloadLen);
+        } else if (tag == TAG_ZERO) {
+          memory.fill(staging, 0, <usize>covered);
+        } else {
+          let q: usize = 0;
+          for (let i: u32 = 0; i < pages; i++) {
+            const dlen = <usize>load<u32>(payload + q);
+            const pageOff = <usize>i << <usize>shift;
+            const pageLen = min(<usize>pageSize, <usize>covered - pageOff);
+            if (xbzrle_decode(payload + q + 4, dlen, staging + pageOff, pageLen) < 0) return fail(ctx, ERR_DELTA, pos);
+            q += 4 + dlen;
+          }
+        }
+      }
+      markHeld(have, firstPage, pages);
+      if (tag == TAG_PAGES) {
+        store<u32>(ctx, load<u32>(ctx, D_PAGES_RAW) + pages, D_PAGES_RAW);
+        store<u32>(ctx, load<u32>(ctx, D_REC_RAW) + 1, D_REC_RAW);
+      } else if (tag == TAG_ZERO) {
+        store<u32>(ctx, load<u32>(ctx, D_PAGES_ZERO) + pages, D_PAGES_ZERO);
+        store<u32>(ctx, load<u32>(ctx, D_REC_ZERO) + 1, D_REC_ZERO);
+      } else {
+        store<u32>(ctx, load<u32>(ctx, D_PAGES_DELTA) + pages, D_PAGES_DELTA);
+        store<u32>(ctx, load<u32>(ctx, D_REC_DELTA) + 1, D_REC_DELTA);
+      }
+      if (!apply) result = DECODE_RECORD;
+    } else if (tag == TAG_CONFIG || tag == TAG_ROUND || tag == TAG_END) {
+      if (flags != 0) return fail(ctx, ERR_FLAGS, pos);
+      if (regionIndex != 0 || pages != 0 || offset != 0) return fail(ctx, ERR_FIELDS, pos);
+      if (tag == TAG_CONFIG) {
+        if (load<u32>(ctx, D_CONFIGS) != 0) return fail(ctx, ERR_DUP_CONFIG, pos);
+        store<u32>(ctx, 1, D_CONFIGS);
+        result = DECODE_RECORD;
+      } else if (tag == TAG_ROUND) {
+        if (payloadLen != ROUND_PAYLOAD) return fail(ctx, ERR_LENGTH, pos);
+        const rounds = load<u32>(ctx, D_ROUNDS);
+        if (load<u32>(payload) != rounds || load<u32>(payload, 4) != 0) return fail(ctx, ERR_ROUND, pos);
+        store<u32>(ctx, rounds + 1, D_ROUNDS);
+        result = DECODE_RECORD;
+      } else {
+        if (payloadLen != END_PAYLOAD) return fail(ctx, ERR_LENGTH, pos);
+        if (load<u64>(payload) != <u64>seq) return fail(ctx, ERR_END_COUNT, pos);
+        if (load<u64>(payload, 8) != load<u64>(ctx, D_STREAMPOS) + <u64>pos) return fail(ctx, ERR_END_BYTES, pos);
+        if (load<u64>(payload, 16) != load<u64>(ctx, D_DIGEST)) return fail(ctx, ERR_END_DIGEST, pos);
+        store<u32>(ctx, load<u32>(ctx, D_MODE) | MODE_ENDED, D_MODE);
+        result = DECODE_END;
+      }
+    } else {
+      // A reader may skip an unknown record only if its writer marked it optional.
+      if ((flags & FLAG_OPTIONAL) == 0) return fail(ctx, ERR_UNKNOWN_TAG, pos);
+      store<u32>(ctx, load<u32>(ctx, D_REC_SKIPPED) + 1, D_REC_SKIPPED);
+    }
+
+    if (tag != TAG_END) store<u64>(ctx, chainDigest(load<u64>(ctx, D_DIGEST), checksum), D_DIGEST);
+    store<u32>(ctx, seq + 1, D_SEQ);
+    pos += size;
+    if (result != -100) {
+      describe(ctx, rec);
+      store<u32>(ctx, <u32>pos, D_POS);
+      return result;
+    }
+  }
+  return DECODE_NEED_MORE;
+}
+
+function markHeld(have: usize, first: u32, count: u32): void {
+  let page = first;
+  const end = first + count;
+  // Whole bytes in the middle, single bits at the edges.
+  while (page < end && (page & 7) != 0) {
+    store<u8>(have + (page >> 3), load<u8>(have + (page >> 3)) | (<u8>1 << <u8>(page & 7)));
+    page++;
+  }
+  while (page + 8 <= end) {
+    store<u8>(have + (page >> 3), 0xff);
+    page += 8;
+  }
+  while (page < end) {
+    store<u8>(have + (page >> 3), load<u8>(have + (page >> 3)) | (<u8>1 << <u8>(page & 7)));
+    page++;
+  }
+}
+
+/**
+ * First page (as region << 32 | page) a full stream never delivered, or -1 when every page of
+ * every region is held.
+ */
+export function first_missing(regions: usize, nRegions: u32): i64 {
+  for (let r: u32 = 0; r < nRegions; r++) {
+    const entry = regions + <usize>r * REGION_ENTRY;
+    const have = <usize>load<u32>(entry, R_HAVE);
+    const pages = load<u32>(entry, R_PAGES);
+    const full = pages >> 3;
+    for (let b: u32 = 0; b < full; b++) {
+      const byte = load<u8>(have + b);
+      if (byte != 0xff) return (<i64>r << 32) | <i64>((b << 3) + ctz<u32>(~(<u32>byte)));
+    }
+    for (let page = full << 3; page < pages; page++) {
+      if ((load<u8>(have + (page >> 3)) & (<u8>1 << <u8>(page & 7))) == 0) return (<i64>r << 32) | <i64>page;
+    }
+  }
+  return -1;
+}

@@ -1,0 +1,215 @@
+// Record framing for the encoder: walks the pages of one window of a region, classifies each
+// (skipped as clean, zero, XBZRLE delta against the receiver's copy, or raw), merges runs of the
+// same kind into records, and writes them (header, payload, checksum) into the output buffer.
+// One call covers a whole window; it returns early only when the output buffer is full.
+import { RECORD_HEADER, RECORD_TRAILER, TAG_DELTA, TAG_PAGES, TAG_ZERO } from "./format";
+import { chainDigest, recordChecksum } from "./checksum";
+import { bytesEqual, bytesZero } from "./mem";
+import { xbzrle_encode } from "./xbzrle";
+
+// Encoder context layout (mirrored by src/codec/encode-context.ts).
+const E_CUR = 0; // u32 window data
+const E_SHADOW = 4; // u32 receiver's copy of the window (0: none)
+const E_BITMAP = 8; // u32 pages to consider, one bit each (0: all)
+const E_LEN = 12; // u32 window length
+const E_PAGE = 16; // u32 page size
+const E_CURSOR = 20; // u32 next page of the window (in/out)
+const E_OUT = 24; // u32 output buffer
+const E_OUTCAP = 28; // u32 output capacity
+const E_OUTLEN = 32; // u32 output bytes used (in/out)
+const E_MAXPAYLOAD = 36; // u32 largest payload a record may carry
+const E_SEQ = 40; // u32 next record sequence number (in/out)
+const E_REGION = 44; // u16 region index
+const E_ALG = 46; // u8 checksum algorithm
+const E_MODE = 47; // u8 MODE_* bits
+const E_OFFSET = 48; // u64 region offset of the window's first byte
+const E_DIGEST = 56; // u64 running stream digest (in/out)
+const E_PAGES_RAW = 64; // u32 counters (in/out, cumulative)
+const E_PAGES_ZERO = 68;
+const E_PAGES_DELTA = 72;
+const E_PAGES_CLEAN = 76;
+const E_RECORDS = 80;
+const E_SCRATCH = 84; // u32 room for one trial delta: page size + 64 bytes
+
+const MODE_DELTA: u8 = 1; // try XBZRLE against the shadow
+const MODE_UPDATE_SHADOW: u8 = 2; // after sending a page, the shadow holds what the receiver holds
+const MODE_SKIP_CLEAN: u8 = 4; // pages equal to the shadow are not sent
+
+export const ENCODE_DONE: i32 = 0;
+export const ENCODE_OUTPUT_FULL: i32 = 1;
+
+export function encode_context_size(): u32 {
+  return 96;
+}
+
+export function encode_window(ctx: usize): i32 {
+  const cur = <usize>load<u32>(ctx, E_CUR);
+  const shadow = <usize>load<u32>(ctx, E_SHADOW);
+  const bitmap = <usize>load<u32>(ctx, E_BITMAP);
+  const len = <usize>load<u32>(ctx, E_LEN);
+  const pageSize = <usize>load<u32>(ctx, E_PAGE);
+  const out = <usize>load<u32>(ctx, E_OUT);
+  const outCap = <usize>load<u32>(ctx, E_OUTCAP);
+  const maxPayload = <usize>load<u32>(ctx, E_MAXPAYLOAD);
+  const region = load<u16>(ctx, E_REGION);
+  const alg = load<u8>(ctx, E_ALG);
+  const mode = load<u8>(ctx, E_MODE);
+  const windowOffset = load<u64>(ctx, E_OFFSET);
+  const scratch = <usize>load<u32>(ctx, E_SCRATCH);
+  const tryDelta = shadow != 0 && (mode & MODE_DELTA) != 0;
+  const updateShadow = shadow != 0 && (mode & MODE_UPDATE_SHADOW) != 0;
+  const skipClean = shadow != 0 && (mode & MODE_SKIP_CLEAN) != 0;
+
+  let outLen = <usize>load<u32>(ctx, E_OUTLEN);
+  let seq = load<u32>(ctx, E_SEQ);
+  let digest = load<u64>(ctx, E_DIGEST);
+  let pagesRaw = load<u32>(ctx, E_PAGES_RAW);
+  let pagesZero = load<u32>(ctx, E_PAGES_ZERO);
+  let pagesDelta = load<u32>(ctx, E_PAGES_DELTA);
+  let pagesClean = load<u32>(ctx, E_PAGES_CLEAN);
+  let records = load<u32>(ctx, E_RECORDS);
+
+  const pages = <u32>((len + pageSize - 1) / pageSize);
+  let p = load<u32>(ctx, E_CURSOR);
+  let status = ENCODE_DONE;
+
+  // The record being built: its kind (0: none), where it starts, its payload so far, its pages.
+  let recTag: u8 = 0;
+  let recStart: usize = 0;
+  let recPayload: usize = 0;
+  let recFirst: u32 = 0;
+  let recPages: u32 = 0;
+
+  while (p < pages) {
+    if (bitmap != 0 && (load<u8>(bitmap + (p >> 3)) & (<u8>1 << <u8>(p & 7))) == 0) {
+      p++;
+      continue;
+    }
+    const pageOff = <usize>p * pageSize;
+    const pageLen = min(pageSize, len - pageOff);
+    const src = cur + pageOff;
+    const sh = shadow + pageOff;
+    if (skipClean && bytesEqual(src, sh, pageLen)) {
+      pagesClean++;
+      p++;
+      continue;
+    }
+
+    let tag = TAG_PAGES;
+    let add = pageLen;
+    let deltaLen: i32 = 0;
+    if (bytesZero(src, pageLen)) {
+      tag = TAG_ZERO;
+      add = 0;
+    } else if (tryDelta && pageLen > 5) {
+      // A delta is worth it only when it is smaller than the raw page, length prefix included.
+      deltaLen = xbzrle_encode(sh, src, pageLen, scratch, pageLen - 5);
+      if (deltaLen >= 0) {
+        tag = TAG_DELTA;
+        add = 4 + <usize>deltaLen;
+      }
+    }
+
+    const extends_ =
+      recTag == tag &&
+      recFirst + recPages == p &&
+      recPayload + add <= maxPayload &&
+      recStart + RECORD_HEADER + recPayload + add + RECORD_TRAILER <= out + outCap;
+    if (!extends_) {
+      if (recTag != 0) {
+        const size = closeRecord(recStart, recTag, 0, region, recPayload, seq, recPages, windowOffset + <u64>recFirst * <u64>pageSize, alg);
+        digest = chainDigest(digest, load<u64>(recStart + RECORD_HEADER + recPayload));
+        outLen += size;
+        seq++;
+        records++;
+        recTag = 0;
+      }
+      if (outLen + RECORD_HEADER + add + RECORD_TRAILER > outCap) {
+        status = ENCODE_OUTPUT_FULL;
+        break;
+      }
+      recTag = tag;
+      recStart = out + outLen;
+      recPayload = 0;
+      recFirst = p;
+      recPages = 0;
+    }
+
+    const dest = recStart + RECORD_HEADER + recPayload;
+    if (tag == TAG_PAGES) {
+      memory.copy(dest, src, pageLen);
+      pagesRaw++;
+    } else if (tag == TAG_DELTA) {
+      store<u32>(dest, <u32>deltaLen);
+      memory.copy(dest + 4, scratch, <usize>deltaLen);
+      pagesDelta++;
+    } else {
+      pagesZero++;
+    }
+    if (updateShadow) {
+      if (tag == TAG_ZERO) memory.fill(sh, 0, pageLen);
+      else memory.copy(sh, src, pageLen);
+    }
+    recPayload += add;
+    recPages++;
+    p++;
+  }
+
+  if (recTag != 0) {
+    const size = closeRecord(recStart, recTag, 0, region, recPayload, seq, recPages, windowOffset + <u64>recFirst * <u64>pageSize, alg);
+    digest = chainDigest(digest, load<u64>(recStart + RECORD_HEADER + recPayload));
+    outLen += size;
+    seq++;
+    records++;
+  }
+
+  store<u32>(ctx, p, E_CURSOR);
+  store<u32>(ctx, <u32>outLen, E_OUTLEN);
+  store<u32>(ctx, seq, E_SEQ);
+  store<u64>(ctx, digest, E_DIGEST);
+  store<u32>(ctx, pagesRaw, E_PAGES_RAW);
+  store<u32>(ctx, pagesZero, E_PAGES_ZERO);
+  store<u32>(ctx, pagesDelta, E_PAGES_DELTA);
+  store<u32>(ctx, pagesClean, E_PAGES_CLEAN);
+  store<u32>(ctx, records, E_RECORDS);
+  return status;
+}
+
+/** Writes a record's header and checksum around its payload; returns the record's size. */
+function closeRecord(
+  start: usize,
+  tag: u8,
+  flags: u8,
+  region: u16,
+  payload: usize,
+  seq: u32,
+  pages: u32,
+  offset: u64,
+  alg: u8,
+): usize {
+  store<u8>(start, tag, 0);
+  store<u8>(start, flags, 1);
+  store<u16>(start, region, 2);
+  store<u32>(start, <u32>payload, 4);
+  store<u32>(start, seq, 8);
+  store<u32>(start, pages, 12);
+  store<u64>(start, offset, 16);
+  store<u64>(start + RECORD_HEADER + payload, recordChecksum(alg, start, RECORD_HEADER + payload));
+  return RECORD_HEADER + payload + RECORD_TRAILER;
+}
+
+/**
+ * Appends a record whose payload the caller already placed after the header's room at the end
+ * of the output (config blobs, round and end markers: region, offset and page count are 0).
+ * Returns the record's size and advances the context like encode_window does.
+ */
+export function frame_record(ctx: usize, tag: u8, flags: u8, payload: u32): u32 {
+  const start = <usize>load<u32>(ctx, E_OUT) + <usize>load<u32>(ctx, E_OUTLEN);
+  const seq = load<u32>(ctx, E_SEQ);
+  const size = closeRecord(start, tag, flags, 0, <usize>payload, seq, 0, 0, load<u8>(ctx, E_ALG));
+  store<u64>(ctx, chainDigest(load<u64>(ctx, E_DIGEST), load<u64>(start + RECORD_HEADER + <usize>payload)), E_DIGEST);
+  store<u32>(ctx, seq + 1, E_SEQ);
+  store<u32>(ctx, load<u32>(ctx, E_OUTLEN) + <u32>size, E_OUTLEN);
+  store<u32>(ctx, load<u32>(ctx, E_RECORDS) + 1, E_RECORDS);
+  return <u32>size;
+}

@@ -1,0 +1,418 @@
+// The stream decoder: push-style, any segmentation, O(max record) buffered. Framing, checksum
+// verification and in-memory application run in the Wasm kernel (assembly/decode.ts) over a
+// window of stream bytes; this class feeds the window, handles the header and the records the
+// kernel hands back (config, round markers, end), and decides when the stream is complete.
+import { MigrationError } from "../core/errors.js";
+import { core, guarded, type Core } from "../core/instance.js";
+import { xxh3 } from "../core/xxh3.js";
+import {
+  DEFAULT_LIMITS,
+  HEADER_PREFIX,
+  RECORD_OVERHEAD,
+  TAG_CONFIG,
+  TAG_ROUND,
+} from "../format/constants.js";
+import { parseHeader, parseHeaderPrefix, type RegionSpec, type StreamHeader } from "../format/header.js";
+import { kernelError } from "./decode-errors.js";
+import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_RECORD, DecMode, Region } from "./contexts.js";
+
+export interface DecoderLimits {
+  /** Largest state a stream may declare. Default 1 GiB. */
+  maxStateSize?: number;
+  /** Largest record payload accepted. Default 16 MiB. */
+  maxRecordPayload?: number;
+  /** Largest header accepted. Default 64 KiB. */
+  maxHeaderSize?: number;
+}
+
+export interface DecoderOptions extends DecoderLimits {
+  /** The previous state, for incremental streams (they decode only onto their base). */
+  base?: Uint8Array;
+  /** Device compatibility id the stream must carry (checked when given). */
+  deviceId?: string;
+  /** Region layout the stream must have (checked when given). */
+  regions?: readonly RegionSpec[];
+  /** Refuse a stream without a config record. */
+  requireConfig?: boolean;
+}
+
+/** A verified page record handed to a target that applies records itself (files). */
+export interface DataRecord {
+  tag: number;
+  region: number;
+  offset: number;
+  pages: number;
+  /** View into core memory, valid only during the call. */
+  payload: Uint8Array;
+}
+
+/**
+ * Where decoded pages go. `open` returns one staging pointer per region in core memory for the
+ * kernel to apply into, or undefined to receive each verified page record through `apply`.
+ */
+export interface DecodeTarget {
+  open(header: StreamHeader): number[] | undefined;
+  apply?(record: DataRecord): void;
+  commit(): void;
+  abort(): void;
+}
+
+export interface RoundInfo {
+  round: number;
+  pages: number;
+  bytes: number;
+  dirtyBytes: number;
+}
+
+export interface DecoderSummary {
+  header: StreamHeader | undefined;
+  records: { pages: number; zero: number; delta: number; config: number; round: number; skipped: number; end: number };
+  pages: { raw: number; zero: number; delta: number };
+  rounds: RoundInfo[];
+  /** Stream bytes consumed. */
+  bytes: number;
+  /** Stream bytes per state byte (smaller is better); undefined before the header. */
+  ratio: number | undefined;
+  ended: boolean;
+}
+
+type Phase = "header" | "records" | "done" | "failed";
+
+export class StreamDecoder {
+  readonly #options: DecoderOptions;
+  readonly #limits: Required<DecoderLimits>;
+  readonly #target: DecodeTarget;
+  readonly #core: Core;
+  #phase: Phase = "header";
+  #error: MigrationError | undefined;
+  #headerBytes: Uint8Array = new Uint8Array(HEADER_PREFIX);
+  #headerHave = 0;
+  #header: StreamHeader | undefined;
+  #ctx: ContextView | undefined;
+  #regions = 0;
+  #haves: number[] = [];
+  #win = 0;
+  #winCap = 0;
+  #winLen = 0;
+  /** Stream offset of the window's first byte. */
+  #winStart = 0;
+  #consumed = 0;
+  #config: Uint8Array | undefined;
+  readonly rounds: RoundInfo[] = [];
+  #configs = 0;
+
+  constructor(target: DecodeTarget, options: DecoderOptions = {}) {
+    this.#options = options;
+    this.#limits = {
+      maxStateSize: options.maxStateSize ?? DEFAULT_LIMITS.maxStateSize,
+      maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
+      maxHeaderSize: options.maxHeaderSize ?? DEFAULT_LIMITS.maxHeaderSize,
+    };
+    this.#target = target;
+    this.#core = core();
+  }
+
+  /** The stream header, once read and verified. */
+  get header(): StreamHeader | undefined {
+    return this.#header;
+  }
+
+  /** The device config blob, if the stream carried one. */
+  get config(): Uint8Array | undefined {
+    return this.#config;
+  }
+
+  /** True once the whole stream verified and the target was committed. */
+  get done(): boolean {
+    return this.#phase === "done";
+  }
+
+  /** Feeds stream bytes; `final` ends the stream after them. Throws MigrationError on bad input. */
+  push(chunk: Uint8Array, final = false): void {
+    this.#live();
+    try {
+      let at = 0;
+      if (this.#phase === "header") at = this.#readHeader(chunk);
+      if (at < chunk.length) this.#feed(chunk, at);
+    } catch (error) {
+      this.#fail(error);
+    }
+    if (final) this.end();
+  }
+
+  /** Ends the stream: checks it is complete, then commits the target. */
+  end(): void {
+    this.#live();
+    try {
+      this.#finish();
+    } catch (error) {
+      this.#fail(error);
+    }
+  }
+
+  /** Gives up: the target is left as it was and core memory is released. */
+  abort(): void {
+    if (this.#phase === "done" || this.#phase === "failed") return;
+    this.#fail(new MigrationError("ECANCELED", "decode aborted"), false);
+  }
+
+  summary(): DecoderSummary {
+    const ctx = this.#ctx;
+    const n = (field: number): number => (ctx && this.#regions !== 0 ? ctx.u32(field) : this.#finalCounts?.[field] ?? 0);
+    const header = this.#header;
+    return {
+      header,
+      records: {
+        pages: n(Dec.REC_RAW),
+        zero: n(Dec.REC_ZERO),
+        delta: n(Dec.REC_DELTA),
+        config: this.#configs,
+        round: this.rounds.length,
+        skipped: n(Dec.REC_SKIPPED),
+        end: this.#ended ? 1 : 0,
+      },
+      pages: { raw: n(Dec.PAGES_RAW), zero: n(Dec.PAGES_ZERO), delta: n(Dec.PAGES_DELTA) },
+      rounds: [...this.rounds],
+      bytes: this.#consumed,
+      ratio: header && header.totalSize > 0 ? this.#consumed / header.totalSize : undefined,
+      ended: this.#ended,
+    };
+  }
+
+  #ended = false;
+  #finalCounts: Record<number, number> | undefined;
+
+  #live(): void {
+    if (this.#phase === "failed") throw this.#error!;
+    if (this.#phase === "done") throw new MigrationError("EINVAL", "the decoder has already finished");
+  }
+
+  #readHeader(chunk: Uint8Array): number {
+    let at = 0;
+    while (at < chunk.length && this.#phase === "header") {
+      const want = this.#headerBytes.length - this.#headerHave;
+      const take = Math.min(want, chunk.length - at);
+      this.#headerBytes.set(chunk.subarray(at, at + take), this.#headerHave);
+      this.#headerHave += take;
+      this.#consumed += take;
+      at += take;
+      if (this.#headerHave < this.#headerBytes.length) break;
+      if (this.#headerBytes.length === HEADER_PREFIX) {
+        const length = parseHeaderPrefix(this.#headerBytes, this.#limits.maxHeaderSize);
+        const full = new Uint8Array(length);
+        full.set(this.#headerBytes);
+        this.#headerBytes = full;
+      } else {
+        this.#open(parseHeader(this.#headerBytes, this.#limits));
+      }
+    }
+    return at;
+  }
+
+  #open(header: StreamHeader): void {
+    const options = this.#options;
+    if (options.deviceId !== undefined && options.deviceId !== header.deviceId) {
+      throw new MigrationError("ENODEV", `stream is for device ${JSON.stringify(header.deviceId)}, expected ${JSON.stringify(options.deviceId)}`);
+    }
+    if (options.regions && !sameLayout(options.regions, header.regions)) {
+      throw new MigrationError("ENODEV", `stream region table ${describeLayout(header.regions)} does not match the device's ${describeLayout(options.regions)}`);
+    }
+    if (header.baseDigest !== undefined) {
+      const base = options.base;
+      if (!base) throw new MigrationError("ESTALE", "incremental stream: its base state is needed to decode it");
+      if (base.length !== header.totalSize || xxh3(base) !== header.baseDigest) {
+        throw new MigrationError("ESTALE", "incremental stream was made against another base state");
+      }
+    }
+    const c = this.#core;
+    const staging = this.#target.open(header);
+    const count = header.regions.length;
+    const entry = c.exports.region_entry_size();
+    this.#regions = c.alloc(entry * count);
+    const shift = Math.log2(header.pageSize);
+    const ctx = new ContextView(c.memory, c.alloc(c.exports.decode_context_size()));
+    this.#ctx = ctx;
+    c.u8.fill(0, ctx.ptr, ctx.ptr + c.exports.decode_context_size());
+    header.regions.forEach((region, i) => {
+      const pages = Math.ceil(region.size / header.pageSize);
+      const bitmapBytes = Math.ceil(pages / 8);
+      const have = c.alloc(bitmapBytes);
+      this.#haves.push(have);
+      // An incremental stream's target holds every page already (the base); a full stream must
+      // deliver every page itself.
+      c.u8.fill(header.baseDigest === undefined ? 0 : 0xff, have, have + bitmapBytes);
+      const r = new ContextView(c.memory, this.#regions + i * entry);
+      r.setU64(Region.SIZE, BigInt(region.size));
+      r.setU32(Region.STAGING, staging ? staging[i]! : 0);
+      r.setU32(Region.HAVE, have);
+      r.setU32(Region.PAGES, pages);
+    });
+    ctx.setU32(Dec.REGIONS, this.#regions);
+    ctx.setU16(Dec.NREGIONS, count);
+    ctx.setU8(Dec.ALG, header.checksum === "crc32c" ? 2 : 1);
+    ctx.setU8(Dec.SHIFT, shift);
+    ctx.setU32(Dec.MAXPAYLOAD, header.maxRecordPayload);
+    ctx.setU32(Dec.MODE, staging ? DecMode.APPLY : 0);
+    ctx.setU64(Dec.DIGEST, header.checksumValue);
+    this.#winCap = header.maxRecordPayload + RECORD_OVERHEAD + 64;
+    this.#win = c.alloc(this.#winCap);
+    this.#winStart = header.length;
+    this.#header = header;
+    this.#phase = "records";
+  }
+
+  #feed(chunk: Uint8Array, from: number): void {
+    const c = this.#core;
+    let at = from;
+    if (this.#winLen === 0 && c.owns(chunk)) {
+      // Core-resident stream and nothing pending: parse it in place, keep only the tail.
+      const start = this.#winStart;
+      const used = this.#run(chunk.byteOffset + at, chunk.length - at, start);
+      this.#consumed += chunk.length - at;
+      this.#winStart = start + used;
+      at += used;
+      const rest = chunk.length - at;
+      if (rest > 0) {
+        if (rest > this.#winCap) throw new MigrationError("EBADMSG", "internal: record larger than the window");
+        c.u8.copyWithin(this.#win, chunk.byteOffset + at, chunk.byteOffset + chunk.length);
+        this.#winLen = rest;
+      }
+      return;
+    }
+    while (at < chunk.length) {
+      const take = Math.min(this.#winCap - this.#winLen, chunk.length - at);
+      c.u8.set(chunk.subarray(at, at + take), this.#win + this.#winLen);
+      this.#winLen += take;
+      this.#consumed += take;
+      at += take;
+      const used = this.#run(this.#win, this.#winLen, this.#winStart);
+      if (used > 0) {
+        c.u8.copyWithin(this.#win, this.#win + used, this.#win + this.#winLen);
+        this.#winLen -= used;
+        this.#winStart += used;
+      }
+    }
+  }
+
+  /** Runs the kernel over [ptr, ptr+len) (stream offset `streamPos`); returns bytes consumed. */
+  #run(ptr: number, len: number, streamPos: number): number {
+    const ctx = this.#ctx!;
+    ctx.setU32(Dec.IN, ptr);
+    ctx.setU32(Dec.INLEN, len);
+    ctx.setU32(Dec.POS, 0);
+    ctx.setU64(Dec.STREAMPOS, BigInt(streamPos));
+    return guarded((c) => {
+      for (;;) {
+        const status = c.exports.decode_window(ctx.ptr);
+        if (status === DECODE_NEED_MORE) return ctx.u32(Dec.POS);
+        if (status < 0) {
+          const pos = ctx.u32(Dec.POS);
+          throw kernelError(status, ctx.u32(Dec.ERR_RECORD), Number(ctx.u64(Dec.ERR_OFFSET)), c.u8[ptr + pos]);
+        }
+        if (status === DECODE_END) this.#ended = true;
+        else if (status === DECODE_RECORD) this.#record(c);
+      }
+    });
+  }
+
+  #record(c: Core): void {
+    const ctx = this.#ctx!;
+    const tag = ctx.u8(Dec.R_TAG);
+    const payloadPtr = ctx.u32(Dec.R_PAYLOAD);
+    const length = ctx.u32(Dec.R_LEN);
+    const payload = c.u8.subarray(payloadPtr, payloadPtr + length);
+    if (tag === TAG_CONFIG) {
+      this.#config = payload.slice();
+      this.#configs++;
+    } else if (tag === TAG_ROUND) {
+      const view = new DataView(payload.buffer, payload.byteOffset, length);
+      this.rounds.push({
+        round: view.getUint32(0, true),
+        pages: Number(view.getBigUint64(8, true)),
+        bytes: Number(view.getBigUint64(16, true)),
+        dirtyBytes: Number(view.getBigUint64(24, true)),
+      });
+    } else {
+      this.#target.apply!({
+        tag,
+        region: ctx.u16(Dec.R_REGION),
+        offset: Number(ctx.u64(Dec.R_OFFSET)),
+        pages: ctx.u32(Dec.R_PAGES),
+        payload,
+      });
+    }
+  }
+
+  #finish(): void {
+    if (this.#phase === "header") {
+      throw new MigrationError("ENODATA", `incomplete stream: it ends inside the header, after ${this.#consumed} bytes`, {
+        byteOffset: this.#consumed,
+        recordIndex: 0,
+      });
+    }
+    const ctx = this.#ctx!;
+    const recordIndex = ctx.u32(Dec.SEQ);
+    if (!this.#ended) {
+      const where = this.#winLen > 0 ? `inside record ${recordIndex} (byte ${this.#winStart})` : `after record ${recordIndex - 1}`;
+      throw new MigrationError("ENODATA", `incomplete stream: it ends ${where} without an end-of-stream record`, {
+        recordIndex,
+        byteOffset: this.#consumed,
+      });
+    }
+    const header = this.#header!;
+    if (header.baseDigest === undefined) {
+      const missing = this.#core.exports.first_missing(this.#regions, header.regions.length);
+      if (missing >= 0n) {
+        const region = header.regions[Number(missing >> 32n)]!;
+        const page = Number(missing & 0xffff_ffffn);
+        throw new MigrationError("EBADMSG", `stream ended without page ${page} of region ${JSON.stringify(region.name)}`, {
+          recordIndex,
+          byteOffset: this.#consumed,
+        });
+      }
+    }
+    if (this.#options.requireConfig && this.#config === undefined) {
+      throw new MigrationError("EBADMSG", "stream carries no device config, which is required", { recordIndex, byteOffset: this.#consumed });
+    }
+    this.#target.commit();
+    this.#phase = "done";
+    this.#release();
+  }
+
+  #fail(error: unknown, rethrow = true): void {
+    const typed =
+      error instanceof MigrationError ? error : new MigrationError("EIO", `decode failed: ${String(error)}`, { cause: error });
+    this.#phase = "failed";
+    this.#error = typed;
+    this.#target.abort();
+    this.#release();
+    if (rethrow) throw typed;
+  }
+
+  #release(): void {
+    const c = this.#core;
+    const ctx = this.#ctx;
+    if (ctx) {
+      this.#finalCounts = {};
+      for (const field of [Dec.REC_RAW, Dec.REC_ZERO, Dec.REC_DELTA, Dec.REC_SKIPPED, Dec.PAGES_RAW, Dec.PAGES_ZERO, Dec.PAGES_DELTA]) {
+        this.#finalCounts[field] = ctx.u32(field);
+      }
+      c.free(ctx.ptr);
+      this.#ctx = undefined;
+    }
+    for (const have of this.#haves) c.free(have);
+    this.#haves = [];
+    if (this.#regions) c.free(this.#regions);
+    this.#regions = 0;
+    if (this.#winCap) c.free(this.#win);
+    this.#winCap = 0;
+  }
+}
+
+function sameLayout(a: readonly RegionSpec[], b: readonly RegionSpec[]): boolean {
+  return a.length === b.length && a.every((r, i) => r.name === b[i]!.name && r.size === b[i]!.size);
+}
+
+function describeLayout(regions: readonly RegionSpec[]): string {
+  return regions.map((r) => `${r.name}:${r.size}`).join(",");
+}

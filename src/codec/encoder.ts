@@ -1,0 +1,434 @@
+// The stream encoder: state in, records out. Page classification and record framing run in
+// the Wasm kernel (assembly/encode.ts), one call per window; this class stages inputs that do
+// not already live in core memory, drains the output buffer and keeps the stream's totals.
+import { MigrationError } from "../core/errors.js";
+import { core, guarded, type Core } from "../core/instance.js";
+import {
+  type ChecksumAlgorithm,
+  DEFAULT_MAX_RECORD_PAYLOAD,
+  DEFAULT_PAGE_SIZE,
+  END_PAYLOAD,
+  RECORD_HEADER,
+  RECORD_OVERHEAD,
+  ROUND_PAYLOAD,
+  TAG_CONFIG,
+  TAG_END,
+  TAG_ROUND,
+} from "../format/constants.js";
+import { encodeHeader, type RegionSpec, type StreamHeader } from "../format/header.js";
+import { ContextView, Enc, ENCODE_OUTPUT_FULL, EncMode } from "./contexts.js";
+
+export interface EncoderOptions {
+  /** The state's layout. Default: one region named "state" of `size` bytes. */
+  regions?: readonly RegionSpec[];
+  /** Total state size when `regions` is not given. */
+  size?: number;
+  /** Page size, a power of two from 64 to 1 MiB. Default 4096. */
+  pageSize?: number;
+  /** Largest record payload. Default 1 MiB; at least the page size. */
+  maxRecordPayload?: number;
+  /** Record checksum. Default "xxh3"; "crc32c" for interoperability. */
+  checksum?: ChecksumAlgorithm;
+  /** Device compatibility id a reader must match. Default "". */
+  deviceId?: string;
+  /** XXH3-64 of the base state: makes the stream incremental, decodable only onto that base. */
+  baseDigest?: bigint;
+  /** Receives the stream as it is produced (fresh arrays the callee owns). */
+  ondata?: (chunk: Uint8Array, final: boolean) => void;
+}
+
+/** How to encode one range of a region (see {@link StreamEncoder.writePages}). */
+export interface PageWriteOptions {
+  /** What the receiver holds for the same range: enables deltas and skipping unchanged pages. */
+  shadow?: Uint8Array;
+  /** Pages to consider, one bit each (LSB first); others are not sent. Default: all. */
+  dirty?: Uint8Array;
+  /** XBZRLE-code pages against the shadow when smaller. Default true with a shadow. */
+  delta?: boolean;
+  /** Do not send pages equal to the shadow. Default true with a shadow. */
+  skipClean?: boolean;
+  /** Afterwards, make the shadow hold what was sent (the next round's reference). Default false. */
+  updateShadow?: boolean;
+}
+
+export interface RoundStats {
+  round: number;
+  /** Pages sent in this round (raw, zero and delta). */
+  pages: number;
+  /** Stream bytes of this round, its marker included. */
+  bytes: number;
+  /** Dirty bytes the sender still had when the round ended. */
+  dirtyBytes: number;
+}
+
+export interface EncoderSummary {
+  records: number;
+  bytes: number;
+  pages: { raw: number; zero: number; delta: number; clean: number };
+  rounds: number;
+  config: boolean;
+  stateBytes: number;
+  checksum: ChecksumAlgorithm;
+}
+
+/** Stream bytes are drained from core memory once this much has accumulated. */
+const OUTPUT_WINDOW = 1 << 20;
+/** Inputs outside core memory are staged in slices of about this size. */
+const STAGE_WINDOW = 1 << 20;
+
+type Sink = (view: Uint8Array, final: boolean) => void;
+
+export class StreamEncoder {
+  readonly header: StreamHeader;
+  readonly #core: Core;
+  readonly #ctx: ContextView;
+  readonly #sink: Sink;
+  readonly #regionIndex = new Map<string, number>();
+  readonly #out: number;
+  readonly #outCap: number;
+  readonly #scratch: number;
+  #stage = 0;
+  #stageCap = 0;
+  #headerPending: Uint8Array | undefined;
+  #bytes = 0;
+  #configSent = false;
+  #rounds = 0;
+  #roundPagesStart = 0;
+  #roundBytesStart = 0;
+  #pushRegion = 0;
+  #pushOffset = 0;
+  #pushPending: Uint8Array | undefined;
+  #pushPendingLength = 0;
+  #ended = false;
+
+  /** Use {@link createEncoder}; `sink` is an internal fast path that receives views. */
+  constructor(options: EncoderOptions = {}, sink?: Sink) {
+    const regions = options.regions ?? [{ name: "state", size: options.size ?? -1 }];
+    const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
+    const { bytes, header } = encodeHeader({
+      checksum: options.checksum ?? "xxh3",
+      pageSize,
+      maxRecordPayload: options.maxRecordPayload ?? Math.max(DEFAULT_MAX_RECORD_PAYLOAD, pageSize),
+      deviceId: options.deviceId ?? "",
+      baseDigest: options.baseDigest,
+      regions,
+    });
+    this.header = header;
+    header.regions.forEach((r, i) => this.#regionIndex.set(r.name, i));
+    this.#headerPending = bytes;
+    if (sink) this.#sink = sink;
+    else {
+      const ondata = options.ondata;
+      if (!ondata) throw new MigrationError("EINVAL", "an encoder needs an ondata callback");
+      this.#sink = (view, final) => ondata(view.slice(), final);
+    }
+
+    const c = core();
+    this.#core = c;
+    this.#outCap = Math.max(OUTPUT_WINDOW, header.maxRecordPayload + RECORD_OVERHEAD) * 2;
+    this.#out = c.alloc(this.#outCap);
+    this.#scratch = c.alloc(pageSize + 64);
+    const ctx = new ContextView(c.memory, c.alloc(c.exports.encode_context_size()));
+    c.u8.fill(0, ctx.ptr, ctx.ptr + c.exports.encode_context_size());
+    ctx.setU32(Enc.OUT, this.#out);
+    ctx.setU32(Enc.OUTCAP, this.#outCap);
+    ctx.setU32(Enc.PAGE, pageSize);
+    ctx.setU32(Enc.MAXPAYLOAD, header.maxRecordPayload);
+    ctx.setU8(Enc.ALG, header.checksum === "crc32c" ? 2 : 1);
+    ctx.setU32(Enc.SCRATCH, this.#scratch);
+    ctx.setU64(Enc.DIGEST, header.checksumValue);
+    this.#ctx = ctx;
+  }
+
+  /**
+   * Encodes `data`, the bytes of region `region` from byte `offset` (a multiple of the page
+   * size; `data` covers whole pages except at the region's end).
+   */
+  writePages(region: number | string, offset: number, data: Uint8Array, options: PageWriteOptions = {}): void {
+    this.#checkOpen();
+    const index = this.#resolveRegion(region);
+    const { name, size } = this.header.regions[index]!;
+    const pageSize = this.header.pageSize;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset % pageSize !== 0 || offset + data.length > size) {
+      throw new MigrationError("EINVAL", `range [${offset}, ${offset + data.length}) is not page-aligned inside region ${JSON.stringify(name)} of ${size} bytes`);
+    }
+    if (data.length % pageSize !== 0 && offset + data.length !== size) {
+      throw new MigrationError("EINVAL", "only the last page of a region may be partial");
+    }
+    const { shadow, dirty } = options;
+    const pages = Math.ceil(data.length / pageSize);
+    if (shadow && shadow.length !== data.length) throw new MigrationError("EINVAL", "shadow and data lengths differ");
+    if (dirty && dirty.length < Math.ceil(pages / 8)) throw new MigrationError("EINVAL", `dirty bitmap needs ${Math.ceil(pages / 8)} bytes`);
+    let mode = 0;
+    if (shadow) {
+      if (options.delta ?? true) mode |= EncMode.DELTA;
+      if (options.skipClean ?? true) mode |= EncMode.SKIP_CLEAN;
+      if (options.updateShadow ?? false) mode |= EncMode.UPDATE_SHADOW;
+    }
+    this.#flushHeader();
+    const c = this.#core;
+    const ctx = this.#ctx;
+    ctx.setU16(Enc.REGION, index);
+    ctx.setU8(Enc.MODE, mode);
+    const inPlace = c.owns(data) && (!shadow || c.owns(shadow)) && (!dirty || c.owns(dirty));
+    // Slices are whole bytes of the bitmap (8 pages) so a staged bitmap starts at bit 0.
+    const slice = inPlace ? Math.max(data.length, 1) : Math.max(1, Math.floor(STAGE_WINDOW / (pageSize * 8))) * pageSize * 8;
+    guarded(() => {
+      for (let start = 0; start < data.length || (start === 0 && data.length === 0); start += slice) {
+        const end = Math.min(data.length, start + slice);
+        if (end === start) break;
+        const length = end - start;
+        let cur: number;
+        let sh = 0;
+        let bm = 0;
+        if (inPlace) {
+          cur = data.byteOffset + start;
+          if (shadow) sh = shadow.byteOffset + start;
+          if (dirty) bm = dirty.byteOffset + start / pageSize / 8;
+        } else {
+          const bitmapBytes = Math.ceil(length / pageSize / 8);
+          const base = this.#staging(2 * slice + bitmapBytes);
+          const u8 = c.u8;
+          cur = base;
+          u8.set(data.subarray(start, end), cur);
+          if (shadow) {
+            sh = base + slice;
+            u8.set(shadow.subarray(start, end), sh);
+          }
+          if (dirty) {
+            bm = base + 2 * slice;
+            const first = start / pageSize / 8;
+            u8.set(dirty.subarray(first, first + bitmapBytes), bm);
+          }
+        }
+        ctx.setU32(Enc.CUR, cur);
+        ctx.setU32(Enc.SHADOW, sh);
+        ctx.setU32(Enc.BITMAP, bm);
+        ctx.setU32(Enc.LEN, length);
+        ctx.setU32(Enc.CURSOR, 0);
+        ctx.setU64(Enc.OFFSET, BigInt(offset + start));
+        while (c.exports.encode_window(ctx.ptr) === ENCODE_OUTPUT_FULL) this.#drain(false);
+        if (ctx.u32(Enc.OUTLEN) >= OUTPUT_WINDOW) this.#drain(false);
+        if (shadow && !inPlace && (mode & EncMode.UPDATE_SHADOW) !== 0) shadow.set(c.u8.subarray(sh, sh + length), start);
+      }
+    });
+  }
+
+  /**
+   * Feeds the state as one sequence of bytes (regions in header order), in chunks of any size.
+   * For full streams; incremental streams go through {@link writePages} with a shadow.
+   */
+  push(chunk: Uint8Array, final = false): void {
+    this.#checkOpen();
+    const pageSize = this.header.pageSize;
+    let at = 0;
+    while (at < chunk.length) {
+      const region = this.header.regions[this.#pushRegion];
+      if (!region) throw new MigrationError("EINVAL", `pushed more bytes than the state's ${this.header.totalSize}`);
+      const left = region.size - this.#pushOffset;
+      if (left === 0) {
+        this.#pushRegion++;
+        this.#pushOffset = 0;
+        continue;
+      }
+      const unit = Math.min(pageSize, left);
+      if (this.#pushPendingLength === 0) {
+        // Whole pages straight from the chunk (and the region's partial tail if it is all here).
+        const avail = Math.min(chunk.length - at, left);
+        const whole = avail === left ? avail : avail - (avail % pageSize);
+        if (whole > 0) {
+          this.writePages(this.#pushRegion, this.#pushOffset, chunk.subarray(at, at + whole));
+          this.#pushOffset += whole;
+          at += whole;
+          continue;
+        }
+      }
+      this.#pushPending ??= new Uint8Array(pageSize);
+      const take = Math.min(unit - this.#pushPendingLength, chunk.length - at);
+      this.#pushPending.set(chunk.subarray(at, at + take), this.#pushPendingLength);
+      this.#pushPendingLength += take;
+      at += take;
+      if (this.#pushPendingLength === unit) {
+        this.writePages(this.#pushRegion, this.#pushOffset, this.#pushPending.subarray(0, unit));
+        this.#pushOffset += unit;
+        this.#pushPendingLength = 0;
+      }
+    }
+    if (final) {
+      while (this.#pushRegion < this.header.regions.length && this.#pushOffset === this.header.regions[this.#pushRegion]!.size) {
+        this.#pushRegion++;
+        this.#pushOffset = 0;
+      }
+      if (this.#pushRegion < this.header.regions.length) {
+        const pushed = this.header.regions.slice(0, this.#pushRegion).reduce((n, r) => n + r.size, 0) + this.#pushOffset + this.#pushPendingLength;
+        throw new MigrationError("EINVAL", `state ended after ${pushed} of ${this.header.totalSize} bytes`);
+      }
+      this.end();
+    }
+  }
+
+  /** Sends the device config blob (at most once per stream, at most one record's payload). */
+  writeConfig(blob: Uint8Array): void {
+    this.#checkOpen();
+    if (this.#configSent) throw new MigrationError("EINVAL", "the config blob was already sent");
+    if (blob.length > this.header.maxRecordPayload) {
+      throw new MigrationError("EINVAL", `config blob of ${blob.length} bytes exceeds the record payload limit ${this.header.maxRecordPayload}`);
+    }
+    this.#frame(TAG_CONFIG, blob.length, (u8, at) => u8.set(blob, at));
+    this.#configSent = true;
+  }
+
+  /** Marks the end of a pre-copy round. */
+  endRound(dirtyBytes = 0): RoundStats {
+    this.#checkOpen();
+    const round = this.#rounds;
+    const pages = this.#pagesSent() - this.#roundPagesStart;
+    const startBytes = this.#roundBytesStart;
+    this.#frame(TAG_ROUND, ROUND_PAYLOAD, (u8, at) => {
+      const view = new DataView(u8.buffer, at, ROUND_PAYLOAD);
+      view.setUint32(0, round, true);
+      view.setUint32(4, 0, true);
+      view.setBigUint64(8, BigInt(pages), true);
+      view.setBigUint64(16, BigInt(this.#position() + RECORD_OVERHEAD + ROUND_PAYLOAD - startBytes), true);
+      view.setBigUint64(24, BigInt(dirtyBytes), true);
+    });
+    this.#rounds++;
+    this.#roundPagesStart = this.#pagesSent();
+    const bytes = this.#position() - startBytes;
+    this.#roundBytesStart = this.#position();
+    return { round, pages, bytes, dirtyBytes };
+  }
+
+  /** Writes the end-of-stream record and releases the encoder's core memory. */
+  end(): void {
+    this.#checkOpen();
+    if (this.#pushPendingLength > 0) throw new MigrationError("EINVAL", "a pushed page is incomplete");
+    const records = this.#ctx.u32(Enc.SEQ);
+    const position = this.#position();
+    const digest = this.#ctx.u64(Enc.DIGEST);
+    this.#frame(TAG_END, END_PAYLOAD, (u8, at) => {
+      const view = new DataView(u8.buffer, at, END_PAYLOAD);
+      view.setBigUint64(0, BigInt(records), true);
+      view.setBigUint64(8, BigInt(position), true);
+      view.setBigUint64(16, digest, true);
+    });
+    this.#ended = true;
+    this.#drain(true);
+    this.#release();
+  }
+
+  /** Counts so far (records, bytes, pages by kind, rounds). */
+  summary(): EncoderSummary {
+    const ctx = this.#ctx;
+    return {
+      records: this.#ended ? this.#recordsAtEnd : ctx.u32(Enc.SEQ),
+      bytes: this.#ended ? this.#bytes : this.#position(),
+      pages: {
+        raw: this.#counter(Enc.PAGES_RAW),
+        zero: this.#counter(Enc.PAGES_ZERO),
+        delta: this.#counter(Enc.PAGES_DELTA),
+        clean: this.#counter(Enc.PAGES_CLEAN),
+      },
+      rounds: this.#rounds,
+      config: this.#configSent,
+      stateBytes: this.header.totalSize,
+      checksum: this.header.checksum,
+    };
+  }
+
+  /** Gives back core memory without finishing the stream (after an error, or to abandon it). */
+  abort(): void {
+    this.#ended = true;
+    this.#release();
+  }
+
+  #recordsAtEnd = 0;
+  #final: Record<number, number> | undefined;
+
+  #counter(field: number): number {
+    return this.#final ? this.#final[field]! : this.#ctx.u32(field);
+  }
+
+  #pagesSent(): number {
+    const ctx = this.#ctx;
+    return ctx.u32(Enc.PAGES_RAW) + ctx.u32(Enc.PAGES_ZERO) + ctx.u32(Enc.PAGES_DELTA);
+  }
+
+  #position(): number {
+    return this.#bytes + (this.#headerPending?.length ?? 0) + this.#ctx.u32(Enc.OUTLEN);
+  }
+
+  #resolveRegion(region: number | string): number {
+    const index = typeof region === "number" ? region : this.#regionIndex.get(region);
+    if (index === undefined || !Number.isInteger(index) || index < 0 || index >= this.header.regions.length) {
+      throw new MigrationError("EINVAL", `no region ${JSON.stringify(region)} in this stream`);
+    }
+    return index;
+  }
+
+  #checkOpen(): void {
+    if (this.#ended) throw new MigrationError("EINVAL", "the encoder has ended");
+  }
+
+  #staging(size: number): number {
+    if (this.#stageCap < size) {
+      if (this.#stageCap > 0) this.#core.free(this.#stage);
+      this.#stage = this.#core.alloc(size);
+      this.#stageCap = size;
+    }
+    return this.#stage;
+  }
+
+  /** Frames a small record whose payload `fill` writes, making room in the output first. */
+  #frame(tag: number, payload: number, fill: (u8: Uint8Array, at: number) => void): void {
+    this.#flushHeader();
+    const ctx = this.#ctx;
+    if (ctx.u32(Enc.OUTLEN) + RECORD_OVERHEAD + payload > this.#outCap) this.#drain(false);
+    guarded((c) => {
+      fill(c.u8, this.#out + ctx.u32(Enc.OUTLEN) + RECORD_HEADER);
+      c.exports.frame_record(ctx.ptr, tag, 0, payload);
+    });
+  }
+
+  #flushHeader(): void {
+    const header = this.#headerPending;
+    if (!header) return;
+    this.#headerPending = undefined;
+    this.#bytes += header.length;
+    this.#sink(header, false);
+  }
+
+  #drain(final: boolean): void {
+    this.#flushHeader();
+    const ctx = this.#ctx;
+    const length = ctx.u32(Enc.OUTLEN);
+    if (length > 0 || final) {
+      this.#bytes += length;
+      ctx.setU32(Enc.OUTLEN, 0);
+      this.#sink(this.#core.u8.subarray(this.#out, this.#out + length), final);
+    }
+  }
+
+  #release(): void {
+    if (this.#final) return;
+    const ctx = this.#ctx;
+    this.#recordsAtEnd = ctx.u32(Enc.SEQ);
+    this.#final = {
+      [Enc.PAGES_RAW]: ctx.u32(Enc.PAGES_RAW),
+      [Enc.PAGES_ZERO]: ctx.u32(Enc.PAGES_ZERO),
+      [Enc.PAGES_DELTA]: ctx.u32(Enc.PAGES_DELTA),
+      [Enc.PAGES_CLEAN]: ctx.u32(Enc.PAGES_CLEAN),
+    };
+    const c = this.#core;
+    c.free(this.#out);
+    c.free(this.#scratch);
+    c.free(ctx.ptr);
+    if (this.#stageCap > 0) c.free(this.#stage);
+    this.#stageCap = 0;
+  }
+}
+
+/** A push-style encoder whose output goes to `options.ondata`. */
+export function createEncoder(options: EncoderOptions): StreamEncoder {
+  return new StreamEncoder(options);
+}

@@ -1,0 +1,131 @@
+// One-shot and streaming entry points for whole states held in memory.
+import { MigrationError } from "../core/errors.js";
+import { xxh3 } from "../core/xxh3.js";
+import type { RegionSpec } from "../format/header.js";
+import { type DecoderOptions, StreamDecoder } from "./decoder.js";
+import { type EncoderOptions, type EncoderSummary, StreamEncoder } from "./encoder.js";
+import { MemoryTarget } from "./memory-target.js";
+
+export interface SnapshotEncodeOptions extends Omit<EncoderOptions, "ondata" | "baseDigest" | "size"> {
+  /** The previous state: the stream then carries only pages that differ, delta-coded when smaller. */
+  base?: Uint8Array;
+  /** Device config blob to carry. */
+  config?: Uint8Array;
+}
+
+/** Encodes a whole state into one stream (incremental against `options.base` when given). */
+export function encodeSnapshot(state: Uint8Array, options: SnapshotEncodeOptions = {}): Uint8Array {
+  return encodeSnapshotWithSummary(state, options).stream;
+}
+
+/** {@link encodeSnapshot}, also returning the encoder's counts. */
+export function encodeSnapshotWithSummary(
+  state: Uint8Array,
+  options: SnapshotEncodeOptions = {},
+): { stream: Uint8Array; summary: EncoderSummary } {
+  if (!(state instanceof Uint8Array)) throw new MigrationError("EINVAL", "state must be a Uint8Array");
+  const regions = layoutOf(state.length, options.regions);
+  const { base, config } = options;
+  if (base && base.length !== state.length) {
+    throw new MigrationError("EINVAL", `base is ${base.length} bytes, state is ${state.length}`);
+  }
+  const output = new GrowableOutput(estimateSize(state.length, options.pageSize ?? 4096));
+  const encoder = new StreamEncoder(
+    { ...options, regions, ...(base ? { baseDigest: xxh3(base) } : {}) },
+    (view) => output.append(view),
+  );
+  try {
+    let at = 0;
+    regions.forEach((region, i) => {
+      const data = state.subarray(at, at + region.size);
+      if (base) encoder.writePages(i, 0, data, { shadow: base.subarray(at, at + region.size) });
+      else encoder.writePages(i, 0, data);
+      at += region.size;
+    });
+    if (config) encoder.writeConfig(config);
+    encoder.end();
+  } catch (error) {
+    encoder.abort();
+    throw error;
+  }
+  return { stream: output.result(), summary: encoder.summary() };
+}
+
+/** A decoder that stages the state in memory; `result()` gives it once the stream verified. */
+export class StateDecoder extends StreamDecoder {
+  readonly #target: MemoryTarget;
+
+  constructor(options: DecoderOptions = {}) {
+    const base = options.base;
+    let offsets: number[] = [];
+    const target = new MemoryTarget((i) => (base ? base.subarray(offsets[i]!, offsets[i + 1]!) : undefined));
+    super(
+      {
+        open(header) {
+          offsets = [0];
+          for (const r of header.regions) offsets.push(offsets[offsets.length - 1]! + r.size);
+          return target.open(header);
+        },
+        commit: () => target.commit(),
+        abort: () => target.abort(),
+      },
+      options,
+    );
+    this.#target = target;
+  }
+
+  /** The decoded state (regions concatenated in order). Only after the stream ended and verified. */
+  result(): Uint8Array {
+    return this.#target.result();
+  }
+}
+
+/** A push-style decoder into memory: push(chunk, final), then result(). */
+export function createDecoder(options: DecoderOptions = {}): StateDecoder {
+  return new StateDecoder(options);
+}
+
+/** Decodes a whole stream; incremental streams need `options.base`. */
+export function decodeSnapshot(stream: Uint8Array, options: DecoderOptions = {}): Uint8Array {
+  if (!(stream instanceof Uint8Array)) throw new MigrationError("EINVAL", "stream must be a Uint8Array");
+  const decoder = new StateDecoder(options);
+  decoder.push(stream, true);
+  return decoder.result();
+}
+
+function layoutOf(size: number, regions: readonly RegionSpec[] | undefined): readonly RegionSpec[] {
+  if (!regions) return [{ name: "state", size }];
+  const total = regions.reduce((n, r) => n + r.size, 0);
+  if (total !== size) throw new MigrationError("EINVAL", `regions add up to ${total} bytes, state is ${size}`);
+  return regions;
+}
+
+/** Upper bound of a stream for `size` bytes: every page its own record. */
+function estimateSize(size: number, pageSize: number): number {
+  return 4096 + size + Math.ceil(size / pageSize) * 32;
+}
+
+/** Collects output views with one copy each, growing by doubling. */
+class GrowableOutput {
+  #buffer: Uint8Array;
+  #length = 0;
+
+  constructor(capacity: number) {
+    this.#buffer = new Uint8Array(Math.min(capacity, 1 << 30));
+  }
+
+  append(view: Uint8Array): void {
+    if (this.#length + view.length > this.#buffer.length) {
+      const grown = new Uint8Array(Math.max(this.#buffer.length * 2, this.#length + view.length));
+      grown.set(this.#buffer.subarray(0, this.#length));
+      this.#buffer = grown;
+    }
+    this.#buffer.set(view, this.#length);
+    this.#length += view.length;
+  }
+
+  result(): Uint8Array {
+    // Trim only when most of the buffer is unused (zero-heavy states): a copy of a small result.
+    return this.#length < this.#buffer.length / 2 ? this.#buffer.slice(0, this.#length) : this.#buffer.subarray(0, this.#length);
+  }
+}
