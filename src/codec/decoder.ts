@@ -28,6 +28,11 @@ export interface DecoderLimits {
 export interface DecoderOptions extends DecoderLimits {
   /** The previous state, for incremental streams (they decode only onto their base). */
   base?: Uint8Array;
+  /**
+   * The identity (XXH3-64) of the base the target already starts from, computed only if the
+   * stream turns out incremental: for targets that are the base themselves (a device, a file).
+   */
+  baseDigest?: () => bigint;
   /** Device compatibility id the stream must carry (checked when given). */
   deviceId?: string;
   /** Region layout the stream must have (checked when given). */
@@ -218,11 +223,10 @@ export class StreamDecoder {
       throw new MigrationError("ENODEV", `stream region table ${describeLayout(header.regions)} does not match the device's ${describeLayout(options.regions)}`);
     }
     if (header.baseDigest !== undefined) {
-      const base = options.base;
-      if (!base) throw new MigrationError("ESTALE", "incremental stream: its base state is needed to decode it");
-      if (base.length !== header.totalSize || xxh3(base) !== header.baseDigest) {
-        throw new MigrationError("ESTALE", "incremental stream was made against another base state");
-      }
+      const { base, baseDigest } = options;
+      if (!base && !baseDigest) throw new MigrationError("ESTALE", "incremental stream: its base state is needed to decode it");
+      const matches = base ? base.length === header.totalSize && xxh3(base) === header.baseDigest : baseDigest!() === header.baseDigest;
+      if (!matches) throw new MigrationError("ESTALE", "incremental stream was made against another base state");
     }
     const c = this.#core;
     const staging = this.#target.open(header);

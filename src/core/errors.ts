@@ -12,6 +12,7 @@
  * - `E2BIG`   a decoder limit (state size, record payload, header size) was exceeded
  * - `ENOMSG`  no data for now (a PRE_COPY saving session has nothing new to send)
  * - `ETIMEDOUT` a device did not quiesce before its deadline
+ * - `EBUSY`   a state change is already in progress on that device
  * - `EIO`     a device callback or an I/O operation failed
  * - `ENOMEM`  WebAssembly memory could not grow
  * - `EFAULT`  the Wasm core trapped (a bug); the instance was replaced
@@ -27,6 +28,7 @@ export type MigrationErrorCode =
   | "E2BIG"
   | "ENOMSG"
   | "ETIMEDOUT"
+  | "EBUSY"
   | "EIO"
   | "ENOMEM"
   | "EFAULT"

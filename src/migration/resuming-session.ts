@@ -1,0 +1,73 @@
+// The resuming side of a migration data session (the writable data_fd of VFIO v2): stream
+// bytes in any segmentation, verified and applied to staging copies of the regions. The device
+// is only touched when RESUMING ends and the whole stream validated.
+import type { CoreBuffer } from "../core/buffer.js";
+import { MigrationError } from "../core/errors.js";
+import { StreamDecoder, type DecoderLimits } from "../codec/decoder.js";
+import { MemoryTarget } from "../codec/memory-target.js";
+import type { DeviceModel } from "../device/device-model.js";
+
+export interface ResumingOptions extends DecoderLimits {
+  deviceId: string;
+  requireConfig: boolean;
+}
+
+export class ResumingSession {
+  readonly #device: DeviceModel;
+  readonly #target: MemoryTarget;
+  readonly #decoder: StreamDecoder;
+  #closed = false;
+  #bytes = 0;
+
+  constructor(device: DeviceModel, options: ResumingOptions) {
+    this.#device = device;
+    // Staging starts from the device's current content: that is the base an incremental
+    // stream was made against, and what a full stream overwrites page by page.
+    this.#target = new MemoryTarget((i) => device.regions[i]!.data.bytes);
+    this.#decoder = new StreamDecoder(this.#target, {
+      deviceId: options.deviceId,
+      regions: device.layout,
+      requireConfig: options.requireConfig,
+      baseDigest: () => device.digest(),
+      ...(options.maxRecordPayload !== undefined ? { maxRecordPayload: options.maxRecordPayload } : {}),
+      ...(options.maxHeaderSize !== undefined ? { maxHeaderSize: options.maxHeaderSize } : {}),
+      maxStateSize: Math.max(options.maxStateSize ?? 0, device.size),
+    });
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Stream bytes accepted so far. */
+  get bytesWritten(): number {
+    return this.#bytes;
+  }
+
+  /** Accepts stream bytes. A stream error is thrown here and again when RESUMING ends. */
+  write(chunk: Uint8Array): number {
+    if (this.#closed) throw new MigrationError("EINVAL", "write to a closed resuming session");
+    if (!(chunk instanceof Uint8Array)) throw new MigrationError("EINVAL", "resuming data must be a Uint8Array");
+    this.#decoder.push(chunk);
+    this.#bytes += chunk.length;
+    return chunk.length;
+  }
+
+  /**
+   * Ends the stream (RESUMING is being left): validates it completely and returns the staged
+   * regions and the config blob, or throws, leaving the device untouched.
+   */
+  finish(): { regions: CoreBuffer[]; config: Uint8Array | undefined } {
+    if (this.#closed) throw new MigrationError("EINVAL", "resuming session already closed");
+    this.#closed = true;
+    this.#decoder.end();
+    return { regions: this.#target.take(), config: this.#decoder.config };
+  }
+
+  /** Abandons the stream (reset): staging is freed, the device untouched. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#decoder.abort();
+  }
+}

@@ -1,0 +1,238 @@
+// A device with the VFIO v2 migration state machine: setState() walks the kernel's next-state
+// rule one arc at a time and runs each arc through the device (quiesce, sessions, config,
+// validation when RESUMING ends).
+import { MigrationError } from "../../core/errors.js";
+import type { DecoderLimits } from "../../codec/decoder.js";
+import { DeviceModel, type DeviceModelOptions } from "../../device/device-model.js";
+import { type PrecopyInfo, SavingSession } from "../saving-session.js";
+import { ResumingSession } from "../resuming-session.js";
+import { arcEffect, isMigrationState, type MigrationFeatures, type MigrationState, nextState } from "./states.js";
+
+/** What the embedder's device does at the moments migration needs it. Each may fail. */
+export interface DeviceCallbacks {
+  /** Finish outstanding DMA (entering RUNNING_P2P / PRE_COPY_P2P). `signal` aborts at the deadline. */
+  quiesce?: (signal: AbortSignal) => void | Promise<void>;
+  /** The device config blob, taken when the device stops for stop-copy. */
+  saveConfig?: () => Uint8Array | Promise<Uint8Array>;
+  /** Loads a received config blob, before the received state is committed. */
+  loadConfig?: (config: Uint8Array) => void | Promise<void>;
+}
+
+export interface MigrationDeviceOptions extends DeviceModelOptions {
+  /** Compatibility id a stream must carry to resume into this device. Default "". */
+  deviceId?: string;
+  /** Optional v2 features. Default: both P2P and PRE_COPY. */
+  features?: MigrationFeatures;
+  callbacks?: DeviceCallbacks;
+  /** Deadline for quiescing; past it the state change fails with ETIMEDOUT. Default: none. */
+  quiesceTimeoutMs?: number;
+  /** Resuming requires a config blob in the stream. Default: true when loadConfig is given. */
+  requireConfig?: boolean;
+  checksum?: "xxh3" | "crc32c";
+  maxRecordPayload?: number;
+  /** Limits applied to resuming streams. */
+  limits?: DecoderLimits;
+}
+
+export type Session = SavingSession | ResumingSession;
+
+const RUNNING_STATES: ReadonlySet<MigrationState> = new Set(["RUNNING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"]);
+
+export class MigrationDevice {
+  readonly model: DeviceModel;
+  readonly features: Readonly<Required<MigrationFeatures>>;
+  readonly deviceId: string;
+  readonly #options: MigrationDeviceOptions;
+  #state: MigrationState = "RUNNING";
+  #session: Session | undefined;
+  #changing = false;
+
+  constructor(options: MigrationDeviceOptions) {
+    this.model = new DeviceModel(options);
+    this.features = { p2p: options.features?.p2p ?? true, precopy: options.features?.precopy ?? true };
+    this.deviceId = options.deviceId ?? "";
+    this.#options = options;
+  }
+
+  /** The current state (kernel naming). A new device is RUNNING. */
+  get state(): MigrationState {
+    return this.#state;
+  }
+
+  /** The open data session, if any. */
+  get session(): Session | undefined {
+    return this.#session;
+  }
+
+  /** True in the states where the device runs and may change its state. */
+  get running(): boolean {
+    return RUNNING_STATES.has(this.#state);
+  }
+
+  /** The workload's write: only while the device runs. */
+  write(region: number | string, offset: number, bytes: Uint8Array): void {
+    this.#checkRunning("write");
+    this.model.write(region, offset, bytes);
+  }
+
+  markDirty(region: number | string, offset: number, length: number): void {
+    this.#checkRunning("markDirty");
+    this.model.markDirty(region, offset, length);
+  }
+
+  /** PRE_COPY info (VFIO_MIG_GET_PRECOPY_INFO): only in PRE_COPY and PRE_COPY_P2P. */
+  precopyInfo(): PrecopyInfo {
+    if ((this.#state !== "PRE_COPY" && this.#state !== "PRE_COPY_P2P") || !(this.#session instanceof SavingSession)) {
+      throw new MigrationError("EINVAL", `PRE_COPY info is only available in the PRE_COPY states, device is ${this.#state}`, {
+        state: this.#state,
+      });
+    }
+    return this.#session.precopyInfo();
+  }
+
+  /**
+   * Moves to `target` through the kernel's arcs. Returns the data session the last arc opened
+   * (a saving session for STOP_COPY / PRE_COPY*, a resuming one for RESUMING), else undefined.
+   * On failure the device stays in the last state it reached (ERROR if leaving RESUMING failed
+   * validation), and the error names it.
+   */
+  async setState(target: MigrationState): Promise<Session | undefined> {
+    if (!isMigrationState(target)) throw new MigrationError("EINVAL", `invalid migration state ${JSON.stringify(target)}`, { state: this.#state });
+    if (this.#changing) throw new MigrationError("EBUSY", "a state change is already in progress", { state: this.#state });
+    this.#changing = true;
+    const from = this.#state;
+    let opened: Session | undefined;
+    try {
+      while (this.#state !== target) {
+        const step = nextState(this.#state, target, this.features);
+        const session = await this.#arc(this.#state, step, from, target);
+        if (session) opened = session;
+        this.#state = step;
+      }
+      return opened;
+    } finally {
+      this.#changing = false;
+    }
+  }
+
+  /** Device reset: back to RUNNING from any state, ERROR included; any session is ended. */
+  reset(): void {
+    this.#session?.close();
+    this.#session = undefined;
+    this.#state = "RUNNING";
+  }
+
+  /** Releases the device's core memory. */
+  free(): void {
+    this.reset();
+    this.model.free();
+  }
+
+  async #arc(from: MigrationState, to: MigrationState, origin: MigrationState, target: MigrationState): Promise<Session | undefined> {
+    const fail = (error: unknown, state: MigrationState): MigrationError => {
+      const base = error instanceof MigrationError ? error : new MigrationError("EIO", `device callback failed: ${String(error)}`, { cause: error });
+      return new MigrationError(
+        base.code,
+        `${origin} -> ${target} failed at ${from} -> ${to}: ${base.message}; device is in ${state}`,
+        {
+          state,
+          from: origin,
+          to: target,
+          cause: base,
+          ...(base.recordIndex !== undefined ? { recordIndex: base.recordIndex } : {}),
+          ...(base.byteOffset !== undefined ? { byteOffset: base.byteOffset } : {}),
+        },
+      );
+    };
+    const callbacks = this.#options.callbacks ?? {};
+    try {
+      if ((to === "RUNNING_P2P" && from === "RUNNING") || (to === "PRE_COPY_P2P" && from === "PRE_COPY")) await this.#quiesce();
+      switch (arcEffect(from, to)) {
+        case "open-saving": {
+          const session = new SavingSession(this.model, {
+            deviceId: this.deviceId,
+            precopy: to !== "STOP_COPY",
+            ...(this.#options.checksum ? { checksum: this.#options.checksum } : {}),
+            ...(this.#options.maxRecordPayload ? { maxRecordPayload: this.#options.maxRecordPayload } : {}),
+          });
+          if (to === "STOP_COPY") {
+            try {
+              session.stop(await callbacks.saveConfig?.());
+            } catch (error) {
+              session.close();
+              throw error;
+            }
+          }
+          this.#session = session;
+          return session;
+        }
+        case "continue-saving":
+          if (to === "STOP_COPY") (this.#session as SavingSession).stop(await callbacks.saveConfig?.());
+          return undefined;
+        case "open-resuming": {
+          const session = new ResumingSession(this.model, {
+            deviceId: this.deviceId,
+            requireConfig: this.#options.requireConfig ?? callbacks.loadConfig !== undefined,
+            ...this.#options.limits,
+          });
+          this.#session = session;
+          return session;
+        }
+        case "close": {
+          const session = this.#session;
+          this.#session = undefined;
+          if (session instanceof ResumingSession) await this.#commitResume(session);
+          else session?.close();
+          return undefined;
+        }
+        case "none":
+          return undefined;
+      }
+    } catch (error) {
+      if (from === "RESUMING") {
+        // Leaving RESUMING is the end of the stream: it either validates or needs a reset.
+        this.#state = "ERROR";
+        throw fail(error, "ERROR");
+      }
+      throw fail(error, from);
+    }
+  }
+
+  async #commitResume(session: ResumingSession): Promise<void> {
+    const { regions, config } = session.finish();
+    try {
+      if (config !== undefined) await this.#options.callbacks?.loadConfig?.(config);
+    } catch (error) {
+      for (const r of regions) r.free();
+      throw error;
+    }
+    this.model.replaceContent(regions);
+  }
+
+  async #quiesce(): Promise<void> {
+    const quiesce = this.#options.callbacks?.quiesce;
+    if (!quiesce) return;
+    const timeout = this.#options.quiesceTimeoutMs;
+    const controller = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline =
+      timeout === undefined
+        ? undefined
+        : new Promise<never>((_, reject) => {
+            timer = setTimeout(() => {
+              controller.abort();
+              reject(new MigrationError("ETIMEDOUT", `device did not quiesce within ${timeout} ms`, { state: this.#state }));
+            }, timeout);
+          });
+    try {
+      const done = Promise.resolve().then(() => quiesce(controller.signal));
+      await (deadline ? Promise.race([done, deadline]) : done);
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+    }
+  }
+
+  #checkRunning(what: string): void {
+    if (!this.running) throw new MigrationError("EINVAL", `${what} while the device is ${this.#state} (not running)`, { state: this.#state });
+  }
+}
