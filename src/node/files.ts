@@ -1,0 +1,314 @@
+// Snapshots as files, streamed with positional I/O so memory stays bounded whatever their size:
+// encoding reads windows of the snapshot (and its base) straight into core memory; decoding
+// applies each verified record at its offset in a temporary output file, renamed only once the
+// whole stream verified.
+import { closeSync, fstatSync, ftruncateSync, openSync, readSync } from "node:fs";
+import { CoreBuffer } from "../core/buffer.js";
+import { MigrationError } from "../core/errors.js";
+import { guarded } from "../core/instance.js";
+import { createXxh3 } from "../core/xxh3.js";
+import {
+  type DataRecord,
+  type DecodeTarget,
+  type DecoderLimits,
+  type DecoderOptions,
+  type DecoderSummary,
+  StreamDecoder,
+} from "../codec/decoder.js";
+import { type EncoderOptions, type EncoderSummary, StreamEncoder } from "../codec/encoder.js";
+import { RECORD_OVERHEAD, TAG_DELTA, TAG_PAGES, TAG_ZERO } from "../format/constants.js";
+import type { StreamHeader } from "../format/header.js";
+import { AtomicFile, ioError } from "./atomic-file.js";
+
+const WINDOW = 4 << 20;
+
+export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regions" | "size" | "baseDigest"> {
+  /** Path of the previous snapshot: the stream is then incremental against it. */
+  base?: string;
+  /** Device config blob to carry. */
+  config?: Uint8Array;
+  signal?: AbortSignal;
+  /** Called after each window with bytes of snapshot done and the total. */
+  onprogress?: (done: number, total: number) => void;
+}
+
+/** Reads exactly `view.length` bytes at `position` (files only grow short at EOF: an error). */
+function readFully(fd: number, view: Uint8Array, position: number, what: string): void {
+  let done = 0;
+  while (done < view.length) {
+    let n: number;
+    try {
+      n = readSync(fd, view, done, view.length - done, position + done);
+    } catch (cause) {
+      throw ioError(`cannot read ${what}`, cause);
+    }
+    if (n === 0) throw new MigrationError("EIO", `${what} ended early at byte ${position + done} (file changed while reading?)`);
+    done += n;
+  }
+}
+
+function openRead(path: string): { fd: number; size: number } {
+  try {
+    const fd = openSync(path, "r");
+    return { fd, size: fstatSync(fd).size };
+  } catch (cause) {
+    throw ioError(`cannot open ${path}`, cause);
+  }
+}
+
+/** XXH3-64 of a whole file, read in windows through core memory. */
+export function digestFile(fd: number, size: number, what: string): bigint {
+  const hasher = createXxh3();
+  const window = new CoreBuffer(Math.min(WINDOW, Math.max(size, 1)));
+  try {
+    for (let at = 0; at < size; at += window.length) {
+      const view = window.bytes.subarray(0, Math.min(window.length, size - at));
+      readFully(fd, view, at, what);
+      hasher.update(view);
+    }
+    return hasher.digest();
+  } finally {
+    window.free();
+    hasher.free();
+  }
+}
+
+/**
+ * Encodes the snapshot file `input` as one stream, handing it to `write` chunk by chunk (each
+ * awaited: backpressure). Memory use is a few windows, whatever the snapshot's size.
+ */
+export async function encodeFile(
+  input: string,
+  write: (chunk: Uint8Array) => Promise<void> | void,
+  options: EncodeFileOptions = {},
+): Promise<EncoderSummary> {
+  const source = openRead(input);
+  const base = options.base === undefined ? undefined : openRead(options.base);
+  const buffers: CoreBuffer[] = [];
+  let encoder: StreamEncoder | undefined;
+  try {
+    if (base && base.size !== source.size) {
+      throw new MigrationError("EINVAL", `base snapshot is ${base.size} bytes, snapshot is ${source.size}: not the same device layout`);
+    }
+    const pageSize = options.pageSize ?? 4096;
+    const window = Math.max(pageSize, Math.floor(WINDOW / pageSize) * pageSize);
+    const baseDigest = base ? digestFile(base.fd, base.size, options.base!) : undefined;
+    const out: Uint8Array[] = [];
+    const { base: _base, config, signal, onprogress, ...encoderOptions } = options;
+    encoder = new StreamEncoder({
+      ...encoderOptions,
+      regions: [{ name: "state", size: source.size }],
+      ...(baseDigest !== undefined ? { baseDigest } : {}),
+      ondata: (chunk) => out.push(chunk),
+    });
+    const flush = async (): Promise<void> => {
+      for (const chunk of out.splice(0)) await write(chunk);
+    };
+    const data = new CoreBuffer(Math.min(window, Math.max(source.size, 1)));
+    buffers.push(data);
+    const shadow = base ? new CoreBuffer(data.length) : undefined;
+    if (shadow) buffers.push(shadow);
+    for (let at = 0; at < source.size; at += data.length) {
+      if (signal?.aborted) throw new MigrationError("ECANCELED", "encode aborted");
+      const length = Math.min(data.length, source.size - at);
+      readFully(source.fd, data.bytes.subarray(0, length), at, input);
+      if (shadow) readFully(base!.fd, shadow.bytes.subarray(0, length), at, options.base!);
+      encoder.writePages(0, at, data.bytes.subarray(0, length), shadow ? { shadow: shadow.bytes.subarray(0, length) } : {});
+      await flush();
+      onprogress?.(at + length, source.size);
+    }
+    if (config) encoder.writeConfig(config);
+    encoder.end();
+    await flush();
+    return encoder.summary();
+  } catch (error) {
+    encoder?.abort();
+    throw error;
+  } finally {
+    for (const b of buffers) b.free();
+    closeSync(source.fd);
+    if (base) closeSync(base.fd);
+  }
+}
+
+/**
+ * Applies verified records into a file: a temporary copy (of the base, for `apply`) that is
+ * renamed over `path` only when the stream verified completely.
+ */
+class FileTarget implements DecodeTarget {
+  readonly #path: string;
+  readonly #base: string | undefined;
+  #file: AtomicFile | undefined;
+  #starts: number[] = [];
+  #pageSize = 0;
+  #scratch: CoreBuffer | undefined;
+  #zeros = new Uint8Array(0);
+
+  constructor(path: string, base: string | undefined) {
+    this.#path = path;
+    this.#base = base;
+  }
+
+  open(header: StreamHeader): undefined {
+    this.#file = new AtomicFile(this.#path, this.#base);
+    this.#pageSize = header.pageSize;
+    let at = 0;
+    this.#starts = header.regions.map((r) => {
+      const start = at;
+      at += r.size;
+      return start;
+    });
+    try {
+      // Sized up front: positional writes then land anywhere, and never-written zero pages
+      // stay sparse.
+      ftruncateSync(this.#file.fd, header.totalSize);
+    } catch (cause) {
+      throw ioError(`cannot size ${this.#file.tempPath}`, cause);
+    }
+    return undefined;
+  }
+
+  apply(record: DataRecord): void {
+    const file = this.#file!;
+    const at = this.#starts[record.region]! + record.offset;
+    if (record.tag === TAG_PAGES) {
+      file.writeAt(record.payload, at);
+    } else if (record.tag === TAG_ZERO) {
+      const length = Math.min(record.pages * this.#pageSize, this.#regionEnd(record.region) - at);
+      if (this.#zeros.length < Math.min(length, WINDOW)) this.#zeros = new Uint8Array(Math.min(Math.max(length, 65536), WINDOW));
+      for (let done = 0; done < length; done += this.#zeros.length) {
+        file.writeAt(this.#zeros.subarray(0, Math.min(this.#zeros.length, length - done)), at + done);
+      }
+    } else if (record.tag === TAG_DELTA) {
+      const covered = Math.min(record.pages * this.#pageSize, this.#regionEnd(record.region) - at);
+      // The payload view lives in core memory too: allocating may move it, so keep a copy.
+      const payload = record.payload.slice();
+      if (!this.#scratch || this.#scratch.length < covered + payload.length) {
+        this.#scratch?.free();
+        this.#scratch = new CoreBuffer(Math.max(covered + payload.length, 1 << 20));
+      }
+      const scratch = this.#scratch;
+      const pages = scratch.bytes.subarray(0, covered);
+      readFully(file.fd, pages, at, file.tempPath);
+      scratch.bytes.set(payload, covered);
+      const status = guarded((c) =>
+        c.exports.apply_delta_run(scratch.ptr + covered, record.pages, scratch.ptr, Math.log2(this.#pageSize), covered),
+      );
+      if (status < 0) throw new MigrationError("EBADMSG", `malformed XBZRLE delta in the record at region offset ${record.offset}`);
+      file.writeAt(scratch.bytes.subarray(0, covered), at);
+    }
+  }
+
+  commit(): void {
+    this.#release();
+    this.#file?.commit();
+  }
+
+  abort(): void {
+    this.#release();
+    this.#file?.abort();
+  }
+
+  #regionEnd(region: number): number {
+    return this.#starts[region + 1] ?? Infinity;
+  }
+
+  #release(): void {
+    this.#scratch?.free();
+    this.#scratch = undefined;
+  }
+}
+
+/** Receives records and keeps nothing (verify, inspect); `onrecord` sees each one. */
+class DiscardTarget implements DecodeTarget {
+  readonly #onrecord: ((record: DataRecord) => void) | undefined;
+  constructor(onrecord?: (record: DataRecord) => void) {
+    this.#onrecord = onrecord;
+  }
+  open(): undefined {
+    return undefined;
+  }
+  apply(record: DataRecord): void {
+    this.#onrecord?.(record);
+  }
+  commit(): void {}
+  abort(): void {}
+}
+
+export interface DecodeFileOptions extends Omit<DecoderOptions, "base" | "baseDigest"> {
+  /** Path of the base snapshot for incremental streams. */
+  base?: string;
+  signal?: AbortSignal;
+  onprogress?: (bytes: number) => void;
+}
+
+/**
+ * Decodes a stream into the snapshot file `output` (written atomically), or, with `output`
+ * undefined, only verifies it. Resolves with the decoder's summary.
+ */
+export async function decodeToFile(
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  output: string | undefined,
+  options: DecodeFileOptions = {},
+): Promise<DecoderSummary> {
+  const { base, signal, onprogress, ...decoderOptions } = options;
+  const baseFile = base === undefined ? undefined : openRead(base);
+  const target = output === undefined ? new DiscardTarget() : new FileTarget(output, base);
+  const decoder = new StreamDecoder(target, {
+    ...decoderOptions,
+    ...(baseFile ? { baseDigest: () => digestFile(baseFile.fd, baseFile.size, base!) } : {}),
+  });
+  try {
+    let bytes = 0;
+    for await (const chunk of source) {
+      if (signal?.aborted) throw new MigrationError("ECANCELED", "decode aborted");
+      decoder.push(chunk);
+      bytes += chunk.length;
+      onprogress?.(bytes);
+    }
+    decoder.end();
+    return decoder.summary();
+  } catch (error) {
+    decoder.abort();
+    throw error;
+  } finally {
+    if (baseFile) closeSync(baseFile.fd);
+  }
+}
+
+export interface InspectReport {
+  summary: DecoderSummary;
+  /** Stream bytes of page records by kind (record framing included). */
+  bytesByKind: { pages: number; zero: number; delta: number };
+  /** The first problem found, if any: the stream is valid when this is undefined. */
+  problem: MigrationError | undefined;
+}
+
+/**
+ * Reads a whole stream, keeping nothing, and reports what it holds and the first problem found
+ * (with its record index and byte offset) instead of throwing.
+ */
+export async function inspectStream(
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  options: DecoderLimits = {},
+): Promise<InspectReport> {
+  const bytesByKind = { pages: 0, zero: 0, delta: 0 };
+  const kinds: Record<number, keyof typeof bytesByKind> = { [TAG_PAGES]: "pages", [TAG_ZERO]: "zero", [TAG_DELTA]: "delta" };
+  const decoder = new StreamDecoder(
+    new DiscardTarget((record) => {
+      const kind = kinds[record.tag];
+      if (kind) bytesByKind[kind] += record.payload.length + RECORD_OVERHEAD;
+    }),
+    // Inspection reports incremental streams without their base: it checks everything else.
+    { ...options, baseDigest: (header) => header.baseDigest! },
+  );
+  let problem: MigrationError | undefined;
+  try {
+    for await (const chunk of source) decoder.push(chunk);
+    decoder.end();
+  } catch (error) {
+    if (!(error instanceof MigrationError)) throw error;
+    problem = error;
+  }
+  return { summary: decoder.summary(), bytesByKind, problem };
+}
