@@ -1,2 +1,15 @@
 // migstream/node: adapters that need Node (files, streams, TCP).
-export {};
+export {
+  createDecodeStream,
+  createEncodeStream,
+  decodeChunks,
+  decodeChunksWithSummary,
+  DecodeStream,
+  encodeChunks,
+  EncodeStream,
+  type ChunkSource,
+  type DecodeChunksOptions,
+  type DecodeResult,
+  type DecodeStreamOptions,
+  type EncodeStreamOptions,
+} from "./streams.js";
