@@ -200,15 +200,8 @@ export function decode_window(ctx: usize): i32 {
           memory.copy(staging, payload, payloadLen);
         } else if (tag == TAG_ZERO) {
           memory.fill(staging, 0, <usize>covered);
-        } else {
-          let q: usize = 0;
-          for (let i: u32 = 0; i < pages; i++) {
-            const dlen = <usize>load<u32>(payload + q);
-            const pageOff = <usize>i << <usize>shift;
-            const pageLen = min(<usize>pageSize, <usize>covered - pageOff);
-            if (xbzrle_decode(payload + q + 4, dlen, staging + pageOff, pageLen) < 0) return fail(ctx, ERR_DELTA, pos);
-            q += 4 + dlen;
-          }
+        } else if (apply_delta_run(payload, pages, staging, <u32>shift, <usize>covered) < 0) {
+          return fail(ctx, ERR_DELTA, pos);
         }
       }
       markHeld(have, firstPage, pages);
@@ -260,6 +253,23 @@ export function decode_window(ctx: usize): i32 {
     }
   }
   return DECODE_NEED_MORE;
+}
+
+/**
+ * Applies a DELTA record's entries (already checked to fill the payload) to `count` consecutive
+ * pages at `pages` covering `covered` bytes. Returns 0, or -1 at the first malformed entry
+ * (pages before it are already patched: callers apply into staging only).
+ */
+export function apply_delta_run(payload: usize, count: u32, pages: usize, shift: u32, covered: usize): i32 {
+  let q: usize = 0;
+  for (let i: u32 = 0; i < count; i++) {
+    const dlen = <usize>load<u32>(payload + q);
+    const pageOff = <usize>i << <usize>shift;
+    const pageLen = min(<usize>1 << <usize>shift, covered - pageOff);
+    if (xbzrle_decode(payload + q + 4, dlen, pages + pageOff, pageLen) < 0) return -1;
+    q += 4 + dlen;
+  }
+  return 0;
 }
 
 function markHeld(have: usize, first: u32, count: u32): void {

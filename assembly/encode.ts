@@ -30,6 +30,13 @@ const E_PAGES_DELTA = 72;
 const E_PAGES_CLEAN = 76;
 const E_RECORDS = 80;
 const E_SCRATCH = 84; // u32 room for one trial delta: page size + 64 bytes
+// The record still open at the end of the output (it may grow in the next window, so records
+// depend only on the state, never on how it was split into windows).
+const E_REC_TAG = 88; // u8 its kind (0: none)
+const E_REC_REGION = 90; // u16
+const E_REC_PAYLOAD = 92; // u32 payload bytes so far
+const E_REC_PAGES = 96; // u32
+const E_REC_OFFSET = 104; // u64 region offset of its first page
 
 const MODE_DELTA: u8 = 1; // try XBZRLE against the shadow
 const MODE_UPDATE_SHADOW: u8 = 2; // after sending a page, the shadow holds what the receiver holds
@@ -39,7 +46,7 @@ export const ENCODE_DONE: i32 = 0;
 export const ENCODE_OUTPUT_FULL: i32 = 1;
 
 export function encode_context_size(): u32 {
-  return 96;
+  return 112;
 }
 
 export function encode_window(ctx: usize): i32 {
@@ -73,12 +80,13 @@ export function encode_window(ctx: usize): i32 {
   let p = load<u32>(ctx, E_CURSOR);
   let status = ENCODE_DONE;
 
-  // The record being built: its kind (0: none), where it starts, its payload so far, its pages.
-  let recTag: u8 = 0;
-  let recStart: usize = 0;
-  let recPayload: usize = 0;
-  let recFirst: u32 = 0;
-  let recPages: u32 = 0;
+  // The record being built, always the last thing in the output.
+  let recTag = load<u8>(ctx, E_REC_TAG);
+  let recRegion = load<u16>(ctx, E_REC_REGION);
+  let recPayload = <usize>load<u32>(ctx, E_REC_PAYLOAD);
+  let recPages = load<u32>(ctx, E_REC_PAGES);
+  let recOffset = load<u64>(ctx, E_REC_OFFSET);
+  const recordRoom = RECORD_HEADER + maxPayload + RECORD_TRAILER;
 
   while (p < pages) {
     if (bitmap != 0 && (load<u8>(bitmap + (p >> 3)) & (<u8>1 << <u8>(p & 7))) == 0) {
@@ -112,32 +120,36 @@ export function encode_window(ctx: usize): i32 {
       }
     }
 
+    // Records close only for what the state holds (another kind, a gap, the payload limit),
+    // and a new one starts only with room for a whole maximal record behind it.
+    const pageOffset = windowOffset + <u64>pageOff;
     const extends_ =
       recTag == tag &&
-      recFirst + recPages == p &&
-      recPayload + add <= maxPayload &&
-      recStart + RECORD_HEADER + recPayload + add + RECORD_TRAILER <= out + outCap;
+      recRegion == region &&
+      recOffset + <u64>recPages * <u64>pageSize == pageOffset &&
+      recPayload + add <= maxPayload;
     if (!extends_) {
       if (recTag != 0) {
-        const size = closeRecord(recStart, recTag, 0, region, recPayload, seq, recPages, windowOffset + <u64>recFirst * <u64>pageSize, alg);
-        digest = chainDigest(digest, load<u64>(recStart + RECORD_HEADER + recPayload));
+        const start = out + outLen;
+        const size = closeRecord(start, recTag, 0, recRegion, recPayload, seq, recPages, recOffset, alg);
+        digest = chainDigest(digest, load<u64>(start + RECORD_HEADER + recPayload));
         outLen += size;
         seq++;
         records++;
         recTag = 0;
       }
-      if (outLen + RECORD_HEADER + add + RECORD_TRAILER > outCap) {
+      if (outLen + recordRoom > outCap) {
         status = ENCODE_OUTPUT_FULL;
         break;
       }
       recTag = tag;
-      recStart = out + outLen;
+      recRegion = region;
       recPayload = 0;
-      recFirst = p;
+      recOffset = pageOffset;
       recPages = 0;
     }
 
-    const dest = recStart + RECORD_HEADER + recPayload;
+    const dest = out + outLen + RECORD_HEADER + recPayload;
     if (tag == TAG_PAGES) {
       memory.copy(dest, src, pageLen);
       pagesRaw++;
@@ -157,14 +169,11 @@ export function encode_window(ctx: usize): i32 {
     p++;
   }
 
-  if (recTag != 0) {
-    const size = closeRecord(recStart, recTag, 0, region, recPayload, seq, recPages, windowOffset + <u64>recFirst * <u64>pageSize, alg);
-    digest = chainDigest(digest, load<u64>(recStart + RECORD_HEADER + recPayload));
-    outLen += size;
-    seq++;
-    records++;
-  }
-
+  store<u8>(ctx, recTag, E_REC_TAG);
+  store<u16>(ctx, recRegion, E_REC_REGION);
+  store<u32>(ctx, <u32>recPayload, E_REC_PAYLOAD);
+  store<u32>(ctx, recPages, E_REC_PAGES);
+  store<u64>(ctx, recOffset, E_REC_OFFSET);
   store<u32>(ctx, p, E_CURSOR);
   store<u32>(ctx, <u32>outLen, E_OUTLEN);
   store<u32>(ctx, seq, E_SEQ);
@@ -175,6 +184,21 @@ export function encode_window(ctx: usize): i32 {
   store<u32>(ctx, pagesClean, E_PAGES_CLEAN);
   store<u32>(ctx, records, E_RECORDS);
   return status;
+}
+
+/** Closes the open record, if any (before a config, round or end record, or the last drain). */
+export function encode_flush(ctx: usize): void {
+  const tag = load<u8>(ctx, E_REC_TAG);
+  if (tag == 0) return;
+  const start = <usize>load<u32>(ctx, E_OUT) + <usize>load<u32>(ctx, E_OUTLEN);
+  const payload = <usize>load<u32>(ctx, E_REC_PAYLOAD);
+  const seq = load<u32>(ctx, E_SEQ);
+  const size = closeRecord(start, tag, 0, load<u16>(ctx, E_REC_REGION), payload, seq, load<u32>(ctx, E_REC_PAGES), load<u64>(ctx, E_REC_OFFSET), load<u8>(ctx, E_ALG));
+  store<u64>(ctx, chainDigest(load<u64>(ctx, E_DIGEST), load<u64>(start + RECORD_HEADER + payload)), E_DIGEST);
+  store<u32>(ctx, seq + 1, E_SEQ);
+  store<u32>(ctx, load<u32>(ctx, E_OUTLEN) + <u32>size, E_OUTLEN);
+  store<u32>(ctx, load<u32>(ctx, E_RECORDS) + 1, E_RECORDS);
+  store<u8>(ctx, 0, E_REC_TAG);
 }
 
 /** Writes a record's header and checksum around its payload; returns the record's size. */

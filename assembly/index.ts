@@ -10,3 +10,7 @@ export { xxh3_64, xxh3_state_size, xxh3_reset, xxh3_update, xxh3_digest } from "
 export { crc32c } from "./crc32c";
 export { scan_dirty, scan_zero, scan_hash } from "./scan";
 export { xbzrle_encode, xbzrle_decode } from "./xbzrle";
+export { chain_digest } from "./checksum";
+export { encode_context_size, encode_window, encode_flush, frame_record } from "./encode";
+export { decode_context_size, region_entry_size, decode_window, first_missing, apply_delta_run } from "./decode";
+export { bitmap_set_range, bitmap_clear_range, bitmap_or, bitmap_count } from "./bitmap";

@@ -24,6 +24,8 @@ export const Enc = {
   PAGES_CLEAN: 76,
   RECORDS: 80,
   SCRATCH: 84,
+  REC_TAG: 88,
+  REC_PAYLOAD: 92,
 } as const;
 
 export const EncMode = { DELTA: 1, UPDATE_SHADOW: 2, SKIP_CLEAN: 4 } as const;

@@ -116,6 +116,9 @@ export class StreamEncoder {
     this.header = header;
     header.regions.forEach((r, i) => this.#regionIndex.set(r.name, i));
     this.#headerPending = bytes;
+    // A round's byte count starts at the end of the previous ROUND record, or of the header for
+    // round 0 (FORMAT.md 3.5): the header belongs to no round.
+    this.#roundBytesStart = bytes.length;
     if (sink) this.#sink = sink;
     else {
       const ondata = options.ondata;
@@ -171,8 +174,7 @@ export class StreamEncoder {
     ctx.setU16(Enc.REGION, index);
     ctx.setU8(Enc.MODE, mode);
     const inPlace = c.owns(data) && (!shadow || c.owns(shadow)) && (!dirty || c.owns(dirty));
-    // Slices are whole bytes of the bitmap (8 pages) so a staged bitmap starts at bit 0.
-    const slice = inPlace ? Math.max(data.length, 1) : Math.max(1, Math.floor(STAGE_WINDOW / (pageSize * 8))) * pageSize * 8;
+    const slice = inPlace ? Math.max(data.length, 1) : this.#stageSlice();
     guarded(() => {
       for (let start = 0; start < data.length || (start === 0 && data.length === 0); start += slice) {
         const end = Math.min(data.length, start + slice);
@@ -217,10 +219,15 @@ export class StreamEncoder {
   /**
    * Feeds the state as one sequence of bytes (regions in header order), in chunks of any size.
    * For full streams; incremental streams go through {@link writePages} with a shadow.
+   *
+   * Bytes are handed to the kernel in the same windows {@link writePages} stages a whole region
+   * in (slices from the region's offset 0), so the stream does not depend on how the state was
+   * chunked: pushing it one byte at a time gives the same bytes as one writePages per region
+   * (and so as encodeSnapshot). Pages are held back until their window is complete.
    */
   push(chunk: Uint8Array, final = false): void {
     this.#checkOpen();
-    const pageSize = this.header.pageSize;
+    const slice = this.#stageSlice();
     let at = 0;
     while (at < chunk.length) {
       const region = this.header.regions[this.#pushRegion];
@@ -231,25 +238,27 @@ export class StreamEncoder {
         this.#pushOffset = 0;
         continue;
       }
-      const unit = Math.min(pageSize, left);
+      // The rest of the current window: up to the next slice boundary or the region's end.
+      const unit = Math.min((Math.floor(this.#pushOffset / slice) + 1) * slice, region.size) - this.#pushOffset;
       if (this.#pushPendingLength === 0) {
-        // Whole pages straight from the chunk (and the region's partial tail if it is all here).
+        // Whole windows straight from the chunk (the region's tail counts as one when all here).
         const avail = Math.min(chunk.length - at, left);
-        const whole = avail === left ? avail : avail - (avail % pageSize);
+        const whole = avail === left ? avail : Math.floor((this.#pushOffset + avail) / slice) * slice - this.#pushOffset;
         if (whole > 0) {
           this.writePages(this.#pushRegion, this.#pushOffset, chunk.subarray(at, at + whole));
           this.#pushOffset += whole;
           at += whole;
           continue;
         }
+        if (!this.#pushPending || this.#pushPending.length < unit) this.#pushPending = new Uint8Array(unit);
       }
-      this.#pushPending ??= new Uint8Array(pageSize);
+      const pending = this.#pushPending!;
       const take = Math.min(unit - this.#pushPendingLength, chunk.length - at);
-      this.#pushPending.set(chunk.subarray(at, at + take), this.#pushPendingLength);
+      pending.set(chunk.subarray(at, at + take), this.#pushPendingLength);
       this.#pushPendingLength += take;
       at += take;
       if (this.#pushPendingLength === unit) {
-        this.writePages(this.#pushRegion, this.#pushOffset, this.#pushPending.subarray(0, unit));
+        this.writePages(this.#pushRegion, this.#pushOffset, pending.subarray(0, unit));
         this.#pushOffset += unit;
         this.#pushPendingLength = 0;
       }
@@ -274,6 +283,7 @@ export class StreamEncoder {
     if (blob.length > this.header.maxRecordPayload) {
       throw new MigrationError("EINVAL", `config blob of ${blob.length} bytes exceeds the record payload limit ${this.header.maxRecordPayload}`);
     }
+    this.#flushPush();
     this.#frame(TAG_CONFIG, blob.length, (u8, at) => u8.set(blob, at));
     this.#configSent = true;
   }
@@ -281,6 +291,7 @@ export class StreamEncoder {
   /** Marks the end of a pre-copy round. */
   endRound(dirtyBytes = 0): RoundStats {
     this.#checkOpen();
+    this.#flushPush();
     const round = this.#rounds;
     const pages = this.#pagesSent() - this.#roundPagesStart;
     const startBytes = this.#roundBytesStart;
@@ -302,7 +313,9 @@ export class StreamEncoder {
   /** Writes the end-of-stream record and releases the encoder's core memory. */
   end(): void {
     this.#checkOpen();
+    this.#flushPush();
     if (this.#pushPendingLength > 0) throw new MigrationError("EINVAL", "a pushed page is incomplete");
+    this.#closeOpenRecord();
     const records = this.#ctx.u32(Enc.SEQ);
     const position = this.#position();
     const digest = this.#ctx.u64(Enc.DIGEST);
@@ -370,6 +383,27 @@ export class StreamEncoder {
     if (this.#ended) throw new MigrationError("EINVAL", "the encoder has ended");
   }
 
+  /** Bytes of a region staged per kernel call when its data is not in core memory. */
+  #stageSlice(): number {
+    // Whole bytes of the dirty bitmap (8 pages), so a staged bitmap slice starts at bit 0.
+    const pageSize = this.header.pageSize;
+    return Math.max(1, Math.floor(STAGE_WINDOW / (pageSize * 8))) * pageSize * 8;
+  }
+
+  /**
+   * Encodes the whole pages that push() holds back, before a record that must follow them (a
+   * config blob, a round marker, the end). A partial page stays pending.
+   */
+  #flushPush(): void {
+    const pending = this.#pushPending;
+    const whole = this.#pushPendingLength - (this.#pushPendingLength % this.header.pageSize);
+    if (!pending || whole === 0) return;
+    this.writePages(this.#pushRegion, this.#pushOffset, pending.subarray(0, whole));
+    pending.copyWithin(0, whole, this.#pushPendingLength);
+    this.#pushOffset += whole;
+    this.#pushPendingLength -= whole;
+  }
+
   #staging(size: number): number {
     if (this.#stageCap < size) {
       if (this.#stageCap > 0) this.#core.free(this.#stage);
@@ -382,6 +416,7 @@ export class StreamEncoder {
   /** Frames a small record whose payload `fill` writes, making room in the output first. */
   #frame(tag: number, payload: number, fill: (u8: Uint8Array, at: number) => void): void {
     this.#flushHeader();
+    this.#closeOpenRecord();
     const ctx = this.#ctx;
     if (ctx.u32(Enc.OUTLEN) + RECORD_OVERHEAD + payload > this.#outCap) this.#drain(false);
     guarded((c) => {
@@ -398,6 +433,12 @@ export class StreamEncoder {
     this.#sink(header, false);
   }
 
+  /** The kernel keeps the last record open for the next window; these records must follow it. */
+  #closeOpenRecord(): void {
+    this.#core.exports.encode_flush(this.#ctx.ptr);
+  }
+
+  /** Hands the finished records to the sink; an open record moves to the buffer's start. */
   #drain(final: boolean): void {
     this.#flushHeader();
     const ctx = this.#ctx;
@@ -406,6 +447,10 @@ export class StreamEncoder {
       this.#bytes += length;
       ctx.setU32(Enc.OUTLEN, 0);
       this.#sink(this.#core.u8.subarray(this.#out, this.#out + length), final);
+      if (ctx.u8(Enc.REC_TAG) !== 0) {
+        const open = this.#out + length;
+        this.#core.u8.copyWithin(this.#out, open, open + RECORD_HEADER + ctx.u32(Enc.REC_PAYLOAD));
+      }
     }
   }
 

@@ -19,8 +19,9 @@ export class MemoryTarget implements DecodeTarget {
     this.#staging = header.regions.map((region, i) => {
       const buffer = new CoreBuffer(region.size);
       const start = this.#initial?.(i);
+      // Without a starting content nothing is cleared: a full stream must deliver every page
+      // before it can commit, so no stale byte of reused memory can reach a result.
       if (start) buffer.bytes.set(start);
-      else buffer.bytes.fill(0);
       return buffer;
     });
     // Allocation may have grown memory: pointers are stable, views are not.

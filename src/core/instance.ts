@@ -23,11 +23,17 @@ export interface CoreExports {
   chain_digest(digest: bigint, checksum: bigint): bigint;
   encode_context_size(): number;
   encode_window(ctx: number): number;
+  encode_flush(ctx: number): void;
   frame_record(ctx: number, tag: number, flags: number, payload: number): number;
   decode_context_size(): number;
   region_entry_size(): number;
   decode_window(ctx: number): number;
   first_missing(regions: number, count: number): bigint;
+  apply_delta_run(payload: number, count: number, pages: number, shift: number, covered: number): number;
+  bitmap_set_range(map: number, first: number, count: number): number;
+  bitmap_clear_range(map: number, first: number, count: number): void;
+  bitmap_or(dst: number, src: number, bytes: number): void;
+  bitmap_count(map: number, bits: number): number;
 }
 
 const WASM_PAGE = 65536;

@@ -1,0 +1,38 @@
+// npm run bench [-- --json] [-- --smoke] [-- --only kernels,codec,live]
+// Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
+// same run, and to its pure-TS reference. --json prints the same rows as JSON (and writes
+// bench/results/latest.json). --smoke runs tiny sizes only, to check the benchmarks still run.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { codecBenchmarks } from "./codec.js";
+import { type BenchConfig, printTable, type Row } from "./harness.js";
+import { kernelBenchmarks } from "./kernels.js";
+import { liveBenchmarks } from "./live.js";
+
+const args = process.argv.slice(2);
+const config: BenchConfig = { smoke: args.includes("--smoke") };
+const json = args.includes("--json");
+const onlyArg = args[args.indexOf("--only") + 1];
+const only = args.includes("--only") && onlyArg ? new Set(onlyArg.split(",")) : undefined;
+const want = (section: string): boolean => !only || only.has(section);
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const sections: { name: string; rows: Row[] }[] = [];
+
+if (want("kernels")) {
+  const sizes = config.smoke ? [4 * KiB, 64 * KiB] : [4 * KiB, 64 * KiB, MiB, 64 * MiB];
+  sections.push({ name: "kernels", rows: await kernelBenchmarks(sizes, config) });
+}
+if (want("codec")) sections.push({ name: "codec", rows: await codecBenchmarks(config.smoke ? MiB : 64 * MiB, config) });
+if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
+
+if (json) {
+  const doc = { node: process.version, date: new Date().toISOString(), smoke: config.smoke, rows: sections.flatMap((s) => s.rows) };
+  mkdirSync(new URL("./results/", import.meta.url), { recursive: true });
+  writeFileSync(new URL("./results/latest.json", import.meta.url), `${JSON.stringify(doc, null, 2)}\n`);
+  console.log(JSON.stringify(doc, null, 2));
+} else {
+  console.log(`migstream benchmarks: node ${process.version}${config.smoke ? " (smoke: tiny sizes, numbers meaningless)" : ""}`);
+  console.log("GB/s = 1e9 bytes of input per second (median); 'x copy' = over Buffer.copy of the same size, same run");
+  for (const s of sections) printTable(s.name, s.rows);
+}
