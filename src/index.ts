@@ -1,4 +1,69 @@
 // migstream: the public library entry. No `node:` imports below this file, so it runs the same
-// in Node, workers and browsers; Node adapters live in `migstream/node`.
+// in Node, workers and browsers; Node adapters (files, streams, TCP) live in `migstream/node`.
+
+// Errors
 export { MigrationError, type MigrationErrorCode, type MigrationErrorDetails } from "./core/errors.js";
+
+// Core kernels (Wasm, with pure-TS references behind them)
 export { CoreBuffer, allocate } from "./core/buffer.js";
+export { xxh3, createXxh3, type Xxh3Hasher } from "./core/xxh3.js";
+export { crc32c } from "./core/crc32c.js";
+export { xbzrleEncode, xbzrleDecode } from "./core/xbzrle.js";
+export { scanDirty, scanZero, scanHash, isPageSet, type ScanResult, type ScanOptions, type ScanDirtyOptions } from "./core/scan.js";
+
+// Wire format and codec
+export type { RegionSpec, StreamHeader } from "./format/header.js";
+export type { ChecksumAlgorithm } from "./format/constants.js";
+export {
+  encodeSnapshot,
+  encodeSnapshotWithSummary,
+  decodeSnapshot,
+  createDecoder,
+  StateDecoder,
+  type SnapshotEncodeOptions,
+} from "./codec/snapshot.js";
+export {
+  createEncoder,
+  StreamEncoder,
+  type EncoderOptions,
+  type EncoderSummary,
+  type PageWriteOptions,
+  type RoundStats,
+} from "./codec/encoder.js";
+export {
+  StreamDecoder,
+  type DecoderOptions,
+  type DecoderLimits,
+  type DecoderSummary,
+  type DecodeTarget,
+  type DataRecord,
+  type RoundInfo,
+} from "./codec/decoder.js";
+
+// Device model and migration state machines
+export { DeviceModel, type DirtyTracking, type DeviceModelOptions } from "./device/device-model.js";
+export {
+  nextState,
+  migrationPath,
+  arcEffect,
+  stateSupported,
+  stateFromNumber,
+  stateToNumber,
+  MIGRATION_STATES,
+  type MigrationState,
+  type MigrationFeatures,
+} from "./migration/v2/states.js";
+export { MigrationDevice, type MigrationDeviceOptions, type DeviceCallbacks, type Session } from "./migration/v2/migration-device.js";
+export { SavingSession, type PrecopyInfo } from "./migration/saving-session.js";
+export { ResumingSession } from "./migration/resuming-session.js";
+export { DeviceGroup, type DeviceGroupOptions } from "./migration/group.js";
+export { migrateOut, migrateIn, type PrecopyOptions, type PrecopyRoundReport, type MigrationReport } from "./migration/precopy.js";
+export {
+  classifyDeviceState,
+  deviceStateName,
+  validateDeviceStateWrite,
+  DEVICE_STATE_RUNNING,
+  DEVICE_STATE_SAVING,
+  DEVICE_STATE_RESUMING,
+  DEVICE_STATE_NDMA,
+} from "./migration/v1/device-state.js";

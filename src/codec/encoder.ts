@@ -175,9 +175,20 @@ export class StreamEncoder {
     ctx.setU8(Enc.MODE, mode);
     const inPlace = c.owns(data) && (!shadow || c.owns(shadow)) && (!dirty || c.owns(dirty));
     const slice = inPlace ? Math.max(data.length, 1) : this.#stageSlice();
+    // Growing core memory (the staging block below, or whatever the sink does with a drained
+    // window) detaches views of it. When only some inputs live there, those are looked up again
+    // by offset at each use instead of through the caller's view.
+    const where = (a: Uint8Array | undefined): [number, number] | undefined => (a && c.owns(a) ? [a.byteOffset, a.length] : undefined);
+    const live = (a: Uint8Array, at: [number, number] | undefined): Uint8Array => (at ? new Uint8Array(c.memory.buffer, at[0], at[1]) : a);
+    const dataAt = where(data);
+    const total = data.length;
+    const shadowAt = where(shadow);
+    const dirtyAt = where(dirty);
     guarded(() => {
-      for (let start = 0; start < data.length || (start === 0 && data.length === 0); start += slice) {
-        const end = Math.min(data.length, start + slice);
+      // `total`, not data.length: a detached view has length 0, which would end the loop early
+      // and silently leave the rest of the range unsent.
+      for (let start = 0; start < total || (start === 0 && total === 0); start += slice) {
+        const end = Math.min(total, start + slice);
         if (end === start) break;
         const length = end - start;
         let cur: number;
@@ -192,15 +203,15 @@ export class StreamEncoder {
           const base = this.#staging(2 * slice + bitmapBytes);
           const u8 = c.u8;
           cur = base;
-          u8.set(data.subarray(start, end), cur);
+          u8.set(live(data, dataAt).subarray(start, end), cur);
           if (shadow) {
             sh = base + slice;
-            u8.set(shadow.subarray(start, end), sh);
+            u8.set(live(shadow, shadowAt).subarray(start, end), sh);
           }
           if (dirty) {
             bm = base + 2 * slice;
             const first = start / pageSize / 8;
-            u8.set(dirty.subarray(first, first + bitmapBytes), bm);
+            u8.set(live(dirty, dirtyAt).subarray(first, first + bitmapBytes), bm);
           }
         }
         ctx.setU32(Enc.CUR, cur);
@@ -211,7 +222,7 @@ export class StreamEncoder {
         ctx.setU64(Enc.OFFSET, BigInt(offset + start));
         while (c.exports.encode_window(ctx.ptr) === ENCODE_OUTPUT_FULL) this.#drain(false);
         if (ctx.u32(Enc.OUTLEN) >= OUTPUT_WINDOW) this.#drain(false);
-        if (shadow && !inPlace && (mode & EncMode.UPDATE_SHADOW) !== 0) shadow.set(c.u8.subarray(sh, sh + length), start);
+        if (shadow && !inPlace && (mode & EncMode.UPDATE_SHADOW) !== 0) live(shadow, shadowAt).set(c.u8.subarray(sh, sh + length), start);
       }
     });
   }
@@ -307,7 +318,18 @@ export class StreamEncoder {
     this.#roundPagesStart = this.#pagesSent();
     const bytes = this.#position() - startBytes;
     this.#roundBytesStart = this.#position();
+    // A round boundary is where a live reader expects the data so far: hand it over now.
+    this.#drain(false);
     return { round, pages, bytes, dirtyBytes };
+  }
+
+  /**
+   * Hands every finished record to the sink now (normally output is drained per 1 MiB). The
+   * record still open at the end stays: it may grow with the next pages.
+   */
+  flush(): void {
+    this.#checkOpen();
+    this.#drain(false);
   }
 
   /** Writes the end-of-stream record and releases the encoder's core memory. */

@@ -191,6 +191,7 @@ export class SavingSession {
       const selected = pass.selected[pass.region];
       const dirty = selected?.bytes.subarray(first / 8, Math.ceil((first + count) / 8));
       const shadow = region.shadow?.bytes.subarray(offset, end);
+      const anySelected = dirty?.some((b) => b !== 0) ?? false;
       this.#encoder.writePages(pass.region, offset, data, {
         ...(dirty ? { dirty } : {}),
         ...(shadow
@@ -202,8 +203,17 @@ export class SavingSession {
       if (pass.initial) {
         device.clearPending(pass.region, first, count);
         device.rehash(pass.region, first, count);
+      } else if (anySelected) {
+        // Hash tracking stored these pages' hashes when the pass selected them, but the workload
+        // may have changed them before they were sent just now. The hashes must describe what
+        // was sent: else a page changed back to its selected content afterwards would look clean
+        // and the receiver would keep the intermediate version. Pages of the window that changed
+        // without being sent stay pending.
+        device.rehash(pass.region, first, count, true);
       }
       pass.page += count;
+      // Every window's finished records become readable at once (the last may stay open).
+      this.#encoder.flush();
     }
     if (pass.page >= region.pages) {
       pass.region++;
@@ -215,12 +225,18 @@ export class SavingSession {
   #endPass(pass: Pass): void {
     this.#pass = undefined;
     for (const bitmap of pass.selected) bitmap?.free();
-    if (pass.initial) this.#initialDone = true;
-    if (this.#stopped) return;
+    if (this.#stopped) {
+      if (pass.initial) this.#initialDone = true;
+      return;
+    }
     const device = this.#device;
     let dirty = 0;
     device.regions.forEach((r, i) => (dirty += device.collect(i, r.pages)));
     this.#rounds.push(this.#encoder.endRound(dirty * device.pageSize));
+    // Only now: endRound hands over the pass's last record and the round marker, which are
+    // still initial data (counted as dirty, PRE_COPY info would report the first pass's tail
+    // as dirty bytes).
+    if (pass.initial) this.#initialDone = true;
   }
 
   #remainingPassBytes(pass: Pass): number {

@@ -1,0 +1,191 @@
+// The pre-copy driver: rounds of reading a device's saving session while it keeps running,
+// until what is left is small enough (or rounds stop helping), then stop-copy for the rest.
+// Per round it reports what QEMU's migration statistics report: pages and bytes sent, the
+// dirty rate, and the downtime to expect at the link's bandwidth.
+import { MigrationError } from "../core/errors.js";
+import { SavingSession } from "./saving-session.js";
+import type { MigrationDevice } from "./v2/migration-device.js";
+
+export interface PrecopyRoundReport {
+  round: number;
+  pages: number;
+  bytes: number;
+  /** Dirty bytes left when the round ended. */
+  dirtyBytes: number;
+  durationMs: number;
+  /** Bytes dirtied per second during the round (dirty bytes left / round duration). */
+  dirtyRate: number;
+  /** Time to send the dirty bytes left at the bandwidth, if stop-copy started now. */
+  expectedDowntimeMs: number;
+}
+
+export interface PrecopyOptions {
+  /** Receives the stream, in order. Awaited, so a slow link slows the migration (backpressure). */
+  send: (chunk: Uint8Array) => void | Promise<void>;
+  /** Stop-copy once dirty bytes are at most this. Default 1 MiB. */
+  thresholdBytes?: number;
+  /** At most this many pre-copy rounds. Default 30. */
+  maxRounds?: number;
+  /** A round that shrinks the dirty bytes by less than this fraction is no progress. Default 0.05. */
+  minProgress?: number;
+  /** Bytes per second for the downtime estimate. Default: the throughput measured so far. */
+  bandwidth?: number;
+  /** Largest chunk read from the session at once. Default 1 MiB. */
+  chunkSize?: number;
+  onRound?: (round: PrecopyRoundReport) => void;
+  signal?: AbortSignal;
+}
+
+export interface MigrationReport {
+  rounds: PrecopyRoundReport[];
+  /** Why pre-copy ended. */
+  converged: "threshold" | "max-rounds" | "no-progress" | "no-precopy";
+  bytes: number;
+  stopCopyBytes: number;
+  /** Measured time with the device stopped (STOP_COPY entry to the end of the stream). */
+  downtimeMs: number;
+  durationMs: number;
+  /** Stream bytes per second over the whole migration. */
+  throughput: number;
+}
+
+// Lets the device's workload run between reads; setImmediate where it exists (Node), a macrotask
+// elsewhere, so the module stays free of Node-only globals.
+const yieldToWorkload = (): Promise<void> =>
+  new Promise((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
+
+/**
+ * Migrates `device` out: pre-copy rounds (when it supports PRE_COPY), then stop-copy, then
+ * STOP. The stream goes to `options.send`. The device's workload keeps running between reads.
+ */
+export async function migrateOut(device: MigrationDevice, options: PrecopyOptions): Promise<MigrationReport> {
+  const threshold = options.thresholdBytes ?? 1 << 20;
+  const maxRounds = options.maxRounds ?? 30;
+  const minProgress = options.minProgress ?? 0.05;
+  const chunkSize = options.chunkSize ?? 1 << 20;
+  const { signal } = options;
+  const started = performance.now();
+  let bytes = 0;
+  const rounds: PrecopyRoundReport[] = [];
+  let converged: MigrationReport["converged"] = "no-precopy";
+  const send = async (chunk: Uint8Array): Promise<void> => {
+    bytes += chunk.length;
+    await options.send(chunk);
+  };
+  const check = (): void => {
+    if (signal?.aborted) throw new MigrationError("ECANCELED", "migration aborted", { state: device.state });
+  };
+
+  try {
+    let session: SavingSession;
+    if (device.features.precopy) {
+      session = (await device.setState("PRE_COPY")) as SavingSession;
+      let roundStart = performance.now();
+      let previousDirty = Infinity;
+      // Reports every round the session completed since the last look, and says whether one of
+      // them ends pre-copy. A read may complete more than one round (the encoder can hold a
+      // pass's output back), and the read that completes one may then fail with ENOMSG: no
+      // round may go unreported either way.
+      const takeRounds = (): MigrationReport["converged"] | undefined => {
+        let reason: MigrationReport["converged"] | undefined;
+        while (session.rounds.length > rounds.length) {
+          const r = session.rounds[rounds.length]!;
+          const now = performance.now();
+          const durationMs = now - roundStart;
+          roundStart = now;
+          const bandwidth = options.bandwidth ?? bytes / Math.max((now - started) / 1000, 1e-6);
+          const report: PrecopyRoundReport = {
+            round: r.round,
+            pages: r.pages,
+            bytes: r.bytes,
+            dirtyBytes: r.dirtyBytes,
+            durationMs,
+            dirtyRate: r.dirtyBytes / Math.max(durationMs / 1000, 1e-6),
+            expectedDowntimeMs: (r.dirtyBytes / bandwidth) * 1000,
+          };
+          rounds.push(report);
+          options.onRound?.(report);
+          if (reason !== undefined) continue;
+          if (r.dirtyBytes <= threshold) reason = "threshold";
+          else if (rounds.length >= maxRounds) reason = "max-rounds";
+          else if (r.dirtyBytes > previousDirty * (1 - minProgress)) reason = "no-progress";
+          previousDirty = r.dirtyBytes;
+        }
+        return reason;
+      };
+      for (;;) {
+        check();
+        let chunk: Uint8Array | null;
+        try {
+          chunk = session.read(chunkSize);
+        } catch (error) {
+          if (error instanceof MigrationError && error.code === "ENOMSG") {
+            // Nothing left to send for now: whatever the rounds said, what is left is 0 bytes.
+            takeRounds();
+            converged = "threshold";
+            break;
+          }
+          throw error;
+        }
+        if (chunk) await send(chunk);
+        await yieldToWorkload();
+        const reason = takeRounds();
+        if (reason !== undefined) {
+          converged = reason;
+          break;
+        }
+      }
+      check();
+    }
+    const stopAt = performance.now();
+    const stopped = await device.setState("STOP_COPY");
+    session = (stopped ?? device.session) as SavingSession;
+    let stopCopyBytes = 0;
+    for (let chunk = session.read(chunkSize); chunk !== null; chunk = session.read(chunkSize)) {
+      stopCopyBytes += chunk.length;
+      await send(chunk);
+    }
+    const downtimeMs = performance.now() - stopAt;
+    await device.setState("STOP");
+    const durationMs = performance.now() - started;
+    return {
+      rounds,
+      converged,
+      bytes,
+      stopCopyBytes,
+      downtimeMs,
+      durationMs,
+      throughput: bytes / Math.max(durationMs / 1000, 1e-6),
+    };
+  } catch (error) {
+    // A failed or aborted migration gives the device back to its workload.
+    if (device.state === "PRE_COPY" || device.state === "PRE_COPY_P2P") await device.setState("RUNNING").catch(() => device.reset());
+    throw error;
+  }
+}
+
+/**
+ * Migrates a stream into `device` (which must be able to reach RESUMING): every chunk of
+ * `source` is written to the resuming session, then RESUMING is left for `final` (default
+ * RUNNING), which validates the stream. On any failure the device is in ERROR (or where the
+ * failing arc left it) with its previous content untouched.
+ */
+export async function migrateIn(
+  device: MigrationDevice,
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  final: "RUNNING" | "STOP" = "RUNNING",
+): Promise<{ bytes: number }> {
+  if (device.state !== "STOP" && device.state !== "RESUMING") await device.setState("STOP");
+  const session = device.state === "RESUMING" ? device.session : await device.setState("RESUMING");
+  if (!session || session instanceof SavingSession) throw new MigrationError("EINVAL", "device has no resuming session", { state: device.state });
+  let bytes = 0;
+  try {
+    for await (const chunk of source) bytes += session.write(chunk);
+  } catch (error) {
+    // The stream failed (or its source did): leaving RESUMING now fails validation → ERROR.
+    await device.setState(final).catch(() => undefined);
+    throw error;
+  }
+  await device.setState(final);
+  return { bytes };
+}
