@@ -16,7 +16,7 @@ import {
   TAG_ZERO,
 } from "./format";
 import { chainDigest, recordChecksum } from "./checksum";
-import { xbzrle_decode } from "./xbzrle";
+import { validate as xbzrleValidate, xbzrle_decode } from "./xbzrle";
 
 // Decoder context layout (mirrored by src/codec/decode-context.ts).
 const D_IN = 0; // u32 window
@@ -180,13 +180,17 @@ export function decode_window(ctx: usize): i32 {
       } else if (tag == TAG_ZERO) {
         if (payloadLen != 0) return fail(ctx, ERR_LENGTH, pos);
       } else {
-        // Each page: u32 length, then that many XBZRLE bytes, exactly filling the payload; and
-        // a delta needs an older version of its page on the target.
+        // Each page: u32 length, then that many XBZRLE bytes, exactly filling the payload and
+        // well formed for the page's length (checked here, so targets that apply records
+        // themselves never see a malformed one); and a delta needs an older version of its
+        // page on the target.
         let q: usize = 0;
         for (let i: u32 = 0; i < pages; i++) {
           if (payloadLen - q < 4) return fail(ctx, ERR_LENGTH, pos);
           const dlen = <usize>load<u32>(payload + q);
           if (dlen > payloadLen - q - 4) return fail(ctx, ERR_LENGTH, pos);
+          const pageLen = min(<usize>pageSize, <usize>(covered - (<u64>i << shift)));
+          if (xbzrleValidate(payload + q + 4, dlen, pageLen) < 0) return fail(ctx, ERR_DELTA, pos);
           q += 4 + dlen;
           const page = firstPage + i;
           if ((load<u8>(have + (page >> 3)) & (<u8>1 << <u8>(page & 7))) == 0) return fail(ctx, ERR_NOT_HELD, pos);

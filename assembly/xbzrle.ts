@@ -177,7 +177,7 @@ function readLength(p: usize): i32 {
 }
 
 /** Status of the delta's first error, or 0 when the whole delta is well formed for the page. */
-function validate(delta: usize, deltaLen: usize, pageLen: usize): i32 {
+export function validate(delta: usize, deltaLen: usize, pageLen: usize): i32 {
   let i: usize = 0;
   let d: usize = 0;
   while (i < deltaLen) {
