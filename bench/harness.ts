@@ -95,7 +95,7 @@ export function printTable(title: string, rows: Row[]): void {
       .map(([name, r]) => `${r.toFixed(2)}x ${name}`)
       .join(", ");
     console.log(
-      `${row.task.padEnd(54)} ${sizeName(row.size).padStart(8)} ${row.gbps.toFixed(2).padStart(8)} ${row.vsCopy.toFixed(2).padStart(8)}  ${vs.padEnd(24)} ${row.target ?? ""}`,
+      `${row.task.padEnd(54)} ${sizeName(row.size).padStart(8)} ${row.gbps.toFixed(2).padStart(8)} ${(Number.isNaN(row.vsCopy) ? "-" : row.vsCopy.toFixed(2)).padStart(8)}  ${vs.padEnd(24)} ${row.target ?? ""}`,
     );
   }
 }

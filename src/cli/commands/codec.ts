@@ -60,7 +60,19 @@ function decodeOptions(command: Command): Command {
     .option("-q, --quiet", "print nothing but errors");
 }
 
+/** Elapsed time, state throughput and this process's peak RSS, for --json reports. */
+function resources(started: number, stateBytes: number): Record<string, number> {
+  const elapsedMs = performance.now() - started;
+  return {
+    elapsedMs: Math.round(elapsedMs),
+    throughputBytesPerSecond: Math.round(stateBytes / Math.max(elapsedMs / 1000, 1e-6)),
+    // resourceUsage reports kilobytes.
+    maxRssBytes: process.resourceUsage().maxRSS * 1024,
+  };
+}
+
 async function runEncode(snapshot: string, flags: EncodeFlags): Promise<void> {
+  const started = performance.now();
   const input = await snapshotPath(snapshot);
   const output = openOutput(flags.output, flags.force === true);
   const progress = new Progress("encode", flags);
@@ -81,7 +93,10 @@ async function runEncode(snapshot: string, flags: EncodeFlags): Promise<void> {
       if (check.problem) throw new MigrationError("EIO", `written stream failed verification: ${check.problem.message}`);
     }
     await output.commit();
-    report(encodeReport(summary), encodeText(summary, flags.output), { ...flags, dataOnStdout: flags.output === "-" });
+    report({ ...encodeReport(summary), resources: resources(started, summary.stateBytes) }, encodeText(summary, flags.output), {
+      ...flags,
+      dataOnStdout: flags.output === "-",
+    });
   } catch (error) {
     output.abort();
     throw error;
@@ -92,6 +107,7 @@ async function runEncode(snapshot: string, flags: EncodeFlags): Promise<void> {
 }
 
 async function runDecode(stream: string, flags: DecodeFlags): Promise<void> {
+  const started = performance.now();
   const progress = new Progress("decode", flags);
   const toStdout = flags.output === "-";
   // Decoded data reaches stdout only after the stream verified: stage it in a temporary file.
@@ -109,7 +125,10 @@ async function runDecode(stream: string, flags: DecodeFlags): Promise<void> {
       const out = openOutput("-", flags.force === true);
       for await (const chunk of openSource(staged.path)) await out.write(chunk);
     }
-    report(decodeReport(summary), decodeText(summary, flags.output), { ...flags, dataOnStdout: toStdout });
+    report({ ...decodeReport(summary), resources: resources(started, summary.header?.totalSize ?? 0) }, decodeText(summary, flags.output), {
+      ...flags,
+      dataOnStdout: toStdout,
+    });
   } finally {
     progress.done();
     staged?.cleanup();
