@@ -1,0 +1,54 @@
+// The package as users meet it: the built entry points, the self-reference through `exports`,
+// the bin, and the browser-safety of the library entry.
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+
+describe("package", () => {
+  it("resolves `migstream` and `migstream/node` from the project root (self-reference)", () => {
+    const out = execFileSync(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `import { xxh3, crc32c, encodeSnapshot, decodeSnapshot, MigrationError } from "migstream";
+         import { createDecodeStream } from "migstream/node";
+         const state = new TextEncoder().encode("hello migstream");
+         const back = decodeSnapshot(encodeSnapshot(state));
+         console.log(xxh3(new Uint8Array(0)).toString(16), crc32c(new TextEncoder().encode("123456789")).toString(16),
+           new TextDecoder().decode(back), typeof createDecodeStream, new MigrationError("EINVAL", "x").code);`,
+      ],
+      { cwd: root, encoding: "utf8" },
+    );
+    expect(out.trim()).toBe("2d06800538d394c2 e3069283 hello migstream function EINVAL");
+  });
+
+  it("loads with require() too (no top-level await anywhere in the library)", () => {
+    const out = execFileSync(process.execPath, ["-e", `console.log(typeof require("migstream").xxh3)`], { cwd: root, encoding: "utf8" });
+    expect(out.trim()).toBe("function");
+  });
+
+  it("the library entry imports no node: module (it runs in browsers and workers)", () => {
+    const seen = new Set<string>();
+    const visit = (file: string): void => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const source = readFileSync(file, "utf8");
+      for (const match of source.matchAll(/from\s+"([^"]+)"/g)) {
+        const spec = match[1]!;
+        expect(spec.startsWith("node:"), `${file} imports ${spec}`).toBe(false);
+        if (spec.startsWith(".")) visit(fileURLToPath(new URL(spec, `file://${file}`)));
+      }
+    };
+    visit(`${root}dist/index.js`);
+    expect(seen.size).toBeGreaterThan(10);
+  });
+
+  it("`npx migstream --help` lists every command", () => {
+    const out = execFileSync("npx", ["--no-install", "migstream", "--help"], { cwd: root, encoding: "utf8" });
+    for (const command of ["encode", "decode", "diff", "apply", "inspect", "verify"]) expect(out).toContain(command);
+  });
+});
