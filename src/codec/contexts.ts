@@ -1,5 +1,6 @@
 // Field offsets of the context blocks that the encoder and decoder kernels read and update
 // (mirrors assembly/encode.ts and assembly/decode.ts; the kernels own the semantics).
+import { core } from "../core/instance.js";
 
 export const Enc = {
   CUR: 0,
@@ -70,6 +71,17 @@ export const DecMode = { APPLY: 1, ENDED: 4 } as const;
 export const DECODE_NEED_MORE = 0;
 export const DECODE_RECORD = 1;
 export const DECODE_END = 2;
+
+/**
+ * `view` now: views of core memory are detached whenever it grows (any allocation may grow it),
+ * so one that lives there is rebuilt from its offset; other arrays are returned as they are.
+ */
+export function stableView(view: Uint8Array): () => Uint8Array {
+  const c = core();
+  if (!c.owns(view)) return () => view;
+  const { byteOffset, length } = view;
+  return () => (c.owns(view) ? view : new Uint8Array(c.memory.buffer, byteOffset, length));
+}
 
 /** Little-endian accessors over a context block at `ptr` in core memory. */
 export class ContextView {

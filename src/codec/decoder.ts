@@ -7,14 +7,15 @@ import { core, guarded, type Core } from "../core/instance.js";
 import { xxh3 } from "../core/xxh3.js";
 import {
   DEFAULT_LIMITS,
+  HEADER_FIXED,
   HEADER_PREFIX,
   RECORD_OVERHEAD,
   TAG_CONFIG,
   TAG_ROUND,
 } from "../format/constants.js";
-import { parseHeader, parseHeaderPrefix, type RegionSpec, type StreamHeader } from "../format/header.js";
+import { checkMagic, parseHeader, parseHeaderPrefix, type RegionSpec, type StreamHeader } from "../format/header.js";
 import { kernelError } from "./decode-errors.js";
-import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_RECORD, DecMode, Region } from "./contexts.js";
+import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_RECORD, DecMode, Region, stableView } from "./contexts.js";
 
 export interface DecoderLimits {
   /** Largest state a stream may declare. Default 1 GiB. */
@@ -32,7 +33,7 @@ export interface DecoderOptions extends DecoderLimits {
    * The identity (XXH3-64) of the base the target already starts from, computed only if the
    * stream turns out incremental: for targets that are the base themselves (a device, a file).
    */
-  baseDigest?: () => bigint;
+  baseDigest?: (header: StreamHeader) => bigint;
   /** Device compatibility id the stream must carry (checked when given). */
   deviceId?: string;
   /** Region layout the stream must have (checked when given). */
@@ -83,8 +84,15 @@ export interface DecoderSummary {
 
 type Phase = "header" | "records" | "done" | "failed";
 
+/** Offset of the base identity field in a 1.x header. */
+const BASE_IDENTITY_AT = 40;
+const utf8 = new TextEncoder();
+const utf8Length = (text: string): number => utf8.encode(text).length;
+
 export class StreamDecoder {
   readonly #options: DecoderOptions;
+  /** The base; a view of core memory is detached when memory grows (reading the header may). */
+  readonly #base: (() => Uint8Array) | undefined;
   readonly #limits: Required<DecoderLimits>;
   readonly #target: DecodeTarget;
   readonly #core: Core;
@@ -108,6 +116,7 @@ export class StreamDecoder {
 
   constructor(target: DecodeTarget, options: DecoderOptions = {}) {
     this.#options = options;
+    this.#base = options.base && stableView(options.base);
     this.#limits = {
       maxStateSize: options.maxStateSize ?? DEFAULT_LIMITS.maxStateSize,
       maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
@@ -137,7 +146,14 @@ export class StreamDecoder {
     this.#live();
     try {
       let at = 0;
+      const c = this.#core;
+      const length = chunk.length;
+      const inCore = c.owns(chunk);
+      const ptr = chunk.byteOffset;
       if (this.#phase === "header") at = this.#readHeader(chunk);
+      // Opening the stream allocates (staging, window), which may grow core memory and detach a
+      // chunk that lives there: look it up again by offset so it is still read in place.
+      if (inCore && !c.owns(chunk)) chunk = new Uint8Array(c.memory.buffer, ptr, length);
       if (at < chunk.length) this.#feed(chunk, at);
     } catch (error) {
       this.#fail(error);
@@ -201,6 +217,7 @@ export class StreamDecoder {
       this.#headerHave += take;
       this.#consumed += take;
       at += take;
+      if (this.#headerBytes.length === HEADER_PREFIX) checkMagic(this.#headerBytes.subarray(0, this.#headerHave));
       if (this.#headerHave < this.#headerBytes.length) break;
       if (this.#headerBytes.length === HEADER_PREFIX) {
         const length = parseHeaderPrefix(this.#headerBytes, this.#limits.maxHeaderSize);
@@ -216,17 +233,29 @@ export class StreamDecoder {
 
   #open(header: StreamHeader): void {
     const options = this.#options;
+    // Like every stream error, these name a record index (0: none read yet) and the offset of
+    // the header field at fault: the device id, the region table, the base identity.
+    const idAt = HEADER_FIXED;
+    const tableAt = HEADER_FIXED + utf8Length(header.deviceId);
     if (options.deviceId !== undefined && options.deviceId !== header.deviceId) {
-      throw new MigrationError("ENODEV", `stream is for device ${JSON.stringify(header.deviceId)}, expected ${JSON.stringify(options.deviceId)}`);
+      throw new MigrationError("ENODEV", `stream is for device ${JSON.stringify(header.deviceId)}, expected ${JSON.stringify(options.deviceId)}`, {
+        recordIndex: 0,
+        byteOffset: idAt,
+      });
     }
     if (options.regions && !sameLayout(options.regions, header.regions)) {
-      throw new MigrationError("ENODEV", `stream region table ${describeLayout(header.regions)} does not match the device's ${describeLayout(options.regions)}`);
+      throw new MigrationError("ENODEV", `stream region table ${describeLayout(header.regions)} does not match the device's ${describeLayout(options.regions)}`, {
+        recordIndex: 0,
+        byteOffset: tableAt,
+      });
     }
     if (header.baseDigest !== undefined) {
-      const { base, baseDigest } = options;
-      if (!base && !baseDigest) throw new MigrationError("ESTALE", "incremental stream: its base state is needed to decode it");
-      const matches = base ? base.length === header.totalSize && xxh3(base) === header.baseDigest : baseDigest!() === header.baseDigest;
-      if (!matches) throw new MigrationError("ESTALE", "incremental stream was made against another base state");
+      const { baseDigest } = options;
+      const base = this.#base?.();
+      const where = { recordIndex: 0, byteOffset: BASE_IDENTITY_AT };
+      if (!base && !baseDigest) throw new MigrationError("ESTALE", "incremental stream: its base state is needed to decode it", where);
+      const matches = base ? base.length === header.totalSize && xxh3(base) === header.baseDigest : baseDigest!(header) === header.baseDigest;
+      if (!matches) throw new MigrationError("ESTALE", "incremental stream was made against another base state", where);
     }
     const c = this.#core;
     const staging = this.#target.open(header);
@@ -269,16 +298,20 @@ export class StreamDecoder {
     const c = this.#core;
     let at = from;
     if (this.#winLen === 0 && c.owns(chunk)) {
-      // Core-resident stream and nothing pending: parse it in place, keep only the tail.
+      // Core-resident stream and nothing pending: parse it in place, keep only the tail. Its
+      // offset and length are taken once: a target's apply() may allocate, grow core memory and
+      // detach the chunk's view (whose byteOffset and length then read 0).
+      const ptr = chunk.byteOffset;
+      const length = chunk.length;
       const start = this.#winStart;
-      const used = this.#run(chunk.byteOffset + at, chunk.length - at, start);
-      this.#consumed += chunk.length - at;
+      const used = this.#run(ptr + at, length - at, start);
+      this.#consumed += length - at;
       this.#winStart = start + used;
       at += used;
-      const rest = chunk.length - at;
+      const rest = length - at;
       if (rest > 0) {
         if (rest > this.#winCap) throw new MigrationError("EBADMSG", "internal: record larger than the window");
-        c.u8.copyWithin(this.#win, chunk.byteOffset + at, chunk.byteOffset + chunk.length);
+        c.u8.copyWithin(this.#win, ptr + at, ptr + length);
         this.#winLen = rest;
       }
       return;

@@ -16,7 +16,7 @@ import {
   TAG_ROUND,
 } from "../format/constants.js";
 import { encodeHeader, type RegionSpec, type StreamHeader } from "../format/header.js";
-import { ContextView, Enc, ENCODE_OUTPUT_FULL, EncMode } from "./contexts.js";
+import { ContextView, Enc, ENCODE_OUTPUT_FULL, EncMode, stableView } from "./contexts.js";
 
 export interface EncoderOptions {
   /** The state's layout. Default: one region named "state" of `size` bytes. */
@@ -178,12 +178,10 @@ export class StreamEncoder {
     // Growing core memory (the staging block below, or whatever the sink does with a drained
     // window) detaches views of it. When only some inputs live there, those are looked up again
     // by offset at each use instead of through the caller's view.
-    const where = (a: Uint8Array | undefined): [number, number] | undefined => (a && c.owns(a) ? [a.byteOffset, a.length] : undefined);
-    const live = (a: Uint8Array, at: [number, number] | undefined): Uint8Array => (at ? new Uint8Array(c.memory.buffer, at[0], at[1]) : a);
-    const dataAt = where(data);
+    const dataNow = stableView(data);
+    const shadowNow = shadow && stableView(shadow);
+    const dirtyNow = dirty && stableView(dirty);
     const total = data.length;
-    const shadowAt = where(shadow);
-    const dirtyAt = where(dirty);
     guarded(() => {
       // `total`, not data.length: a detached view has length 0, which would end the loop early
       // and silently leave the rest of the range unsent.
@@ -203,15 +201,15 @@ export class StreamEncoder {
           const base = this.#staging(2 * slice + bitmapBytes);
           const u8 = c.u8;
           cur = base;
-          u8.set(live(data, dataAt).subarray(start, end), cur);
-          if (shadow) {
+          u8.set(dataNow().subarray(start, end), cur);
+          if (shadowNow) {
             sh = base + slice;
-            u8.set(live(shadow, shadowAt).subarray(start, end), sh);
+            u8.set(shadowNow().subarray(start, end), sh);
           }
-          if (dirty) {
+          if (dirtyNow) {
             bm = base + 2 * slice;
             const first = start / pageSize / 8;
-            u8.set(live(dirty, dirtyAt).subarray(first, first + bitmapBytes), bm);
+            u8.set(dirtyNow().subarray(first, first + bitmapBytes), bm);
           }
         }
         ctx.setU32(Enc.CUR, cur);
@@ -222,7 +220,7 @@ export class StreamEncoder {
         ctx.setU64(Enc.OFFSET, BigInt(offset + start));
         while (c.exports.encode_window(ctx.ptr) === ENCODE_OUTPUT_FULL) this.#drain(false);
         if (ctx.u32(Enc.OUTLEN) >= OUTPUT_WINDOW) this.#drain(false);
-        if (shadow && !inPlace && (mode & EncMode.UPDATE_SHADOW) !== 0) live(shadow, shadowAt).set(c.u8.subarray(sh, sh + length), start);
+        if (shadowNow && !inPlace && (mode & EncMode.UPDATE_SHADOW) !== 0) shadowNow().set(c.u8.subarray(sh, sh + length), start);
       }
     });
   }
@@ -239,8 +237,12 @@ export class StreamEncoder {
   push(chunk: Uint8Array, final = false): void {
     this.#checkOpen();
     const slice = this.#stageSlice();
+    // writePages may grow core memory (staging, or a sink that allocates): a chunk that lives
+    // there is then detached, and reads as empty. Its length is taken once, its bytes afresh.
+    const length = chunk.length;
+    const bytes = stableView(chunk);
     let at = 0;
-    while (at < chunk.length) {
+    while (at < length) {
       const region = this.header.regions[this.#pushRegion];
       if (!region) throw new MigrationError("EINVAL", `pushed more bytes than the state's ${this.header.totalSize}`);
       const left = region.size - this.#pushOffset;
@@ -253,10 +255,10 @@ export class StreamEncoder {
       const unit = Math.min((Math.floor(this.#pushOffset / slice) + 1) * slice, region.size) - this.#pushOffset;
       if (this.#pushPendingLength === 0) {
         // Whole windows straight from the chunk (the region's tail counts as one when all here).
-        const avail = Math.min(chunk.length - at, left);
+        const avail = Math.min(length - at, left);
         const whole = avail === left ? avail : Math.floor((this.#pushOffset + avail) / slice) * slice - this.#pushOffset;
         if (whole > 0) {
-          this.writePages(this.#pushRegion, this.#pushOffset, chunk.subarray(at, at + whole));
+          this.writePages(this.#pushRegion, this.#pushOffset, bytes().subarray(at, at + whole));
           this.#pushOffset += whole;
           at += whole;
           continue;
@@ -264,8 +266,8 @@ export class StreamEncoder {
         if (!this.#pushPending || this.#pushPending.length < unit) this.#pushPending = new Uint8Array(unit);
       }
       const pending = this.#pushPending!;
-      const take = Math.min(unit - this.#pushPendingLength, chunk.length - at);
-      pending.set(chunk.subarray(at, at + take), this.#pushPendingLength);
+      const take = Math.min(unit - this.#pushPendingLength, length - at);
+      pending.set(bytes().subarray(at, at + take), this.#pushPendingLength);
       this.#pushPendingLength += take;
       at += take;
       if (this.#pushPendingLength === unit) {
@@ -295,7 +297,10 @@ export class StreamEncoder {
       throw new MigrationError("EINVAL", `config blob of ${blob.length} bytes exceeds the record payload limit ${this.header.maxRecordPayload}`);
     }
     this.#flushPush();
-    this.#frame(TAG_CONFIG, blob.length, (u8, at) => u8.set(blob, at));
+    // Framing may drain to the sink first, which may grow core memory and detach a blob that
+    // lives there: keep a copy (config blobs are small).
+    const bytes = this.#core.owns(blob) ? blob.slice() : blob;
+    this.#frame(TAG_CONFIG, bytes.length, (u8, at) => u8.set(bytes, at));
     this.#configSent = true;
   }
 

@@ -2,6 +2,7 @@
 import { MigrationError } from "../core/errors.js";
 import { xxh3 } from "../core/xxh3.js";
 import type { RegionSpec } from "../format/header.js";
+import { stableView } from "./contexts.js";
 import { type DecoderOptions, StreamDecoder } from "./decoder.js";
 import { type EncoderOptions, type EncoderSummary, StreamEncoder } from "./encoder.js";
 import { MemoryTarget } from "./memory-target.js";
@@ -30,6 +31,10 @@ export function encodeSnapshotWithSummary(
     throw new MigrationError("EINVAL", `base is ${base.length} bytes, state is ${state.length}`);
   }
   const output = new GrowableOutput(estimateSize(state.length, options.pageSize ?? 4096));
+  // The encoder allocates core memory, which may grow it and detach views of it: a state or base
+  // that lives there (a CoreBuffer's bytes) is looked up again afterwards.
+  const currentState = stableView(state);
+  const currentBase = base && stableView(base);
   const encoder = new StreamEncoder(
     { ...options, regions, ...(base ? { baseDigest: xxh3(base) } : {}) },
     (view) => output.append(view),
@@ -37,8 +42,8 @@ export function encodeSnapshotWithSummary(
   try {
     let at = 0;
     regions.forEach((region, i) => {
-      const data = state.subarray(at, at + region.size);
-      if (base) encoder.writePages(i, 0, data, { shadow: base.subarray(at, at + region.size) });
+      const data = currentState().subarray(at, at + region.size);
+      if (currentBase) encoder.writePages(i, 0, data, { shadow: currentBase().subarray(at, at + region.size) });
       else encoder.writePages(i, 0, data);
       at += region.size;
     });
@@ -56,9 +61,11 @@ export class StateDecoder extends StreamDecoder {
   readonly #target: MemoryTarget;
 
   constructor(options: DecoderOptions = {}) {
-    const base = options.base;
+    // Staging regions are allocated in core memory before the base is copied into them, so a
+    // base that lives there is looked up again rather than read through a detached view.
+    const base = options.base && stableView(options.base);
     let offsets: number[] = [];
-    const target = new MemoryTarget((i) => (base ? base.subarray(offsets[i]!, offsets[i + 1]!) : undefined));
+    const target = new MemoryTarget((i) => (base ? base().subarray(offsets[i]!, offsets[i + 1]!) : undefined));
     super(
       {
         open(header) {

@@ -118,9 +118,9 @@ export class DeviceModel {
   }
 
   /**
-   * Folds what changed in pages [0, upto) of region `i` into its pending bitmap and returns the
-   * pending page count. Explicit tracking already has it; the others scan (without updating the
-   * shadow: pages are only "sent" when the encoder sends them).
+   * Folds what changed in pages [0, upto) of region `i` into its pending bitmap and returns how
+   * many of those pages are pending. Explicit tracking already has it; the others scan (without
+   * updating the shadow: pages are only "sent" when the encoder sends them).
    */
   collect(i: number, upto: number): number {
     const r = this.regions[i]!;
@@ -138,7 +138,9 @@ export class DeviceModel {
         }
       });
     }
-    return c.exports.bitmap_count(r.pending.ptr, r.pages) >>> 0;
+    // Only pages [0, upto) count: explicit tracking also marks pages the first pass has not sent
+    // yet, which are not "changed relative to data already read" (PRE_COPY info's dirty_bytes).
+    return c.exports.bitmap_count(r.pending.ptr, Math.min(Math.max(upto, 0), r.pages)) >>> 0;
   }
 
   /** Forgets pending changes of pages [first, first+count) of region `i` (they were just sent). */
@@ -146,14 +148,25 @@ export class DeviceModel {
     this.#core.exports.bitmap_clear_range(this.regions[i]!.pending.ptr, first, count);
   }
 
-  /** Records the content of pages [first, first+count) as sent, for hash tracking. */
-  rehash(i: number, first: number, count: number): void {
+  /**
+   * Records the content of pages [first, first+count) as sent, for hash tracking. With
+   * `keepChanged` (`first` a multiple of 8), pages whose content no longer matches their stored
+   * hash are also marked pending: a rescan after a partial send must not forget pages of the
+   * range that changed but were not sent.
+   */
+  rehash(i: number, first: number, count: number, keepChanged = false): void {
     const r = this.regions[i]!;
     if (!r.hashes) return;
     const offset = first * this.pageSize;
     const length = Math.min(r.size - offset, count * this.pageSize);
     if (length <= 0) return;
-    guarded((c) => c.exports.scan_hash(r.data.ptr + offset, length, this.pageSize, r.hashes!.ptr + first * 8, r.scratch.ptr));
+    guarded((c) => {
+      const changed = c.exports.scan_hash(r.data.ptr + offset, length, this.pageSize, r.hashes!.ptr + first * 8, r.scratch.ptr);
+      if (keepChanged && changed > 0) {
+        if (first % 8 !== 0) throw new MigrationError("EINVAL", `rehash range must start on a bitmap byte, got page ${first}`);
+        c.exports.bitmap_or(r.pending.ptr + first / 8, r.scratch.ptr, Math.ceil(Math.ceil(length / this.pageSize) / 8));
+      }
+    });
   }
 
   /** Starts tracking afresh: nothing is pending (a full pass is about to send everything). */

@@ -49,8 +49,10 @@ export type HeaderFields = Omit<StreamHeader, "major" | "minor" | "length" | "ch
 const utf8 = new TextEncoder();
 const utf8Strict = new TextDecoder("utf-8", { fatal: true });
 
+// Header errors name record 0 (the decoder has read no record yet), like every stream error
+// names a record index and a byte offset (FORMAT.md 5).
 function corrupt(message: string, byteOffset: number): MigrationError {
-  return new MigrationError("EBADMSG", `corrupt stream header: ${message}`, { byteOffset });
+  return new MigrationError("EBADMSG", `corrupt stream header: ${message}`, { recordIndex: 0, byteOffset });
 }
 
 /** Checks a region layout as both the encoder and a reader's expectations must satisfy. */
@@ -123,6 +125,17 @@ export function encodeHeader(fields: HeaderFields): { bytes: Uint8Array; header:
 }
 
 /**
+ * Checks the magic bytes received so far (up to 8): a stream that is not a migstream stream is
+ * refused as corrupt as soon as one of them is wrong, not reported incomplete for want of bytes
+ * that cannot make it valid (reading order, step 1).
+ */
+export function checkMagic(received: Uint8Array): void {
+  for (let i = 0; i < Math.min(received.length, MAGIC.length); i++) {
+    if (received[i] !== MAGIC[i]) throw corrupt("bad magic (not a migstream stream)", 0);
+  }
+}
+
+/**
  * Reads the fixed prefix (the first 16 bytes, the same in every version). Returns the header's
  * full length, after checking the magic and the length against `maxHeaderSize`.
  */
@@ -134,7 +147,7 @@ export function parseHeaderPrefix(prefix: Uint8Array, maxHeaderSize: number): nu
   const length = view.getUint32(12, true);
   if (length < HEADER_FIXED + HEADER_CHECKSUM) throw corrupt(`header length ${length} is too small`, 12);
   if (length > maxHeaderSize) {
-    throw new MigrationError("E2BIG", `stream header of ${length} bytes exceeds the limit of ${maxHeaderSize} bytes`, { byteOffset: 12 });
+    throw new MigrationError("E2BIG", `stream header of ${length} bytes exceeds the limit of ${maxHeaderSize} bytes`, { recordIndex: 0, byteOffset: 12 });
   }
   return length;
 }
@@ -162,7 +175,7 @@ export function parseHeader(bytes: Uint8Array, limits: HeaderLimits): StreamHead
     throw new MigrationError(
       "EPROTONOSUPPORT",
       `incompatible stream: format ${major}.${minor}, this reader supports ${FORMAT_MAJOR}.0 to ${FORMAT_MAJOR}.${FORMAT_MINOR}`,
-      { byteOffset: 8 },
+      { recordIndex: 0, byteOffset: 8 },
     );
   }
   const flags = view.getUint32(16, true);
@@ -176,7 +189,7 @@ export function parseHeader(bytes: Uint8Array, limits: HeaderLimits): StreamHead
   if (regionCount < 1 || regionCount > MAX_REGIONS) throw corrupt(`region count ${regionCount} out of range`, 22);
   const total = view.getBigUint64(24, true);
   if (total > BigInt(limits.maxStateSize)) {
-    throw new MigrationError("E2BIG", `state of ${total} bytes exceeds the limit of ${limits.maxStateSize} bytes`, { byteOffset: 24 });
+    throw new MigrationError("E2BIG", `state of ${total} bytes exceeds the limit of ${limits.maxStateSize} bytes`, { recordIndex: 0, byteOffset: 24 });
   }
   const totalSize = Number(total);
   const maxRecordPayload = view.getUint32(32, true);
@@ -185,7 +198,7 @@ export function parseHeader(bytes: Uint8Array, limits: HeaderLimits): StreamHead
     throw new MigrationError(
       "E2BIG",
       `stream uses records of up to ${maxRecordPayload} bytes, above the limit of ${limits.maxRecordPayload}`,
-      { byteOffset: 32 },
+      { recordIndex: 0, byteOffset: 32 },
     );
   }
   const idLength = view.getUint16(36, true);

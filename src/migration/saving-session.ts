@@ -46,6 +46,7 @@ export class SavingSession {
   #closed = false;
   #initialDone = false;
   #initialQueued = 0;
+  #initialReported = Infinity;
   #bytesRead = 0;
   readonly #rounds: { round: number; pages: number; bytes: number; dirtyBytes: number }[] = [];
 
@@ -126,6 +127,11 @@ export class SavingSession {
       const upto = pass?.initial ? (i < pass.region ? r.pages : i === pass.region ? pass.page : 0) : r.pages;
       dirtyBytes += device.collect(i, upto) * device.pageSize;
     });
+    // initial_bytes must only shrink as the first pass is read. The figure above can rise when
+    // the encoder hands over a record it held open (counted neither as queued nor as pages
+    // left), so report the smallest seen. It is 0 only once the first pass was all read.
+    initialBytes = Math.min(initialBytes, this.#initialReported);
+    this.#initialReported = initialBytes;
     return { initialBytes, dirtyBytes };
   }
 
@@ -234,8 +240,7 @@ export class SavingSession {
     device.regions.forEach((r, i) => (dirty += device.collect(i, r.pages)));
     this.#rounds.push(this.#encoder.endRound(dirty * device.pageSize));
     // Only now: endRound hands over the pass's last record and the round marker, which are
-    // still initial data (counted as dirty, PRE_COPY info would report the first pass's tail
-    // as dirty bytes).
+    // still initial data (counted as dirty, they would show in PRE_COPY info's dirty bytes).
     if (pass.initial) this.#initialDone = true;
   }
 
