@@ -61,3 +61,41 @@ describe("allocator", () => {
     expect(() => core().alloc(1.5)).toThrow(/invalid allocation size/);
   });
 });
+
+describe("trap recovery", () => {
+  it("turns a trap into EFAULT, replaces the instance, and retires blocks of the old one", async () => {
+    const { guarded } = await import("../../src/core/instance.js");
+    const { xxh3 } = await import("../../src/core/xxh3.js");
+    const before = core();
+    const block = allocate(64);
+    let error: unknown;
+    try {
+      guarded(() => {
+        // What a kernel bug would raise: the same error type V8 throws for `unreachable`.
+        throw new WebAssembly.RuntimeError("unreachable");
+      });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(MigrationError);
+    expect((error as MigrationError).code).toBe("EFAULT");
+    const after = core();
+    expect(after).not.toBe(before);
+    expect(after.generation).toBeGreaterThan(before.generation);
+    expect(() => block.bytes).toThrow(/replaced/);
+    expect(block.alive).toBe(false);
+    // The new instance works.
+    expect(xxh3(new Uint8Array(0))).toBe(0x2d06800538d394c2n);
+  });
+
+  it("lets other errors through unchanged", async () => {
+    const { guarded } = await import("../../src/core/instance.js");
+    const c = core();
+    expect(() =>
+      guarded(() => {
+        throw new RangeError("not a trap");
+      }),
+    ).toThrow(RangeError);
+    expect(core()).toBe(c);
+  });
+});
