@@ -67,3 +67,12 @@ export {
   DEVICE_STATE_RESUMING,
   DEVICE_STATE_NDMA,
 } from "./migration/v1/device-state.js";
+export {
+  MigrationRegion,
+  type MigrationRegionOptions,
+  REG_DEVICE_STATE,
+  REG_PENDING_BYTES,
+  REG_DATA_OFFSET,
+  REG_DATA_SIZE,
+  DATA_WINDOW_OFFSET,
+} from "./migration/v1/migration-region.js";

@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { abortPendingFiles } from "../node/atomic-file.js";
 import { registerCodecCommands } from "./commands/codec.js";
+import { registerLiveCommands } from "./commands/live.js";
 import { describeError, EXIT, exitCodeFor } from "./common.js";
 
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
@@ -31,6 +32,7 @@ const program = new Command("migstream")
   .exitOverride();
 
 registerCodecCommands(program);
+registerLiveCommands(program);
 
 try {
   await program.parseAsync(process.argv);

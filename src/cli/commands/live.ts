@@ -1,0 +1,594 @@
+// demo, send, receive: live migration of a running device over TCP, with the v2 state machine
+// on both ends (pre-copy rounds while a workload keeps writing, stop-copy, RESUMING validated on
+// the target before anything is written).
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { createCipheriv, createHash } from "node:crypto";
+import { type Command, Option } from "commander";
+import { MigrationError } from "../../core/errors.js";
+import type { DirtyTracking } from "../../device/device-model.js";
+import type { RegionSpec } from "../../format/header.js";
+import type { PrecopyRoundReport } from "../../migration/precopy.js";
+import { MigrationDevice } from "../../migration/v2/migration-device.js";
+import { ioError } from "../../node/atomic-file.js";
+import { receiveDevice, type ReceiveResult, sendDevice, type SendOptions, type SendResult } from "../../node/tcp.js";
+import { formatBytes, openOutput, parseSize, report } from "../common.js";
+
+// ---------------------------------------------------------------------------------------------
+// Option parsing
+
+/** "host:port", "[v6]:port" or "port" (loopback). */
+export function parseEndpoint(text: string, defaultHost = "127.0.0.1"): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]:|([^:]*):)?(\d+)$/.exec(text.trim());
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new MigrationError("EINVAL", `invalid address ${JSON.stringify(text)} (expected host:port or port)`);
+  }
+  return { host: match[1] ?? (match[2] || defaultHost), port };
+}
+
+/**
+ * A dirty rate in pages per second: a bare number (or "<n>p", "<n> pages") is pages per second;
+ * a size with a unit ("16M", "16MiB/s", "512k") is bytes per second.
+ */
+export function parseDirtyRate(text: string, pageSize: number): number {
+  const spec = text.trim().replace(/\/s$/i, "");
+  const pages = /^(\d+(?:\.\d+)?)\s*(?:p|pages?)?$/i.exec(spec);
+  if (pages) return Number(pages[1]);
+  if (!/[kmgt]|b$/i.test(spec)) throw new MigrationError("EINVAL", `invalid dirty rate ${JSON.stringify(text)}`);
+  return parseSize(spec) / pageSize;
+}
+
+function parseRate(text: string): number {
+  return parseSize(text.trim().replace(/\/s$/i, ""));
+}
+
+function parseCount(text: string, what: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0) throw new MigrationError("EINVAL", `invalid ${what} ${JSON.stringify(text)}`);
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The synthetic device and its workload
+
+/** A deterministic 32-bit generator (mulberry32): the same seed gives the same demo. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  };
+}
+
+/** Incompressible bytes at memcpy-like speed: an AES-CTR keystream keyed by the seed. */
+function keystream(seed: number, label: string): (length: number) => Buffer {
+  const key = createHash("sha256").update(`migstream-demo:${seed}:${label}`).digest();
+  const cipher = createCipheriv("aes-128-ctr", key.subarray(0, 16), key.subarray(16, 32));
+  let zeros = Buffer.alloc(0);
+  return (length) => {
+    if (zeros.length < length) zeros = Buffer.alloc(length);
+    return cipher.update(zeros.subarray(0, length));
+  };
+}
+
+const BLOCK = 64 * 1024;
+
+export interface SyntheticOptions {
+  size: number;
+  pageSize: number;
+  tracking: DirtyTracking;
+  seed: number;
+  deviceId: string;
+}
+
+/** The synthetic device's layout: a small register file, and the rest as device memory. */
+function syntheticLayout(size: number): RegionSpec[] {
+  const regs = Math.min(BLOCK, Math.floor(size / 16));
+  return regs > 0 && size - regs > 0
+    ? [
+        { name: "regs", size: regs },
+        { name: "memory", size: size - regs },
+      ]
+    : [{ name: "memory", size }];
+}
+
+/**
+ * A device whose state looks like a real one's: in 64 KiB blocks, about 35% zero (untouched
+ * memory), 20% repetitive (tables of similar descriptors), 15% sparse (mostly zero with a few
+ * words set, like page tables) and 30% random (buffers, compressed data).
+ */
+export function createSyntheticDevice(options: SyntheticOptions): MigrationDevice {
+  if (!Number.isSafeInteger(options.size) || options.size < 1) throw new MigrationError("EINVAL", `invalid device size ${options.size}`);
+  const device = new MigrationDevice({
+    regions: syntheticLayout(options.size),
+    pageSize: options.pageSize,
+    tracking: options.tracking,
+    deviceId: options.deviceId,
+  });
+  const random = prng(options.seed);
+  const stream = keystream(options.seed, "content");
+  // One descriptor table block, stamped with a per-block counter so blocks are not identical.
+  const table = new Uint8Array(BLOCK);
+  const tableView = new DataView(table.buffer);
+  for (let at = 0; at < BLOCK; at += 64) {
+    tableView.setUint32(at, 0xd5c0_0000 | (at >>> 6), true);
+    tableView.setUint32(at + 4, 0x1000 + at, true);
+    tableView.setBigUint64(at + 8, 0x0000_7f00_0000_0000n + BigInt(at) * 4096n, true);
+    tableView.setUint16(at + 16, 0x0101, true);
+  }
+  device.model.regions.forEach((region, i) => {
+    for (let at = 0; at < region.size; at += BLOCK) {
+      const length = Math.min(BLOCK, region.size - at);
+      // Take the view per block: nothing here allocates in core memory, but that is cheap insurance.
+      const view = device.model.view(i).subarray(at, at + length);
+      const kind = random() % 100;
+      if (kind < 35) continue; // zero: new device memory is zeroed
+      if (kind < 55) {
+        view.set(table.subarray(0, length));
+        const stamp = random();
+        for (let o = 20; o + 4 <= length; o += 64) new DataView(view.buffer, view.byteOffset + o, 4).setUint32(0, stamp, true);
+      } else if (kind < 70) {
+        for (let o = 0; o + 8 <= length; o += 512 + (random() % 8) * 64) {
+          new DataView(view.buffer, view.byteOffset + o, 8).setUint32(0, random(), true);
+        }
+      } else {
+        view.set(stream(length));
+      }
+    }
+  });
+  // The initial content is not "dirty": the first pre-copy pass sends everything anyway.
+  device.model.resetTracking();
+  return device;
+}
+
+export interface WorkloadStats {
+  /** Page writes done while the device ran. */
+  writes: number;
+  /** Distinct bytes written by those writes (bytes, not pages). */
+  bytes: number;
+  /** State the device was in when the workload noticed it had stopped. */
+  stoppedAt: string | undefined;
+}
+
+/**
+ * A guest writing to the device at `pagesPerSecond`: each write changes 64 to 512 bytes of one
+ * page, 80% of them in a hot set (1/32 of the state, where real workloads keep their buffers),
+ * the rest anywhere. It writes in catch-up bursts from a 1 ms timer (the event loop is shared
+ * with the migration) and stops for good the moment the device stops running.
+ */
+export class Workload {
+  readonly #device: MigrationDevice;
+  readonly #rate: number;
+  readonly #random: () => number;
+  readonly #bytes: (length: number) => Buffer;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #started = 0;
+  readonly stats: WorkloadStats = { writes: 0, bytes: 0, stoppedAt: undefined };
+
+  constructor(device: MigrationDevice, pagesPerSecond: number, seed: number) {
+    this.#device = device;
+    this.#rate = pagesPerSecond;
+    this.#random = prng(seed ^ 0x5bd1e995);
+    this.#bytes = keystream(seed, "workload");
+  }
+
+  start(): void {
+    if (this.#rate <= 0 || this.#timer) return;
+    this.#started = performance.now();
+    this.#timer = setInterval(() => this.#tick(), 1);
+  }
+
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+    // Stopped by its owner after the migration: say where the device was, as a tick would have.
+    if (this.#started > 0 && !this.#device.running) this.stats.stoppedAt ??= this.#device.state;
+  }
+
+  #tick(): void {
+    const device = this.#device;
+    if (!device.running) {
+      this.stats.stoppedAt = device.state;
+      this.stop();
+      return;
+    }
+    const due = Math.floor(((performance.now() - this.#started) / 1000) * this.#rate) - this.stats.writes;
+    // A long synchronous encode step delays ticks; catch up, but never by more than 1/4 s.
+    const burst = Math.min(due, Math.ceil(this.#rate / 4));
+    if (burst <= 0) return;
+    const regions = device.model.regions;
+    const pageSize = device.model.pageSize;
+    const noise = this.#bytes(burst * 512);
+    for (let n = 0; n < burst; n++) {
+      // 10% of writes go to the register file, the rest to memory.
+      const region = regions.length > 1 && this.#random() % 10 === 0 ? 0 : regions.length - 1;
+      const size = regions[region]!.size;
+      const pages = Math.ceil(size / pageSize);
+      const hot = Math.max(1, Math.floor(pages / 32));
+      const page = this.#random() % 100 < 80 ? this.#random() % hot : this.#random() % pages;
+      const length = Math.min(64 * (1 + (this.#random() % 8)), size - page * pageSize);
+      const offset = page * pageSize + (this.#random() % Math.max(1, Math.min(pageSize, size - page * pageSize) - length + 1));
+      try {
+        device.write(region, offset, noise.subarray(n * 512, n * 512 + length));
+      } catch (error) {
+        // The device stopped between ticks (stop-copy): a stopped device takes no writes.
+        if (error instanceof MigrationError && error.code === "EINVAL" && !device.running) {
+          this.stats.stoppedAt = device.state;
+          this.stop();
+          return;
+        }
+        throw error;
+      }
+      this.stats.writes++;
+      this.stats.bytes += length;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports
+
+const hex = (v: bigint): string => `0x${v.toString(16).padStart(16, "0")}`;
+
+function roundsTable(rounds: readonly PrecopyRoundReport[]): string[] {
+  if (rounds.length === 0) return ["  (no pre-copy rounds)"];
+  const lines = ["  round     pages        bytes   dirty left    dirty rate   exp. downtime      time"];
+  for (const r of rounds) {
+    lines.push(
+      `  ${String(r.round).padStart(5)} ${String(r.pages).padStart(9)} ${formatBytes(r.bytes).padStart(12)} ${formatBytes(r.dirtyBytes).padStart(12)} ${`${formatBytes(r.dirtyRate)}/s`.padStart(13)} ${`${r.expectedDowntimeMs.toFixed(1)} ms`.padStart(15)} ${`${r.durationMs.toFixed(0)} ms`.padStart(9)}`,
+    );
+  }
+  return lines;
+}
+
+function migrationJson(sent: SendResult): Record<string, unknown> {
+  return {
+    rounds: sent.rounds.map((r) => ({ ...r, durationMs: round3(r.durationMs), dirtyRate: Math.round(r.dirtyRate), expectedDowntimeMs: round3(r.expectedDowntimeMs) })),
+    converged: sent.converged,
+    bytes: sent.bytes,
+    stopCopyBytes: sent.stopCopyBytes,
+    downtimeMs: round3(sent.downtimeMs),
+    durationMs: round3(sent.durationMs),
+    throughput: Math.round(sent.throughput),
+  };
+}
+
+function migrationText(sent: SendResult): string[] {
+  return [
+    ...roundsTable(sent.rounds),
+    `  stop-copy ${formatBytes(sent.stopCopyBytes)} (pre-copy ended: ${sent.converged})`,
+    `total       ${formatBytes(sent.bytes)} in ${(sent.durationMs / 1000).toFixed(2)} s (${formatBytes(sent.throughput)}/s), downtime ${sent.downtimeMs.toFixed(1)} ms (measured)`,
+  ];
+}
+
+const round3 = (n: number): number => Math.round(n * 1000) / 1000;
+
+function deviceJson(device: MigrationDevice): Record<string, unknown> {
+  return {
+    size: device.model.size,
+    pageSize: device.model.pageSize,
+    tracking: device.model.tracking,
+    deviceId: device.deviceId,
+    regions: device.model.layout,
+  };
+}
+
+function deviceText(device: MigrationDevice): string {
+  const regions = device.model.layout.map((r) => `${r.name} ${formatBytes(r.size)}`).join(", ");
+  return `${formatBytes(device.model.size)} (${regions}), page size ${device.model.pageSize}, tracking ${device.model.tracking}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+interface MigrateFlags {
+  tracking: DirtyTracking;
+  threshold: string;
+  maxRounds: string;
+  bandwidth?: string;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+interface DemoFlags extends MigrateFlags {
+  size: string;
+  dirtyRate: string;
+  seed: string;
+  pageSize: string;
+  deviceId?: string;
+}
+
+interface SendFlags extends DemoFlags {
+  to: string;
+  demo?: boolean;
+}
+
+interface ReceiveFlags {
+  listen: string;
+  output: string;
+  deviceId?: string;
+  maxState: string;
+  maxRecord: string;
+  force?: boolean;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+function migrateOptions(command: Command): Command {
+  return command
+    .addOption(new Option("--tracking <mode>", "dirty tracking of the source device").choices(["explicit", "shadow", "hash"]).default("explicit"))
+    .option("--threshold <bytes>", "stop-copy once at most this much is dirty", "1M")
+    .option("--max-rounds <n>", "at most this many pre-copy rounds", "30")
+    .option("--bandwidth <bytes/s>", "link speed for the expected downtime (default: measured)")
+    .option("--json", "print the report as JSON on stdout")
+    .option("-q, --quiet", "print nothing but errors");
+}
+
+function demoOptions(command: Command, sizeDefault: string): Command {
+  return command
+    .option("--size <bytes>", "size of the synthetic device", sizeDefault)
+    .option("--dirty-rate <rate>", "workload writes: pages/s (4096, 4096p) or bytes/s (16M, 16MiB/s); 0 for none", "4096")
+    .option("--seed <n>", "seed of the synthetic content and workload", "1")
+    .option("--page-size <bytes>", "page size", "4096");
+}
+
+const DEMO_DEVICE_ID = "migstream-demo";
+
+// No AbortSignal: on SIGINT/SIGTERM main.ts removes pending outputs and exits at once, which
+// also closes the sockets (the peer then sees a dropped connection).
+function sendOptions(flags: MigrateFlags): Omit<SendOptions, "port" | "host"> {
+  return {
+    thresholdBytes: parseSize(flags.threshold),
+    maxRounds: Math.max(1, parseCount(flags.maxRounds, "round count")),
+    ...(flags.bandwidth !== undefined ? { bandwidth: parseRate(flags.bandwidth) } : {}),
+  };
+}
+
+function demoDevice(flags: DemoFlags): { device: MigrationDevice; workload: Workload; rate: number } {
+  const pageSize = parseSize(flags.pageSize);
+  const seed = parseCount(flags.seed, "seed");
+  const device = createSyntheticDevice({ size: parseSize(flags.size), pageSize, tracking: flags.tracking, seed, deviceId: flags.deviceId ?? DEMO_DEVICE_ID });
+  const rate = parseDirtyRate(flags.dirtyRate, pageSize);
+  return { device, workload: new Workload(device, rate, seed), rate };
+}
+
+async function runDemo(flags: DemoFlags): Promise<void> {
+  const started = performance.now();
+  const { device, workload, rate } = demoDevice(flags);
+  const createdMs = performance.now() - started;
+  let target: ReceiveResult | undefined;
+  // Ends the receiver if the sender fails before connecting: a listening server would keep
+  // the process alive.
+  const receiver = new AbortController();
+  try {
+    let listening!: (port: number) => void;
+    const bound = new Promise<number>((resolve) => (listening = resolve));
+    const receiving = receiveDevice({ port: 0, host: "127.0.0.1", final: "STOP", signal: receiver.signal, onListening: (a) => listening(a.port) });
+    // The receiver may fail before the sender is done; keep its rejection for later.
+    receiving.catch(() => undefined);
+    const port = await Promise.race([bound, receiving.then(() => -1)]);
+    workload.start();
+    let sent: SendResult;
+    try {
+      sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port });
+    } finally {
+      workload.stop();
+    }
+    target = await receiving;
+    const sourceDigest = device.model.digest();
+    const identical = sourceDigest === target.digest && sent.digest === target.digest;
+    const totalMs = performance.now() - started;
+    const value = {
+      device: deviceJson(device),
+      workload: { pagesPerSecond: rate, writes: workload.stats.writes, bytes: workload.stats.bytes, stoppedAt: workload.stats.stoppedAt ?? null },
+      transport: { kind: "tcp", host: "127.0.0.1", port },
+      ...migrationJson(sent),
+      target: { state: target.device.state, bytes: target.bytes, durationMs: round3(target.durationMs) },
+      verification: { identical, sourceDigest: hex(sourceDigest), targetDigest: hex(target.digest) },
+      setupMs: round3(createdMs),
+      totalMs: round3(totalMs),
+    };
+    const text = [
+      `demo device ${deviceText(device)}`,
+      `workload    ${Math.round(rate)} pages/s: ${workload.stats.writes} writes (${formatBytes(workload.stats.bytes)}) during the migration, stopped at ${workload.stats.stoppedAt ?? "(not stopped)"}`,
+      `transport   tcp 127.0.0.1:${port}`,
+      ...migrationText(sent),
+      identical
+        ? `verified    source and target states are identical (xxh3 ${hex(target.digest)})`
+        : `MISMATCH    source ${hex(sourceDigest)} != target ${hex(target.digest)}`,
+      `time        ${(totalMs / 1000).toFixed(2)} s in all (${(createdMs / 1000).toFixed(2)} s creating the device)`,
+    ].join("\n");
+    report(value, text, flags);
+    if (!identical) throw new MigrationError("EBADMSG", "the migrated state differs from the source's");
+  } finally {
+    receiver.abort();
+    workload.stop();
+    target?.device.free();
+    device.free();
+  }
+}
+
+/** Loads a snapshot file into a one-region device ("state"), read straight into core memory. */
+function snapshotDevice(path: string, flags: SendFlags): MigrationDevice {
+  let fd: number;
+  let size: number;
+  try {
+    fd = openSync(path, "r");
+    size = fstatSync(fd).size;
+  } catch (cause) {
+    throw ioError(`cannot open ${path}`, cause);
+  }
+  try {
+    if (size === 0) throw new MigrationError("EINVAL", `${path} is empty: nothing to migrate`);
+    const device = new MigrationDevice({
+      regions: [{ name: "state", size }],
+      pageSize: parseSize(flags.pageSize),
+      tracking: flags.tracking,
+      deviceId: flags.deviceId ?? "",
+    });
+    try {
+      const view = device.model.view(0);
+      for (let at = 0; at < size; ) {
+        const n = readSync(fd, view, at, Math.min(size - at, 4 << 20), at);
+        if (n === 0) throw new MigrationError("EIO", `${path} ended early at byte ${at} (changed while reading?)`);
+        at += n;
+      }
+    } catch (error) {
+      device.free();
+      throw error instanceof MigrationError ? error : ioError(`cannot read ${path}`, error);
+    }
+    device.model.resetTracking();
+    return device;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<void> {
+  if ((snapshot === undefined) === (flags.demo !== true)) {
+    throw new MigrationError("EINVAL", "send needs a snapshot file or --demo (not both)");
+  }
+  const { host, port } = parseEndpoint(flags.to);
+  const demo = flags.demo ? demoDevice(flags) : undefined;
+  const device = demo?.device ?? snapshotDevice(snapshot!, flags);
+  try {
+    demo?.workload.start();
+    let sent: SendResult;
+    try {
+      sent = await sendDevice(device, {
+        ...sendOptions(flags),
+        host,
+        port,
+        onRound: (r) => {
+          if (!flags.json && !flags.quiet && process.stderr.isTTY) {
+            process.stderr.write(`round ${r.round}: ${r.pages} pages, ${formatBytes(r.bytes)}, ${formatBytes(r.dirtyBytes)} dirty left\n`);
+          }
+        },
+      });
+    } finally {
+      demo?.workload.stop();
+    }
+    const value = {
+      to: `${host}:${port}`,
+      device: deviceJson(device),
+      ...(demo ? { workload: { pagesPerSecond: demo.rate, writes: demo.workload.stats.writes, bytes: demo.workload.stats.bytes } } : {}),
+      ...migrationJson(sent),
+      digest: hex(sent.digest),
+      accepted: true,
+    };
+    const text = [
+      `sent ${demo ? "demo device" : snapshot} ${deviceText(device)} to ${host}:${port}`,
+      ...migrationText(sent),
+      `accepted    the receiver validated the state (xxh3 ${hex(sent.digest)})`,
+    ].join("\n");
+    report(value, text, flags);
+  } finally {
+    device.free();
+  }
+}
+
+async function runReceive(flags: ReceiveFlags): Promise<void> {
+  const { host, port } = parseEndpoint(flags.listen);
+  const toStdout = flags.output === "-";
+  // Created before listening: an unwritable output fails now, not after the whole transfer.
+  // It stays a temporary file until the migrated state validated.
+  const output = openOutput(flags.output, flags.force === true);
+  let received: ReceiveResult | undefined;
+  try {
+    received = await receiveDevice({
+      host,
+      port,
+      final: "STOP",
+      ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
+      maxStateSize: parseSize(flags.maxState),
+      maxRecordPayload: parseSize(flags.maxRecord),
+      onListening: (a) => {
+        // Always said (tests and scripts read the port when listening on port 0).
+        if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
+      },
+      onConnection: (peer) => {
+        if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
+      },
+    });
+    const device = received.device;
+    for (let i = 0; i < device.model.regions.length; i++) {
+      // The views are into core memory and only valid until the next allocation: take each
+      // right before writing it (output.write allocates nothing in core memory).
+      await output.write(device.model.view(i));
+    }
+    await output.commit();
+    const h = received.header;
+    const value = {
+      output: flags.output,
+      bytes: received.bytes,
+      durationMs: round3(received.durationMs),
+      throughput: Math.round(received.bytes / Math.max(received.durationMs / 1000, 1e-6)),
+      header: { deviceId: h.deviceId, pageSize: h.pageSize, totalSize: h.totalSize, checksum: h.checksum, regions: h.regions },
+      state: device.state,
+      digest: hex(received.digest),
+    };
+    const text = `received ${formatBytes(h.totalSize)} of state (${formatBytes(received.bytes)} of stream in ${(received.durationMs / 1000).toFixed(2)} s) -> ${toStdout ? "stdout" : flags.output}: validated (xxh3 ${hex(received.digest)})`;
+    report(value, text, { ...flags, dataOnStdout: toStdout });
+  } catch (error) {
+    output.abort();
+    throw error;
+  } finally {
+    received?.device.free();
+  }
+}
+
+export function registerLiveCommands(program: Command): void {
+  migrateOptions(
+    demoOptions(
+      program
+        .command("demo")
+        .description(
+          "live-migrate a synthetic device while a workload dirties it: pre-copy rounds, stop-copy and resume into a second device over loopback TCP, then compare the two states",
+        ),
+      "256M",
+    ).option("--device-id <id>", "compatibility id of the synthetic device", DEMO_DEVICE_ID),
+  )
+    .addHelpText(
+      "after",
+      "\nExamples:\n  migstream demo\n  migstream demo --size 1G --dirty-rate 64M/s --tracking shadow\n  migstream demo --size 16M --json | jq .verification",
+    )
+    .action(runDemo);
+
+  migrateOptions(
+    demoOptions(
+      program
+        .command("send")
+        .description("live-migrate a device to a receiver over TCP: a snapshot file (one region \"state\"), or --demo for the synthetic device with its workload")
+        .argument("[snapshot]", "snapshot file to load into the source device")
+        .requiredOption("--to <host:port>", "the receiver (migstream receive --listen)")
+        .option("--demo", "send the synthetic demo device, written to by its workload during the migration")
+        .option("--device-id <id>", `compatibility id the receiver may require (default: "" for a snapshot, "${DEMO_DEVICE_ID}" with --demo)`),
+      "256M",
+    ),
+  )
+    .addHelpText(
+      "after",
+      "\nThe receiver validates the whole state before answering; the exit code says what it answered\n(2: corrupt or incomplete, 3: incompatible, 4: connection problem).\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send --demo --size 64M --dirty-rate 8M/s --to 127.0.0.1:7400 --json",
+    )
+    .action(runSend);
+
+  program
+    .command("receive")
+    .description("receive one live migration over TCP, validate it, and write the migrated state as a snapshot")
+    .requiredOption("--listen <[host:]port>", "where to listen (loopback unless a host is given; port 0 picks a free port, printed on stderr)")
+    .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout")
+    .option("--device-id <id>", "refuse streams for another device compatibility id (default: accept the stream's)")
+    .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
+    .option("--max-record <bytes>", "largest record payload accepted", "16M")
+    .option("-f, --force", "write binary data even to a terminal")
+    .option("--json", "print the report as JSON")
+    .option("-q, --quiet", "print nothing but errors")
+    .addHelpText(
+      "after",
+      "\nNothing is written unless the whole stream arrived and validated: a dropped connection exits 2,\na stream for another device 3, and the output file is left as it was.\n\nExamples:\n  migstream receive --listen 7400 -o vm.state --device-id nic-v2\n  migstream receive --listen 0.0.0.0:7400 -o - --json | sha256sum",
+    )
+    .action(runReceive);
+}
