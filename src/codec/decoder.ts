@@ -122,6 +122,9 @@ export class StreamDecoder {
       maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
       maxHeaderSize: options.maxHeaderSize ?? DEFAULT_LIMITS.maxHeaderSize,
     };
+    for (const [name, value] of Object.entries(this.#limits)) {
+      if (!Number.isSafeInteger(value) || value < 0) throw new MigrationError("EINVAL", `decoder limit ${name} must be a non-negative integer, got ${value}`);
+    }
     this.#target = target;
     this.#core = core();
   }

@@ -149,6 +149,15 @@ export class StreamEncoder {
    */
   writePages(region: number | string, offset: number, data: Uint8Array, options: PageWriteOptions = {}): void {
     this.#checkOpen();
+    // Growing core memory detaches every view of it (which then reads as empty), and it may grow
+    // below: the header goes to the sink first (which may allocate), staging, drained windows.
+    // So where inputs that live in core memory are is taken now, and their views rebuilt at use.
+    const c = this.#core;
+    const inPlace = c.owns(data) && (!options.shadow || c.owns(options.shadow)) && (!options.dirty || c.owns(options.dirty));
+    const dataNow = stableView(data);
+    const shadowNow = options.shadow && stableView(options.shadow);
+    const dirtyNow = options.dirty && stableView(options.dirty);
+    const total = data.length;
     const index = this.#resolveRegion(region);
     const { name, size } = this.header.regions[index]!;
     const pageSize = this.header.pageSize;
@@ -169,19 +178,10 @@ export class StreamEncoder {
       if (options.updateShadow ?? false) mode |= EncMode.UPDATE_SHADOW;
     }
     this.#flushHeader();
-    const c = this.#core;
     const ctx = this.#ctx;
     ctx.setU16(Enc.REGION, index);
     ctx.setU8(Enc.MODE, mode);
-    const inPlace = c.owns(data) && (!shadow || c.owns(shadow)) && (!dirty || c.owns(dirty));
-    const slice = inPlace ? Math.max(data.length, 1) : this.#stageSlice();
-    // Growing core memory (the staging block below, or whatever the sink does with a drained
-    // window) detaches views of it. When only some inputs live there, those are looked up again
-    // by offset at each use instead of through the caller's view.
-    const dataNow = stableView(data);
-    const shadowNow = shadow && stableView(shadow);
-    const dirtyNow = dirty && stableView(dirty);
-    const total = data.length;
+    const slice = inPlace ? Math.max(total, 1) : this.#stageSlice();
     guarded(() => {
       // `total`, not data.length: a detached view has length 0, which would end the loop early
       // and silently leave the rest of the range unsent.
@@ -193,9 +193,9 @@ export class StreamEncoder {
         let sh = 0;
         let bm = 0;
         if (inPlace) {
-          cur = data.byteOffset + start;
-          if (shadow) sh = shadow.byteOffset + start;
-          if (dirty) bm = dirty.byteOffset + start / pageSize / 8;
+          cur = dataNow().byteOffset + start;
+          if (shadowNow) sh = shadowNow().byteOffset + start;
+          if (dirtyNow) bm = dirtyNow().byteOffset + start / pageSize / 8;
         } else {
           const bitmapBytes = Math.ceil(length / pageSize / 8);
           const base = this.#staging(2 * slice + bitmapBytes);

@@ -14,13 +14,14 @@ export class CoreBuffer {
   #ptr: number;
   #view: Uint8Array | undefined;
 
-  constructor(length: number) {
+  /** `zeroed`: the bytes start as zeros (otherwise unspecified, for buffers about to be filled). */
+  constructor(length: number, zeroed = false) {
     if (!Number.isSafeInteger(length) || length < 0) {
       throw new MigrationError("EINVAL", `invalid buffer length ${length}`);
     }
     this.#core = core();
     this.length = length;
-    this.#ptr = this.#core.alloc(length);
+    this.#ptr = zeroed ? this.#core.allocZeroed(length) : this.#core.alloc(length);
   }
 
   /** Byte offset of the block in core memory. Throws once freed or if the core was replaced. */
@@ -62,7 +63,5 @@ export class CoreBuffer {
 
 /** Allocates `length` zeroed bytes in core memory. */
 export function allocate(length: number): CoreBuffer {
-  const buffer = new CoreBuffer(length);
-  buffer.bytes.fill(0);
-  return buffer;
+  return new CoreBuffer(length, true);
 }

@@ -70,6 +70,8 @@ export class Core {
   readonly #sizes = new Map<number, number>();
   #scratchPtr = 0;
   #scratchSize = 0;
+  /** Memory from here up was never handed out, so it still holds the zeros Wasm gave it. */
+  #untouched: number;
 
   constructor(generation: number) {
     const instance = new WebAssembly.Instance(coreModule(), {});
@@ -77,6 +79,7 @@ export class Core {
     this.generation = generation;
     this.#view = new Uint8Array(this.exports.memory.buffer);
     this.#top = alignUp(this.exports.heap_base() >>> 0, ALIGN);
+    this.#untouched = this.#top;
   }
 
   get memory(): WebAssembly.Memory {
@@ -110,8 +113,21 @@ export class Core {
     const start = this.#top;
     this.#ensure(start + want);
     this.#top = start + want;
+    this.#untouched = Math.max(this.#untouched, this.#top);
     this.#sizes.set(start, want);
     return start;
+  }
+
+  /**
+   * Allocates `size` zero bytes. Only the part that was ever handed out before is cleared:
+   * fresh memory is zero already, and touching it twice would double the page faults of a
+   * large block.
+   */
+  allocZeroed(size: number): number {
+    const untouched = this.#untouched;
+    const ptr = this.alloc(size);
+    if (ptr < untouched) this.u8.fill(0, ptr, Math.min(ptr + size, untouched));
+    return ptr;
   }
 
   /** Returns a block to the allocator. Unknown pointers are ignored (double free is harmless). */

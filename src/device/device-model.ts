@@ -43,13 +43,12 @@ export class TrackedRegion {
     this.size = spec.size;
     this.pages = Math.ceil(spec.size / pageSize);
     this.bitmapBytes = Math.ceil(this.pages / 8);
-    this.data = new CoreBuffer(spec.size);
-    this.pending = new CoreBuffer(this.bitmapBytes);
+    this.data = new CoreBuffer(spec.size, true);
+    this.pending = new CoreBuffer(this.bitmapBytes, true);
     this.scratch = new CoreBuffer(this.bitmapBytes);
+    // Shadow and hashes start unspecified: the first pass sends every page and sets them.
     this.shadow = tracking === "shadow" ? new CoreBuffer(spec.size) : undefined;
     this.hashes = tracking === "hash" ? new CoreBuffer(this.pages * 8) : undefined;
-    this.data.bytes.fill(0);
-    this.pending.bytes.fill(0);
   }
 
   free(): void {

@@ -132,6 +132,9 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
         const reason = takeRounds();
         if (reason !== undefined) {
           converged = reason;
+          // The round is over but some of it may still be queued: send it while the device
+          // runs, so stop-copy (the downtime) carries only what is dirty now.
+          while (session.buffered > 0) await send(session.read(chunkSize)!);
           break;
         }
       }

@@ -77,6 +77,11 @@ export class SavingSession {
     return this.#closed;
   }
 
+  /** Stream bytes already produced and waiting to be read (reading them produces nothing new). */
+  get buffered(): number {
+    return this.#queued;
+  }
+
   /** Stream bytes handed out so far. */
   get bytesRead(): number {
     return this.#bytesRead;

@@ -99,3 +99,15 @@ describe("trap recovery", () => {
     expect(core()).toBe(c);
   });
 });
+
+describe("zeroed allocation", () => {
+  it("gives zeros even where freed blocks left data behind", () => {
+    const c = core();
+    const dirty = c.alloc(256 * 1024);
+    c.u8.fill(0xab, dirty, dirty + 256 * 1024);
+    c.free(dirty);
+    const again = allocate(300 * 1024); // reuses the freed range and extends past it
+    expect(again.bytes.every((b) => b === 0)).toBe(true);
+    again.free();
+  });
+});
