@@ -49,6 +49,6 @@ describe("package", () => {
 
   it("`npx migstream --help` lists every command", () => {
     const out = execFileSync("npx", ["--no-install", "migstream", "--help"], { cwd: root, encoding: "utf8" });
-    for (const command of ["encode", "decode", "diff", "apply", "inspect", "verify"]) expect(out).toContain(command);
+    for (const command of ["encode", "decode", "diff", "apply", "inspect", "verify", "demo", "send", "receive"]) expect(out).toContain(command);
   });
 });

@@ -13,3 +13,6 @@ export {
   type DecodeStreamOptions,
   type EncodeStreamOptions,
 } from "./streams.js";
+export { encodeFile, decodeToFile, inspectStream, digestFile, type EncodeFileOptions, type DecodeFileOptions, type InspectReport } from "./files.js";
+export { AtomicFile, abortPendingFiles } from "./atomic-file.js";
+export { sendDevice, receiveDevice, type SendOptions, type SendResult, type ReceiveOptions, type ReceiveResult } from "./tcp.js";

@@ -133,7 +133,7 @@ export class MigrationDevice {
       const base = error instanceof MigrationError ? error : new MigrationError("EIO", `device callback failed: ${String(error)}`, { cause: error });
       return new MigrationError(
         base.code,
-        `${origin} -> ${target} failed at ${from} -> ${to}: ${base.message}; device is in ${state}`,
+        `${origin} -> ${target} failed${origin === from && target === to ? "" : ` at ${from} -> ${to}`}: ${base.message}; device is in ${state}`,
         {
           state,
           from: origin,
