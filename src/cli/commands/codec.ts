@@ -66,9 +66,23 @@ function resources(started: number, stateBytes: number): Record<string, number> 
   return {
     elapsedMs: Math.round(elapsedMs),
     throughputBytesPerSecond: Math.round(stateBytes / Math.max(elapsedMs / 1000, 1e-6)),
-    // resourceUsage reports kilobytes.
-    maxRssBytes: process.resourceUsage().maxRSS * 1024,
+    maxRssBytes: peakRss(),
   };
+}
+
+/**
+ * This process's peak resident set. On Linux getrusage's maxrss carries the parent's peak over
+ * fork and exec (a CLI spawned by a large process would report the parent's), so the kernel's
+ * per-process high-water mark (VmHWM) is read instead where it exists.
+ */
+function peakRss(): number {
+  try {
+    const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync("/proc/self/status", "utf8"));
+    if (match) return Number(match[1]) * 1024;
+  } catch {
+    // not Linux: fall through
+  }
+  return process.resourceUsage().maxRSS * 1024;
 }
 
 async function runEncode(snapshot: string, flags: EncodeFlags): Promise<void> {

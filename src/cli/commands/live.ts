@@ -2,16 +2,15 @@
 // on both ends (pre-copy rounds while a workload keeps writing, stop-copy, RESUMING validated on
 // the target before anything is written).
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
-import { createCipheriv, createHash } from "node:crypto";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
 import type { DirtyTracking } from "../../device/device-model.js";
-import type { RegionSpec } from "../../format/header.js";
 import type { PrecopyRoundReport } from "../../migration/precopy.js";
 import { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { ioError } from "../../node/atomic-file.js";
 import { receiveDevice, type ReceiveResult, sendDevice, type SendOptions, type SendResult } from "../../node/tcp.js";
 import { formatBytes, openOutput, parseSize, report } from "../common.js";
+import { createSyntheticDevice, Workload } from "../synthetic-device.js";
 
 // ---------------------------------------------------------------------------------------------
 // Option parsing
@@ -46,186 +45,6 @@ function parseCount(text: string, what: string): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < 0) throw new MigrationError("EINVAL", `invalid ${what} ${JSON.stringify(text)}`);
   return n;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The synthetic device and its workload
-
-/** A deterministic 32-bit generator (mulberry32): the same seed gives the same demo. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
-
-/** Incompressible bytes at memcpy-like speed: an AES-CTR keystream keyed by the seed. */
-function keystream(seed: number, label: string): (length: number) => Buffer {
-  const key = createHash("sha256").update(`migstream-demo:${seed}:${label}`).digest();
-  const cipher = createCipheriv("aes-128-ctr", key.subarray(0, 16), key.subarray(16, 32));
-  let zeros = Buffer.alloc(0);
-  return (length) => {
-    if (zeros.length < length) zeros = Buffer.alloc(length);
-    return cipher.update(zeros.subarray(0, length));
-  };
-}
-
-const BLOCK = 64 * 1024;
-
-export interface SyntheticOptions {
-  size: number;
-  pageSize: number;
-  tracking: DirtyTracking;
-  seed: number;
-  deviceId: string;
-}
-
-/** The synthetic device's layout: a small register file, and the rest as device memory. */
-function syntheticLayout(size: number): RegionSpec[] {
-  const regs = Math.min(BLOCK, Math.floor(size / 16));
-  return regs > 0 && size - regs > 0
-    ? [
-        { name: "regs", size: regs },
-        { name: "memory", size: size - regs },
-      ]
-    : [{ name: "memory", size }];
-}
-
-/**
- * A device whose state looks like a real one's: in 64 KiB blocks, about 35% zero (untouched
- * memory), 20% repetitive (tables of similar descriptors), 15% sparse (mostly zero with a few
- * words set, like page tables) and 30% random (buffers, compressed data).
- */
-export function createSyntheticDevice(options: SyntheticOptions): MigrationDevice {
-  if (!Number.isSafeInteger(options.size) || options.size < 1) throw new MigrationError("EINVAL", `invalid device size ${options.size}`);
-  const device = new MigrationDevice({
-    regions: syntheticLayout(options.size),
-    pageSize: options.pageSize,
-    tracking: options.tracking,
-    deviceId: options.deviceId,
-  });
-  const random = prng(options.seed);
-  const stream = keystream(options.seed, "content");
-  // One descriptor table block, stamped with a per-block counter so blocks are not identical.
-  const table = new Uint8Array(BLOCK);
-  const tableView = new DataView(table.buffer);
-  for (let at = 0; at < BLOCK; at += 64) {
-    tableView.setUint32(at, 0xd5c0_0000 | (at >>> 6), true);
-    tableView.setUint32(at + 4, 0x1000 + at, true);
-    tableView.setBigUint64(at + 8, 0x0000_7f00_0000_0000n + BigInt(at) * 4096n, true);
-    tableView.setUint16(at + 16, 0x0101, true);
-  }
-  device.model.regions.forEach((region, i) => {
-    for (let at = 0; at < region.size; at += BLOCK) {
-      const length = Math.min(BLOCK, region.size - at);
-      // Take the view per block: nothing here allocates in core memory, but that is cheap insurance.
-      const view = device.model.view(i).subarray(at, at + length);
-      const kind = random() % 100;
-      if (kind < 35) continue; // zero: new device memory is zeroed
-      if (kind < 55) {
-        view.set(table.subarray(0, length));
-        const stamp = random();
-        for (let o = 20; o + 4 <= length; o += 64) new DataView(view.buffer, view.byteOffset + o, 4).setUint32(0, stamp, true);
-      } else if (kind < 70) {
-        for (let o = 0; o + 8 <= length; o += 512 + (random() % 8) * 64) {
-          new DataView(view.buffer, view.byteOffset + o, 8).setUint32(0, random(), true);
-        }
-      } else {
-        view.set(stream(length));
-      }
-    }
-  });
-  // The initial content is not "dirty": the first pre-copy pass sends everything anyway.
-  device.model.resetTracking();
-  return device;
-}
-
-export interface WorkloadStats {
-  /** Page writes done while the device ran. */
-  writes: number;
-  /** Distinct bytes written by those writes (bytes, not pages). */
-  bytes: number;
-  /** State the device was in when the workload noticed it had stopped. */
-  stoppedAt: string | undefined;
-}
-
-/**
- * A guest writing to the device at `pagesPerSecond`: each write changes 64 to 512 bytes of one
- * page, 80% of them in a hot set (1/32 of the state, where real workloads keep their buffers),
- * the rest anywhere. It writes in catch-up bursts from a 1 ms timer (the event loop is shared
- * with the migration) and stops for good the moment the device stops running.
- */
-export class Workload {
-  readonly #device: MigrationDevice;
-  readonly #rate: number;
-  readonly #random: () => number;
-  readonly #bytes: (length: number) => Buffer;
-  #timer: ReturnType<typeof setInterval> | undefined;
-  #started = 0;
-  readonly stats: WorkloadStats = { writes: 0, bytes: 0, stoppedAt: undefined };
-
-  constructor(device: MigrationDevice, pagesPerSecond: number, seed: number) {
-    this.#device = device;
-    this.#rate = pagesPerSecond;
-    this.#random = prng(seed ^ 0x5bd1e995);
-    this.#bytes = keystream(seed, "workload");
-  }
-
-  start(): void {
-    if (this.#rate <= 0 || this.#timer) return;
-    this.#started = performance.now();
-    this.#timer = setInterval(() => this.#tick(), 1);
-  }
-
-  stop(): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = undefined;
-    // Stopped by its owner after the migration: say where the device was, as a tick would have.
-    if (this.#started > 0 && !this.#device.running) this.stats.stoppedAt ??= this.#device.state;
-  }
-
-  #tick(): void {
-    const device = this.#device;
-    if (!device.running) {
-      this.stats.stoppedAt = device.state;
-      this.stop();
-      return;
-    }
-    const due = Math.floor(((performance.now() - this.#started) / 1000) * this.#rate) - this.stats.writes;
-    // A long synchronous encode step delays ticks; catch up, but never by more than 1/4 s.
-    const burst = Math.min(due, Math.ceil(this.#rate / 4));
-    if (burst <= 0) return;
-    const regions = device.model.regions;
-    const pageSize = device.model.pageSize;
-    const noise = this.#bytes(burst * 512);
-    for (let n = 0; n < burst; n++) {
-      // 10% of writes go to the register file, the rest to memory.
-      const region = regions.length > 1 && this.#random() % 10 === 0 ? 0 : regions.length - 1;
-      const size = regions[region]!.size;
-      const pages = Math.ceil(size / pageSize);
-      const hot = Math.max(1, Math.floor(pages / 32));
-      const page = this.#random() % 100 < 80 ? this.#random() % hot : this.#random() % pages;
-      const length = Math.min(64 * (1 + (this.#random() % 8)), size - page * pageSize);
-      const offset = page * pageSize + (this.#random() % Math.max(1, Math.min(pageSize, size - page * pageSize) - length + 1));
-      try {
-        device.write(region, offset, noise.subarray(n * 512, n * 512 + length));
-      } catch (error) {
-        // The device stopped between ticks (stop-copy): a stopped device takes no writes.
-        if (error instanceof MigrationError && error.code === "EINVAL" && !device.running) {
-          this.stats.stoppedAt = device.state;
-          this.stop();
-          return;
-        }
-        throw error;
-      }
-      this.stats.writes++;
-      this.stats.bytes += length;
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
