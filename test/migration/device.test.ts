@@ -807,3 +807,29 @@ describe("concurrency and quiesce", () => {
     device.free();
   });
 });
+
+describe("reset during a state change", () => {
+  it("wins over an arc still awaiting its quiesce: the change fails with ECANCELED, the device stays RUNNING", async () => {
+    let release: () => void = () => undefined;
+    let hold = true;
+    const device = new MigrationDevice({
+      regions: [{ name: "ram", size: 64 * 1024 }],
+      // The first quiesce waits until released; later ones finish at once.
+      callbacks: { quiesce: () => (hold ? new Promise<void>((resolve) => (release = resolve)) : undefined) },
+    });
+    try {
+      const change = device.setState("RUNNING_P2P");
+      await new Promise((resolve) => setImmediate(resolve));
+      device.reset();
+      hold = false;
+      release();
+      await expect(change).rejects.toMatchObject({ code: "ECANCELED" });
+      expect(device.state).toBe("RUNNING");
+      // The device is usable again at once.
+      await device.setState("STOP");
+      expect(device.state).toBe("STOP");
+    } finally {
+      device.free();
+    }
+  });
+});

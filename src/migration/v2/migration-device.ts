@@ -46,6 +46,8 @@ export class MigrationDevice {
   #state: MigrationState = "RUNNING";
   #session: Session | undefined;
   #changing = false;
+  /** Bumped by reset(): an arc still awaiting (a quiesce, a callback) then must not land. */
+  #resets = 0;
 
   constructor(options: MigrationDeviceOptions) {
     this.model = new DeviceModel(options);
@@ -101,22 +103,38 @@ export class MigrationDevice {
     if (this.#changing) throw new MigrationError("EBUSY", "a state change is already in progress", { state: this.#state });
     this.#changing = true;
     const from = this.#state;
+    const resets = this.#resets;
     let opened: Session | undefined;
     try {
       while (this.#state !== target) {
         const step = nextState(this.#state, target, this.features);
         const session = await this.#arc(this.#state, step, from, target);
+        if (this.#resets !== resets) {
+          // The device was reset while the arc was in flight: reset wins, the arc's result
+          // (a session it opened included) is discarded.
+          session?.close();
+          throw new MigrationError("ECANCELED", `${from} -> ${target} interrupted by a device reset; device is in ${this.#state}`, {
+            state: this.#state,
+            from,
+            to: target,
+          });
+        }
         if (session) opened = session;
         this.#state = step;
       }
       return opened;
     } finally {
-      this.#changing = false;
+      if (this.#resets === resets) this.#changing = false;
     }
   }
 
-  /** Device reset: back to RUNNING from any state, ERROR included; any session is ended. */
+  /**
+   * Device reset: back to RUNNING from any state, ERROR included; any session is ended, and a
+   * state change still in progress fails with ECANCELED instead of landing afterwards.
+   */
   reset(): void {
+    this.#resets++;
+    this.#changing = false;
     this.#session?.close();
     this.#session = undefined;
     this.#state = "RUNNING";
