@@ -7,7 +7,7 @@ import { core } from "../src/core/instance.js";
 import { crc32c } from "../src/core/crc32c.js";
 import { crc32cReference } from "../src/core/reference/crc32c.js";
 import { scanDirtyReference, scanHashReference, scanZeroReference } from "../src/core/reference/scan.js";
-import { xbzrleEncodeReference } from "../src/core/reference/xbzrle.js";
+import { xbzrleDecodeReference, xbzrleEncodeReference } from "../src/core/reference/xbzrle.js";
 import { xxh3Reference } from "../src/core/reference/xxh3.js";
 import { scanDirty, scanHash, scanZero } from "../src/core/scan.js";
 import { xxh3 } from "../src/core/xxh3.js";
@@ -38,7 +38,20 @@ export async function kernelBenchmarks(sizes: number[], config: BenchConfig): Pr
     const cb = changed.bytes;
     for (let p = 0; p < size; p += PAGE) for (let r = 0; r < 8; r++) cb.fill(r + 1, p + r * 500, Math.min(p + r * 500 + 10, size));
     const deltaOut = allocate(PAGE + 64);
-    const encode = core().exports.xbzrle_encode;
+    const { xbzrle_encode: encode, xbzrle_decode: decode } = core().exports;
+    // The deltas of every page, laid out for the decode rows (each applied onto a scratch page).
+    const deltas: { at: number; length: number }[] = [];
+    const deltaBuffer = allocate(size + 64);
+    for (let p = 0, at = 0; p < size; p += PAGE) {
+      const n = encode(data.ptr + p, changed.ptr + p, Math.min(PAGE, size - p), deltaBuffer.ptr + at, PAGE);
+      deltas.push({ at, length: Math.max(n, 0) });
+      at += Math.max(n, 0);
+    }
+    const jsDeltas = deltas.map((d) => deltaBuffer.bytes.slice(d.at, d.at + d.length));
+    const target = allocate(size);
+    target.bytes.set(js);
+    // Its own copy: decoding rewrites the pages, and `js` is every other row's input.
+    const jsTarget = js.slice();
 
     const results = await measure(
       size,
@@ -52,19 +65,28 @@ export async function kernelBenchmarks(sizes: number[], config: BenchConfig): Pr
           return hashWasm.digest("binary");
         },
         "crc32c wasm (data in core memory)": () => crc32c(data.bytes),
-        ...(big && !config.smoke ? {} : { "crc32c TS reference": () => crc32cReference(js) }),
+        "crc32c TS reference": () => crc32cReference(js),
         "@node-rs/crc32 crc32c": () => nodeRsCrc32c(js),
         "clean-page scan (shadow compare)": () => scanDirty(data.bytes, shadow.bytes, PAGE),
         "clean-page scan TS reference": () => scanDirtyReference(js, js, PAGE, false),
         "zero-page scan": () => scanZero(zero.bytes, PAGE),
         "zero-page scan TS reference": () => scanZeroReference(new Uint8Array(size), PAGE),
         "per-page hash scan (0% dirty)": () => scanHash(data.bytes, PAGE, hashes.bytes),
-        ...(big && !config.smoke ? {} : { "per-page hash scan TS reference": () => scanHashReference(js, PAGE, new Uint8Array(pages * 8)) }),
+        "per-page hash scan TS reference": () => scanHashReference(js, PAGE, new Uint8Array(pages * 8)),
         "XBZRLE encode, sparse changes (wasm)": () => {
           const base = data.ptr;
           const next = changed.ptr;
           const out = deltaOut.ptr;
           for (let p = 0; p < size; p += PAGE) encode(base + p, next + p, Math.min(PAGE, size - p), out, PAGE);
+        },
+        "XBZRLE decode, sparse changes (wasm)": () => {
+          const base = target.ptr;
+          const source = deltaBuffer.ptr;
+          for (let i = 0; i < deltas.length; i++) decode(source + deltas[i]!.at, deltas[i]!.length, base + i * PAGE, Math.min(PAGE, size - i * PAGE));
+        },
+        "XBZRLE decode TS reference": () => {
+          const t = jsTarget;
+          for (let i = 0; i < jsDeltas.length; i++) xbzrleDecodeReference(jsDeltas[i]!, t.subarray(i * PAGE, i * PAGE + PAGE));
         },
         "XBZRLE encode TS reference": () => {
           const b = js;
@@ -92,8 +114,9 @@ export async function kernelBenchmarks(sizes: number[], config: BenchConfig): Pr
       row("zero-page scan", { "TS ref": "zero-page scan TS reference" }, ">= 2.3x copy"),
       row("per-page hash scan (0% dirty)", { "TS ref": "per-page hash scan TS reference" }),
       row("XBZRLE encode, sparse changes (wasm)", { "TS ref": "XBZRLE encode TS reference" }, ">= 0.8x copy"),
+      row("XBZRLE decode, sparse changes (wasm)", { "TS ref": "XBZRLE decode TS reference" }),
     );
-    for (const b of [data, shadow, zero, hashes, changed, deltaOut]) b.free();
+    for (const b of [data, shadow, zero, hashes, changed, deltaOut, deltaBuffer, target]) b.free();
   }
   return rows;
 }
