@@ -18,7 +18,7 @@ import {
 import { chainDigest, recordChecksum } from "./checksum";
 import { validate as xbzrleValidate, xbzrle_decode } from "./xbzrle";
 
-// Decoder context layout (mirrored by src/codec/decode-context.ts).
+// Decoder context layout (mirrored by src/codec/contexts.ts).
 const D_IN = 0; // u32 window
 const D_INLEN = 4; // u32 bytes in the window
 const D_POS = 8; // u32 parse position in the window (in/out)
@@ -260,20 +260,21 @@ export function decode_window(ctx: usize): i32 {
 }
 
 /**
- * Applies a DELTA record's entries (already checked to fill the payload) to `count` consecutive
- * pages at `pages` covering `covered` bytes. Returns 0, or -1 at the first malformed entry
- * (pages before it are already patched: callers apply into staging only).
+ * Applies `count` entries of a DELTA record (already checked to lie inside its payload),
+ * starting at `entries`, to consecutive pages at `pages` covering `covered` bytes. Returns the
+ * entry bytes consumed (so a caller can apply a long record in batches), or -1 at the first
+ * malformed entry (pages before it are already patched: callers apply into staging only).
  */
-export function apply_delta_run(payload: usize, count: u32, pages: usize, shift: u32, covered: usize): i32 {
+export function apply_delta_run(entries: usize, count: u32, pages: usize, shift: u32, covered: usize): i32 {
   let q: usize = 0;
   for (let i: u32 = 0; i < count; i++) {
-    const dlen = <usize>load<u32>(payload + q);
+    const dlen = <usize>load<u32>(entries + q);
     const pageOff = <usize>i << <usize>shift;
     const pageLen = min(<usize>1 << <usize>shift, covered - pageOff);
-    if (xbzrle_decode(payload + q + 4, dlen, pages + pageOff, pageLen) < 0) return -1;
+    if (xbzrle_decode(entries + q + 4, dlen, pages + pageOff, pageLen) < 0) return -1;
     q += 4 + dlen;
   }
-  return 0;
+  return <i32>q;
 }
 
 function markHeld(have: usize, first: u32, count: u32): void {

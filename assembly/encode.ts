@@ -7,7 +7,7 @@ import { chainDigest, recordChecksum } from "./checksum";
 import { bytesEqual, bytesZero } from "./mem";
 import { xbzrle_encode } from "./xbzrle";
 
-// Encoder context layout (mirrored by src/codec/encode-context.ts).
+// Encoder context layout (mirrored by src/codec/contexts.ts).
 const E_CUR = 0; // u32 window data
 const E_SHADOW = 4; // u32 receiver's copy of the window (0: none)
 const E_BITMAP = 8; // u32 pages to consider, one bit each (0: all)

@@ -139,7 +139,8 @@ class FileTarget implements DecodeTarget {
   readonly #path: string;
   readonly #base: string | undefined;
   #file: AtomicFile | undefined;
-  #starts: number[] = [];
+  /** Per region: its first and one-past-last byte in the file. */
+  #bounds: { start: number; end: number }[] = [];
   #pageSize = 0;
   #scratch: CoreBuffer | undefined;
   #zeros = new Uint8Array(0);
@@ -153,14 +154,14 @@ class FileTarget implements DecodeTarget {
     this.#file = new AtomicFile(this.#path, this.#base);
     this.#pageSize = header.pageSize;
     let at = 0;
-    this.#starts = header.regions.map((r) => {
-      const start = at;
+    this.#bounds = header.regions.map((r) => {
+      const bounds = { start: at, end: at + r.size };
       at += r.size;
-      return start;
+      return bounds;
     });
     try {
-      // Sized up front: positional writes then land anywhere, and never-written zero pages
-      // stay sparse.
+      // Sized up front, so positional writes can land anywhere (and a base of another size
+      // never leaves a tail behind).
       ftruncateSync(this.#file.fd, header.totalSize);
     } catch (cause) {
       throw ioError(`cannot size ${this.#file.tempPath}`, cause);
@@ -170,32 +171,45 @@ class FileTarget implements DecodeTarget {
 
   apply(record: DataRecord): void {
     const file = this.#file!;
-    const at = this.#starts[record.region]! + record.offset;
+    const { start, end } = this.#bounds[record.region]!;
+    const at = start + record.offset;
+    // A region's last page may be partial: a record never covers bytes past its region's end.
+    const covered = Math.min(record.pages * this.#pageSize, end - at);
     if (record.tag === TAG_PAGES) {
       file.writeAt(record.payload, at);
     } else if (record.tag === TAG_ZERO) {
-      const length = Math.min(record.pages * this.#pageSize, this.#regionEnd(record.region) - at);
-      if (this.#zeros.length < Math.min(length, WINDOW)) this.#zeros = new Uint8Array(Math.min(Math.max(length, 65536), WINDOW));
-      for (let done = 0; done < length; done += this.#zeros.length) {
-        file.writeAt(this.#zeros.subarray(0, Math.min(this.#zeros.length, length - done)), at + done);
+      if (this.#zeros.length < Math.min(covered, WINDOW)) this.#zeros = new Uint8Array(Math.min(Math.max(covered, 65536), WINDOW));
+      for (let done = 0; done < covered; done += this.#zeros.length) {
+        file.writeAt(this.#zeros.subarray(0, Math.min(this.#zeros.length, covered - done)), at + done);
       }
     } else if (record.tag === TAG_DELTA) {
-      const covered = Math.min(record.pages * this.#pageSize, this.#regionEnd(record.region) - at);
-      // The payload view lives in core memory too: allocating may move it, so keep a copy.
-      const payload = record.payload.slice();
-      if (!this.#scratch || this.#scratch.length < covered + payload.length) {
-        this.#scratch?.free();
-        this.#scratch = new CoreBuffer(Math.max(covered + payload.length, 1 << 20));
-      }
-      const scratch = this.#scratch;
-      const pages = scratch.bytes.subarray(0, covered);
-      readFully(file.fd, pages, at, file.tempPath);
-      scratch.bytes.set(payload, covered);
-      const status = guarded((c) =>
-        c.exports.apply_delta_run(scratch.ptr + covered, record.pages, scratch.ptr, Math.log2(this.#pageSize), covered),
-      );
-      if (status < 0) throw new MigrationError("EBADMSG", `malformed XBZRLE delta in the record at region offset ${record.offset}`);
-      file.writeAt(scratch.bytes.subarray(0, covered), at);
+      this.#applyDelta(record, at, covered);
+    }
+  }
+
+  /**
+   * Patches the pages of a DELTA record in the file, a batch of pages at a time: one record may
+   * cover far more pages than its payload's size, and memory must not grow with that.
+   */
+  #applyDelta(record: DataRecord, at: number, covered: number): void {
+    const file = this.#file!;
+    const pageSize = this.#pageSize;
+    const batchPages = Math.max(1, Math.floor(WINDOW / pageSize));
+    // The payload lives in core memory (the decoder's window). Its offset is taken before
+    // anything is allocated: growth detaches the view, and a detached view's offset reads 0.
+    let entries = record.payload.byteOffset;
+    this.#scratch ??= new CoreBuffer(batchPages * pageSize);
+    const scratch = this.#scratch;
+    for (let page = 0; page < record.pages; page += batchPages) {
+      const count = Math.min(batchPages, record.pages - page);
+      const offset = page * pageSize;
+      const length = Math.min(count * pageSize, covered - offset);
+      const pages = scratch.bytes.subarray(0, length);
+      readFully(file.fd, pages, at + offset, file.tempPath);
+      const used = guarded((c) => c.exports.apply_delta_run(entries, count, scratch.ptr, Math.log2(pageSize), length));
+      if (used < 0) throw new MigrationError("EBADMSG", `malformed XBZRLE delta in the record at region offset ${record.offset}`);
+      entries += used;
+      file.writeAt(pages, at + offset);
     }
   }
 
@@ -207,10 +221,6 @@ class FileTarget implements DecodeTarget {
   abort(): void {
     this.#release();
     this.#file?.abort();
-  }
-
-  #regionEnd(region: number): number {
-    return this.#starts[region + 1] ?? Infinity;
   }
 
   #release(): void {
