@@ -21,6 +21,8 @@ export type ChecksumAlgorithm = "xxh3" | "crc32c";
 export const MIN_PAGE_SHIFT = 6;
 export const MAX_PAGE_SHIFT = 20;
 export const MAX_REGIONS = 1024;
+/** Pages of one region are numbered in 32 bits (records carry u32 page counts). */
+export const MAX_REGION_PAGES = 0xffff_ffff;
 export const MAX_NAME_BYTES = 255;
 export const MAX_DEVICE_ID_BYTES = 1024;
 

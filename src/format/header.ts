@@ -16,6 +16,7 @@ import {
   MAX_DEVICE_ID_BYTES,
   MAX_NAME_BYTES,
   MAX_PAGE_SHIFT,
+  MAX_REGION_PAGES,
   MAX_REGIONS,
   MIN_PAGE_SHIFT,
 } from "./constants.js";
@@ -83,6 +84,11 @@ export function encodeHeader(fields: HeaderFields): { bytes: Uint8Array; header:
   }
   if (!Number.isInteger(fields.maxRecordPayload) || fields.maxRecordPayload < fields.pageSize || fields.maxRecordPayload > 0xffff_ffff - 64) {
     throw new MigrationError("EINVAL", `maximum record payload must be at least the page size (${fields.pageSize}), got ${fields.maxRecordPayload}`);
+  }
+  for (const region of fields.regions) {
+    if (Math.ceil(region.size / fields.pageSize) > MAX_REGION_PAGES) {
+      throw new MigrationError("EINVAL", `region ${JSON.stringify(region.name)} has more than 2^32-1 pages of ${fields.pageSize} bytes`);
+    }
   }
   const deviceId = utf8.encode(fields.deviceId);
   if (deviceId.length > MAX_DEVICE_ID_BYTES) {
@@ -224,6 +230,7 @@ export function parseHeader(bytes: Uint8Array, limits: HeaderLimits): StreamHead
     if (names.has(name)) throw corrupt(`duplicate region name ${JSON.stringify(name)}`, at + 2);
     names.add(name);
     const size = view.getBigUint64(at + 2 + nameLength, true);
+    if (size > BigInt(MAX_REGION_PAGES) * BigInt(pageSize)) throw corrupt(`region ${JSON.stringify(name)} has more than 2^32-1 pages`, at + 2 + nameLength);
     sum += size;
     if (sum > total) throw corrupt("region sizes exceed the total state size", at + 2 + nameLength);
     regions.push({ name, size: Number(size) });

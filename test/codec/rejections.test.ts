@@ -9,6 +9,8 @@ import { type DecodeTarget, type DecoderOptions, StreamDecoder } from "../../src
 import { MemoryTarget } from "../../src/codec/memory-target.js";
 import { createDecoder, decodeSnapshot, encodeSnapshot } from "../../src/codec/snapshot.js";
 import { xbzrleEncodeReference } from "../../src/core/reference/xbzrle.js";
+import { xxh3Reference } from "../../src/core/reference/xxh3.js";
+import { encodeHeader } from "../../src/format/header.js";
 import {
   concat,
   flip,
@@ -762,5 +764,27 @@ describe("instance hygiene", () => {
 describe("decoder options", () => {
   test.each([["maxStateSize", Infinity], ["maxRecordPayload", 1.5], ["maxHeaderSize", -1]])("%s = %s is EINVAL", (name, value) => {
     expect(() => decodeSnapshot(new Uint8Array(0), { [name]: value })).toThrow(expect.objectContaining({ code: "EINVAL" }));
+  });
+});
+
+describe("regions of 2^32 pages or more", () => {
+  test("a header declaring one is corrupt, before any bitmap is allocated", () => {
+    const c = core();
+    const before = c.allocatedBytes;
+    // A region of 2^38 bytes at 64-byte pages: 2^32 pages.
+    const header = encodeHeader({ checksum: "xxh3", pageSize: 64, maxRecordPayload: 64, deviceId: "", baseDigest: undefined, regions: [{ name: "s", size: 64 }] });
+    const bytes = header.bytes.slice();
+    const view = new DataView(bytes.buffer);
+    view.setBigUint64(24, 1n << 38n, true); // total
+    view.setBigUint64(48 + 2 + 1, 1n << 38n, true); // region size
+    view.setBigUint64(bytes.length - 8, xxh3Reference(bytes.subarray(0, bytes.length - 8)), true);
+    expect(() => decodeSnapshot(bytes, { maxStateSize: 2 ** 40 })).toThrow(expect.objectContaining({ code: "EBADMSG", byteOffset: 48 + 2 + 1 }));
+    expect(c.allocatedBytes).toBe(before);
+  });
+
+  test("an encoder refuses to write one", () => {
+    expect(() => encodeHeader({ checksum: "xxh3", pageSize: 64, maxRecordPayload: 64, deviceId: "", baseDigest: undefined, regions: [{ name: "s", size: 2 ** 38 }] })).toThrow(
+      expect.objectContaining({ code: "EINVAL" }),
+    );
   });
 });

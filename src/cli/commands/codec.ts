@@ -53,7 +53,7 @@ function decodeOptions(command: Command): Command {
   return command
     .requiredOption("-o, --output <snapshot>", "output snapshot file, or - for stdout")
     .option("--device-id <id>", "refuse streams for another device compatibility id")
-    .option("--max-state <bytes>", `largest state accepted ${limitsHelp}`, "1T")
+    .option("--max-state <bytes>", `largest state accepted ${limitsHelp}`, "1G")
     .option("--max-record <bytes>", "largest record payload accepted", "16M")
     .option("-f, --force", "write binary data even to a terminal")
     .option("--json", "print the summary as JSON")
@@ -103,7 +103,7 @@ async function runEncode(snapshot: string, flags: EncodeFlags): Promise<void> {
     progress.done();
     if (flags.verify && output.tempPath !== undefined) {
       // The bytes on disk, not the ones in memory, are what a reader will get.
-      const check = await inspectStream(openSource(output.tempPath), { maxStateSize: Number.MAX_SAFE_INTEGER, maxRecordPayload: 0xffff_ffff });
+      const check = await inspectStream(openSource(output.tempPath), { maxStateSize: summary.stateBytes, maxRecordPayload: parseSize(flags.maxRecord) });
       if (check.problem) throw new MigrationError("EIO", `written stream failed verification: ${check.problem.message}`);
     }
     await output.commit();
@@ -189,9 +189,9 @@ function headerJson(h: NonNullable<DecoderSummary["header"]>): Record<string, un
   };
 }
 
-async function runInspect(stream: string, flags: { json?: boolean; maxRecord: string }): Promise<boolean> {
+async function runInspect(stream: string, flags: { json?: boolean; maxRecord: string; maxState: string }): Promise<boolean> {
   const { summary, bytesByKind, problem } = await inspectStream(openSource(stream), {
-    maxStateSize: Number.MAX_SAFE_INTEGER,
+    maxStateSize: parseSize(flags.maxState),
     maxRecordPayload: parseSize(flags.maxRecord),
   });
   const h = summary.header;
@@ -279,9 +279,10 @@ export function registerCodecCommands(program: Command): void {
     .description("show a stream's header, regions, records by kind, rounds and ratio, and the first problem found")
     .argument("<stream>", "stream file, or - for stdin")
     .option("--json", "print as JSON")
+    .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
     .option("--max-record <bytes>", "largest record payload accepted", "16M")
     .addHelpText("after", "\nExample:\n  migstream inspect vm.mig --json")
-    .action(async (stream: string, flags: { json?: boolean; maxRecord: string }) => {
+    .action(async (stream: string, flags: { json?: boolean; maxRecord: string; maxState: string }) => {
       await runInspect(stream, flags);
     });
 
@@ -291,7 +292,7 @@ export function registerCodecCommands(program: Command): void {
     .argument("<stream>", "stream file, or - for stdin")
     .option("--base <snapshot>", "check an incremental stream against its base")
     .option("--device-id <id>", "refuse streams for another device compatibility id")
-    .option("--max-state <bytes>", "largest state accepted", "1T")
+    .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
     .option("--max-record <bytes>", "largest record payload accepted", "16M")
     .option("--json", "print the result as JSON")
     .option("-q, --quiet", "print nothing but errors")
