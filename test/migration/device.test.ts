@@ -833,3 +833,53 @@ describe("reset during a state change", () => {
     }
   });
 });
+
+describe("reset while an arc awaits a callback", () => {
+  it("during loadConfig on leaving RESUMING: nothing is committed, later writes survive", async () => {
+    const regions = [{ name: "ram", size: 16 * 1024 }];
+    const source = new MigrationDevice({ regions, callbacks: { saveConfig: () => Uint8Array.of(1) } });
+    source.write("ram", 0, Uint8Array.of(0xaa));
+    const chunks: Uint8Array[] = [];
+    const saving = (await source.setState("STOP_COPY")) as SavingSession;
+    for (let c = saving.read(); c !== null; c = saving.read()) chunks.push(c);
+    let release: () => void = () => undefined;
+    const target = new MigrationDevice({ regions, callbacks: { loadConfig: () => new Promise<void>((resolve) => (release = resolve)) } });
+    try {
+      await target.setState("STOP");
+      const resuming = (await target.setState("RESUMING")) as ResumingSession;
+      for (const c of chunks) resuming.write(c);
+      const leaving = target.setState("RUNNING");
+      await new Promise((resolve) => setImmediate(resolve));
+      target.reset();
+      target.write("ram", 0, Uint8Array.of(0x55));
+      release();
+      await expect(leaving).rejects.toMatchObject({ code: "ECANCELED" });
+      expect(target.state).toBe("RUNNING");
+      expect(target.model.view("ram")[0]).toBe(0x55);
+      expect(target.session).toBeUndefined();
+    } finally {
+      source.free();
+      target.free();
+    }
+  });
+
+  it("during saveConfig entering STOP_COPY: no stale session is left open", async () => {
+    let release: (blob: Uint8Array) => void = () => undefined;
+    const device = new MigrationDevice({
+      regions: [{ name: "ram", size: 16 * 1024 }],
+      callbacks: { saveConfig: () => new Promise<Uint8Array>((resolve) => (release = resolve)) },
+    });
+    try {
+      await device.setState("STOP");
+      const entering = device.setState("STOP_COPY");
+      await new Promise((resolve) => setImmediate(resolve));
+      device.reset();
+      release(Uint8Array.of(1));
+      await expect(entering).rejects.toMatchObject({ code: "ECANCELED" });
+      expect(device.state).toBe("RUNNING");
+      expect(device.session).toBeUndefined();
+    } finally {
+      device.free();
+    }
+  });
+});

@@ -108,16 +108,19 @@ export class MigrationDevice {
     try {
       while (this.#state !== target) {
         const step = nextState(this.#state, target, this.features);
-        const session = await this.#arc(this.#state, step, from, target);
+        let session: Session | undefined;
+        try {
+          session = await this.#arc(this.#state, step, from, target, resets);
+        } catch (error) {
+          if (this.#resets !== resets) throw this.#interrupted(from, target);
+          throw error;
+        }
         if (this.#resets !== resets) {
           // The device was reset while the arc was in flight: reset wins, the arc's result
           // (a session it opened included) is discarded.
           session?.close();
-          throw new MigrationError("ECANCELED", `${from} -> ${target} interrupted by a device reset; device is in ${this.#state}`, {
-            state: this.#state,
-            from,
-            to: target,
-          });
+          if (this.#session === session) this.#session = undefined;
+          throw this.#interrupted(from, target);
         }
         if (session) opened = session;
         this.#state = step;
@@ -146,7 +149,21 @@ export class MigrationDevice {
     this.model.free();
   }
 
-  async #arc(from: MigrationState, to: MigrationState, origin: MigrationState, target: MigrationState): Promise<Session | undefined> {
+  #interrupted(from: MigrationState, target: MigrationState): MigrationError {
+    return new MigrationError("ECANCELED", `${from} -> ${target} interrupted by a device reset; device is in ${this.#state}`, {
+      state: this.#state,
+      from,
+      to: target,
+    });
+  }
+
+  async #arc(
+    from: MigrationState,
+    to: MigrationState,
+    origin: MigrationState,
+    target: MigrationState,
+    resets: number,
+  ): Promise<Session | undefined> {
     const fail = (error: unknown, state: MigrationState): MigrationError => {
       const base = error instanceof MigrationError ? error : new MigrationError("EIO", `device callback failed: ${String(error)}`, { cause: error });
       return new MigrationError(
@@ -199,7 +216,7 @@ export class MigrationDevice {
         case "close": {
           const session = this.#session;
           this.#session = undefined;
-          if (session instanceof ResumingSession) await this.#commitResume(session);
+          if (session instanceof ResumingSession) await this.#commitResume(session, resets);
           else session?.close();
           return undefined;
         }
@@ -207,6 +224,8 @@ export class MigrationDevice {
           return undefined;
       }
     } catch (error) {
+      // After a reset nothing of this arc may land, not even its failure state.
+      if (this.#resets !== resets) throw error;
       if (from === "RESUMING") {
         // Leaving RESUMING is the end of the stream: it either validates or needs a reset.
         this.#state = "ERROR";
@@ -216,10 +235,13 @@ export class MigrationDevice {
     }
   }
 
-  async #commitResume(session: ResumingSession): Promise<void> {
+  async #commitResume(session: ResumingSession, resets: number): Promise<void> {
     const { regions, config } = session.finish();
     try {
       if (config !== undefined) await this.#options.callbacks?.loadConfig?.(config);
+      // A reset while the config loaded: the device runs on its old content, and writes made
+      // since must not be overwritten by the stream's.
+      if (this.#resets !== resets) throw new MigrationError("ECANCELED", "resume interrupted by a device reset");
     } catch (error) {
       for (const r of regions) r.free();
       throw error;
