@@ -883,3 +883,18 @@ describe("reset while an arc awaits a callback", () => {
     }
   });
 });
+
+describe("reset releases an arc stuck in a callback", () => {
+  it("a quiesce that never returns: reset makes setState fail with ECANCELED at once", async () => {
+    const device = new MigrationDevice({ regions: [{ name: "ram", size: 16 * 1024 }], callbacks: { quiesce: () => new Promise<void>(() => undefined) } });
+    try {
+      const stuck = device.setState("RUNNING_P2P");
+      await new Promise((resolve) => setImmediate(resolve));
+      device.reset();
+      await expect(stuck).rejects.toMatchObject({ code: "ECANCELED" });
+      expect(device.state).toBe("RUNNING");
+    } finally {
+      device.free();
+    }
+  });
+});

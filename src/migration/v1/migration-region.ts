@@ -93,6 +93,8 @@ export class MigrationRegion {
   readonly #window: Uint8Array;
   #deviceState = DEVICE_STATE_RESET;
   #busy = false;
+  /** Bumped by reset(): a device_state write still awaiting must not land afterwards. */
+  #resets = 0;
   #saveStep: SaveStep = "idle";
   /** Bytes of the segment in the window (save loop). */
   #staged = 0;
@@ -213,7 +215,10 @@ export class MigrationRegion {
    * session is abandoned (a resume in progress leaves the device content untouched).
    */
   reset(): void {
-    this.#checkIdle();
+    // Not refused while a device_state write is pending: that write may wait forever on a
+    // quiesce, and reset is the way out. The pending write then fails with ECANCELED.
+    this.#resets++;
+    this.#busy = false;
     this.device.reset();
     this.#deviceState = DEVICE_STATE_RESET;
     this.#carry = undefined;
@@ -228,6 +233,7 @@ export class MigrationRegion {
     validateDeviceStateWrite(previous, value, { ndma: this.ndma });
     const target = classifyDeviceState(value).v2 as MigrationState;
     const before = { state: this.device.state, session: this.device.session };
+    const resets = this.#resets;
     this.#busy = true;
     try {
       // Quiesce before ending a pre-copy session: the kernel's path PRE_COPY -> RUNNING ->
@@ -238,14 +244,17 @@ export class MigrationRegion {
         await this.device.setState("PRE_COPY_P2P");
       }
       await this.device.setState(target);
+      if (this.#resets !== resets) throw new MigrationError("ECANCELED", "device_state write interrupted by a reset");
       this.#deviceState = value;
       this.#restartLoops();
     } catch (error) {
+      // A reset while the write was pending: RUNNING stands, nothing of the write lands.
+      if (this.#resets !== resets) throw this.#failure(error, previous, value);
       this.#deviceState = await this.#recover(previous, before);
       if (this.#deviceState === DEVICE_STATE_ERROR) this.#restartLoops();
       throw this.#failure(error, previous, value);
     } finally {
-      this.#busy = false;
+      if (this.#resets === resets) this.#busy = false;
     }
   }
 

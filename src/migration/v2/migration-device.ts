@@ -48,6 +48,8 @@ export class MigrationDevice {
   #changing = false;
   /** Bumped by reset(): an arc still awaiting (a quiesce, a callback) then must not land. */
   #resets = 0;
+  /** Aborted by reset(), so an arc waiting on a callback that never returns is released. */
+  #resetController = new AbortController();
 
   constructor(options: MigrationDeviceOptions) {
     this.model = new DeviceModel(options);
@@ -137,6 +139,8 @@ export class MigrationDevice {
    */
   reset(): void {
     this.#resets++;
+    this.#resetController.abort();
+    this.#resetController = new AbortController();
     this.#changing = false;
     this.#session?.close();
     this.#session = undefined;
@@ -192,7 +196,7 @@ export class MigrationDevice {
           });
           if (to === "STOP_COPY") {
             try {
-              session.stop(await callbacks.saveConfig?.());
+              session.stop(await this.#untilReset(callbacks.saveConfig?.()));
             } catch (error) {
               session.close();
               throw error;
@@ -202,7 +206,7 @@ export class MigrationDevice {
           return session;
         }
         case "continue-saving":
-          if (to === "STOP_COPY") (this.#session as SavingSession).stop(await callbacks.saveConfig?.());
+          if (to === "STOP_COPY") (this.#session as SavingSession).stop(await this.#untilReset(callbacks.saveConfig?.()));
           return undefined;
         case "open-resuming": {
           const session = new ResumingSession(this.model, {
@@ -238,7 +242,7 @@ export class MigrationDevice {
   async #commitResume(session: ResumingSession, resets: number): Promise<void> {
     const { regions, config } = session.finish();
     try {
-      if (config !== undefined) await this.#options.callbacks?.loadConfig?.(config);
+      if (config !== undefined) await this.#untilReset(this.#options.callbacks?.loadConfig?.(config));
       // A reset while the config loaded: the device runs on its old content, and writes made
       // since must not be overwritten by the stream's.
       if (this.#resets !== resets) throw new MigrationError("ECANCELED", "resume interrupted by a device reset");
@@ -247,6 +251,32 @@ export class MigrationDevice {
       throw error;
     }
     this.model.replaceContent(regions);
+  }
+
+  /**
+   * `value`, unless the device is reset first: then ECANCELED at once (and `controller`, the
+   * callback's own signal, is aborted so it can stop too).
+   */
+  #untilReset<T>(value: T | Promise<T>, controller?: AbortController): Promise<T> {
+    const reset = this.#resetController.signal;
+    if (!(value instanceof Promise)) return Promise.resolve(value);
+    return new Promise<T>((resolve, reject) => {
+      const onReset = (): void => {
+        controller?.abort();
+        reject(new MigrationError("ECANCELED", "interrupted by a device reset"));
+      };
+      reset.addEventListener("abort", onReset, { once: true });
+      value.then(
+        (v) => {
+          reset.removeEventListener("abort", onReset);
+          resolve(v);
+        },
+        (e: unknown) => {
+          reset.removeEventListener("abort", onReset);
+          reject(e);
+        },
+      );
+    });
   }
 
   async #quiesce(): Promise<void> {
@@ -266,7 +296,7 @@ export class MigrationDevice {
           });
     try {
       const done = Promise.resolve().then(() => quiesce(controller.signal));
-      await (deadline ? Promise.race([done, deadline]) : done);
+      await this.#untilReset(deadline ? Promise.race([done, deadline]) : done, controller);
     } finally {
       if (timer !== undefined) clearTimeout(timer);
     }
