@@ -129,9 +129,18 @@ export class StreamEncoder {
     const c = core();
     this.#core = c;
     this.#outCap = Math.max(OUTPUT_WINDOW, header.maxRecordPayload + RECORD_OVERHEAD) * 2;
-    this.#out = c.alloc(this.#outCap);
-    this.#scratch = c.alloc(pageSize + 64);
-    const ctx = new ContextView(c.memory, c.alloc(c.exports.encode_context_size()));
+    const taken: number[] = [];
+    try {
+      for (const size of [this.#outCap, pageSize + 64, c.exports.encode_context_size()]) taken.push(c.alloc(size));
+    } catch (error) {
+      // Memory ran out part-way: give back what was taken.
+      for (const ptr of taken) c.free(ptr);
+      throw error;
+    }
+    const [out, scratch, ctxPtr] = taken as [number, number, number];
+    this.#out = out;
+    this.#scratch = scratch;
+    const ctx = new ContextView(c.memory, ctxPtr);
     c.u8.fill(0, ctx.ptr, ctx.ptr + c.exports.encode_context_size());
     ctx.setU32(Enc.OUT, this.#out);
     ctx.setU32(Enc.OUTCAP, this.#outCap);

@@ -1,6 +1,6 @@
 // A decode target that stages regions in core memory: the kernel applies records straight
 // into the staging copies, and the caller's state is only touched after the stream verified.
-import { CoreBuffer } from "../core/buffer.js";
+import { allocating, type CoreBuffer } from "../core/buffer.js";
 import { MigrationError } from "../core/errors.js";
 import type { StreamHeader } from "../format/header.js";
 import type { DecodeTarget } from "./decoder.js";
@@ -16,14 +16,16 @@ export class MemoryTarget implements DecodeTarget {
   }
 
   open(header: StreamHeader): number[] {
-    this.#staging = header.regions.map((region, i) => {
-      const buffer = new CoreBuffer(region.size);
-      const start = this.#initial?.(i);
-      // Without a starting content nothing is cleared: a full stream must deliver every page
-      // before it can commit, so no stale byte of reused memory can reach a result.
-      if (start) buffer.bytes.set(start);
-      return buffer;
-    });
+    this.#staging = allocating((alloc) =>
+      header.regions.map((region, i) => {
+        const buffer = alloc(region.size);
+        const start = this.#initial?.(i);
+        // Without a starting content nothing is cleared: a full stream must deliver every page
+        // before it can commit, so no stale byte of reused memory can reach a result.
+        if (start) buffer.bytes.set(start);
+        return buffer;
+      }),
+    );
     // Allocation may have grown memory: pointers are stable, views are not.
     return this.#staging.map((b) => b.ptr);
   }

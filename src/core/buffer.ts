@@ -61,6 +61,24 @@ export class CoreBuffer {
   }
 }
 
+/**
+ * Runs `build` with an `alloc` that remembers what it made; if `build` throws (memory exhausted
+ * half-way, say), everything allocated so far is freed before the error goes on.
+ */
+export function allocating<T>(build: (alloc: (length: number, zeroed?: boolean) => CoreBuffer) => T): T {
+  const made: CoreBuffer[] = [];
+  try {
+    return build((length, zeroed = false) => {
+      const buffer = new CoreBuffer(length, zeroed);
+      made.push(buffer);
+      return buffer;
+    });
+  } catch (error) {
+    for (const buffer of made) buffer.free();
+    throw error;
+  }
+}
+
 /** Allocates `length` zeroed bytes in core memory. */
 export function allocate(length: number): CoreBuffer {
   return new CoreBuffer(length, true);

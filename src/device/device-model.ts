@@ -1,7 +1,7 @@
 // The device model: state regions living in Wasm memory, dirty tracking in one of three modes,
 // and the page bitmaps the saving side reads. It knows nothing of migration states; the
 // migration layer asks it what changed and tells it what was sent.
-import { CoreBuffer } from "../core/buffer.js";
+import { allocating, type CoreBuffer } from "../core/buffer.js";
 import { MigrationError } from "../core/errors.js";
 import { core, guarded, type Core } from "../core/instance.js";
 import { validatePageSize } from "../core/scan.js";
@@ -43,12 +43,19 @@ export class TrackedRegion {
     this.size = spec.size;
     this.pages = Math.ceil(spec.size / pageSize);
     this.bitmapBytes = Math.ceil(this.pages / 8);
-    this.data = new CoreBuffer(spec.size, true);
-    this.pending = new CoreBuffer(this.bitmapBytes, true);
-    this.scratch = new CoreBuffer(this.bitmapBytes);
-    // Shadow and hashes start unspecified: the first pass sends every page and sets them.
-    this.shadow = tracking === "shadow" ? new CoreBuffer(spec.size) : undefined;
-    this.hashes = tracking === "hash" ? new CoreBuffer(this.pages * 8) : undefined;
+    const buffers = allocating((alloc) => ({
+      data: alloc(spec.size, true),
+      pending: alloc(this.bitmapBytes, true),
+      scratch: alloc(this.bitmapBytes),
+      // Shadow and hashes start unspecified: the first pass sends every page and sets them.
+      shadow: tracking === "shadow" ? alloc(spec.size) : undefined,
+      hashes: tracking === "hash" ? alloc(this.pages * 8) : undefined,
+    }));
+    this.data = buffers.data;
+    this.pending = buffers.pending;
+    this.scratch = buffers.scratch;
+    this.shadow = buffers.shadow;
+    this.hashes = buffers.hashes;
   }
 
   free(): void {
@@ -72,10 +79,17 @@ export class DeviceModel {
       throw new MigrationError("EINVAL", `unknown dirty tracking mode ${JSON.stringify(this.tracking)}`);
     }
     this.#core = core();
-    this.regions = options.regions.map((spec, i) => {
-      this.#index.set(spec.name, i);
-      return new TrackedRegion(spec, this.pageSize, this.tracking);
-    });
+    const regions: TrackedRegion[] = [];
+    try {
+      options.regions.forEach((spec, i) => {
+        this.#index.set(spec.name, i);
+        regions.push(new TrackedRegion(spec, this.pageSize, this.tracking));
+      });
+    } catch (error) {
+      for (const r of regions) r.free();
+      throw error;
+    }
+    this.regions = regions;
   }
 
   /** The layout, as streams carry it. */

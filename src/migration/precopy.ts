@@ -161,8 +161,11 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
       throughput: bytes / Math.max(durationMs / 1000, 1e-6),
     };
   } catch (error) {
-    // A failed or aborted migration gives the device back to its workload.
-    if (device.state === "PRE_COPY" || device.state === "PRE_COPY_P2P") await device.setState("RUNNING").catch(() => device.reset());
+    // A failed or aborted migration gives the device back to its workload, in stop-copy too:
+    // the target never validated, so the source must carry on (as QEMU does on failure).
+    if (device.state === "PRE_COPY" || device.state === "PRE_COPY_P2P" || device.state === "STOP_COPY") {
+      await device.setState("RUNNING").catch(() => device.reset());
+    }
     throw error;
   }
 }

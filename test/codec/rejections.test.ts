@@ -788,3 +788,15 @@ describe("regions of 2^32 pages or more", () => {
     );
   });
 });
+
+describe("memory exhausted part-way", () => {
+  test("staging regions already allocated are freed when a later one cannot be", () => {
+    const c = core();
+    const before = c.allocatedBytes;
+    // Three regions of 1.5 GiB: the third cannot fit in 4 GiB of Wasm memory.
+    const regions = [0, 1, 2].map((i) => ({ name: `r${i}`, size: 1.5 * 2 ** 30 }));
+    const header = encodeHeader({ checksum: "xxh3", pageSize: 4096, maxRecordPayload: 4096, deviceId: "", baseDigest: undefined, regions });
+    expect(() => decodeSnapshot(header.bytes, { maxStateSize: 2 ** 40 })).toThrow(expect.objectContaining({ code: "ENOMEM" }));
+    expect(c.allocatedBytes).toBe(before);
+  });
+});

@@ -253,3 +253,24 @@ describe("abort and failure", () => {
     device.free();
   });
 });
+
+describe("a transport failure during stop-copy", () => {
+  it("gives the source device back to RUNNING", async () => {
+    const device = new MigrationDevice({ regions: [{ name: "ram", size: 256 * 1024 }], features: { precopy: false } });
+    try {
+      let sent = 0;
+      await expect(
+        migrateOut(device, {
+          send: () => {
+            if (++sent === 2) throw new MigrationError("EIO", "link down");
+          },
+          chunkSize: 4096,
+        }),
+      ).rejects.toMatchObject({ code: "EIO" });
+      expect(device.state).toBe("RUNNING");
+      device.write("ram", 0, Uint8Array.of(1));
+    } finally {
+      device.free();
+    }
+  });
+});
