@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { MigrationError } from "../core/errors.js";
-import { AtomicFile } from "../node/atomic-file.js";
+import { AtomicFile, onInterruptCleanup } from "../node/atomic-file.js";
 
 export const EXIT = { ok: 0, usage: 1, corrupt: 2, incompatible: 3, io: 4, interrupted: 130 } as const;
 
@@ -70,7 +70,7 @@ export async function snapshotPath(path: string): Promise<{ path: string; cleanu
   if (path !== "-") return { path, cleanup: () => undefined };
   const dir = mkdtempSync(join(tmpdir(), "migstream-"));
   const spooled = join(dir, "stdin.snapshot");
-  const cleanup = (): void => rmSync(dir, { recursive: true, force: true });
+  const cleanup = onInterruptCleanup(() => rmSync(dir, { recursive: true, force: true }));
   try {
     await pipeline(process.stdin, createWriteStream(spooled));
   } catch (error) {

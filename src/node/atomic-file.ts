@@ -7,6 +7,20 @@ import { basename, dirname, join } from "node:path";
 import { MigrationError } from "../core/errors.js";
 
 const pending = new Set<AtomicFile>();
+const cleanups = new Set<() => void>();
+
+/**
+ * Registers temporary state (a spool directory, say) to remove on interruption as well as on
+ * the normal path; returns the function that removes it and unregisters it.
+ */
+export function onInterruptCleanup(cleanup: () => void): () => void {
+  const once = (): void => {
+    if (!cleanups.delete(once)) return;
+    cleanup();
+  };
+  cleanups.add(once);
+  return once;
+}
 
 export class AtomicFile {
   readonly path: string;
@@ -70,9 +84,10 @@ export class AtomicFile {
   }
 }
 
-/** Removes every temporary file still pending (on SIGINT/SIGTERM, before exiting). */
+/** Removes every temporary file and registered temporary state (on SIGINT/SIGTERM, before exiting). */
 export function abortPendingFiles(): void {
   for (const file of [...pending]) file.abort();
+  for (const cleanup of [...cleanups]) cleanup();
 }
 
 export function ioError(message: string, cause: unknown): MigrationError {

@@ -1,7 +1,10 @@
 // encode, decode, diff, apply, inspect, verify: snapshot files and streams.
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
+import { onInterruptCleanup } from "../../node/atomic-file.js";
 import { decodeToFile, encodeFile, inspectStream } from "../../node/files.js";
 import type { DecoderSummary } from "../../codec/decoder.js";
 import type { EncoderSummary } from "../../codec/encoder.js";
@@ -125,7 +128,7 @@ async function runDecode(stream: string, flags: DecodeFlags): Promise<void> {
   const progress = new Progress("decode", flags);
   const toStdout = flags.output === "-";
   // Decoded data reaches stdout only after the stream verified: stage it in a temporary file.
-  const staged = toStdout ? await snapshotPathForOutput() : undefined;
+  const staged = toStdout ? snapshotPathForOutput() : undefined;
   try {
     const summary = await decodeToFile(openSource(stream), staged?.path ?? flags.output, {
       ...(flags.base !== undefined ? { base: flags.base } : {}),
@@ -149,12 +152,10 @@ async function runDecode(stream: string, flags: DecodeFlags): Promise<void> {
   }
 }
 
-async function snapshotPathForOutput(): Promise<{ path: string; cleanup: () => void }> {
-  const { mkdtempSync, rmSync } = await import("node:fs");
-  const { tmpdir } = await import("node:os");
-  const { join } = await import("node:path");
+/** A private temporary file for a decoded state bound for stdout (removed on interruption too). */
+function snapshotPathForOutput(): { path: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), "migstream-"));
-  return { path: join(dir, "decoded.snapshot"), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return { path: join(dir, "decoded.snapshot"), cleanup: onInterruptCleanup(() => rmSync(dir, { recursive: true, force: true })) };
 }
 
 function encodeReport(s: EncoderSummary): Record<string, unknown> {
