@@ -5,6 +5,7 @@ import { once } from "node:events";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
+import type { Command } from "commander";
 import { MigrationError } from "../core/errors.js";
 import { AtomicFile, onInterruptCleanup } from "../node/atomic-file.js";
 
@@ -176,4 +177,16 @@ export function parseSize(text: string): number {
   if (!match) throw new MigrationError("EINVAL", `invalid size ${JSON.stringify(text)}`);
   const scale = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[match[2]!.toLowerCase()] ?? 1;
   return Number(match[1]) * scale;
+}
+
+/** The options of every command that reads a stream: its limits, checked before allocation. */
+export function readerLimitOptions(command: Command): Command {
+  return command
+    .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
+    .option("--max-record <bytes>", "largest record payload accepted", "16M");
+}
+
+/** readerLimitOptions, plus the device compatibility id a stream must carry. */
+export function readerOptions(command: Command, deviceIdHelp = "refuse streams for another device compatibility id"): Command {
+  return readerLimitOptions(command.option("--device-id <id>", deviceIdHelp));
 }

@@ -9,7 +9,18 @@ import { decodeToFile, encodeFile, inspectStream } from "../../node/files.js";
 import type { DecoderSummary } from "../../codec/decoder.js";
 import type { EncoderSummary } from "../../codec/encoder.js";
 import { tagName } from "../../format/constants.js";
-import { errorJson, formatBytes, openOutput, openSource, parseSize, Progress, report, snapshotPath } from "../common.js";
+import {
+  errorJson,
+  formatBytes,
+  openOutput,
+  openSource,
+  parseSize,
+  Progress,
+  readerLimitOptions,
+  readerOptions,
+  report,
+  snapshotPath,
+} from "../common.js";
 
 interface EncodeFlags {
   output: string;
@@ -36,8 +47,6 @@ interface DecodeFlags {
   quiet?: boolean;
 }
 
-const limitsHelp = "(decoder limits are checked before anything is allocated)";
-
 function encodeOptions(command: Command): Command {
   return command
     .requiredOption("-o, --output <stream>", "output stream file, or - for stdout")
@@ -53,11 +62,7 @@ function encodeOptions(command: Command): Command {
 }
 
 function decodeOptions(command: Command): Command {
-  return command
-    .requiredOption("-o, --output <snapshot>", "output snapshot file, or - for stdout")
-    .option("--device-id <id>", "refuse streams for another device compatibility id")
-    .option("--max-state <bytes>", `largest state accepted ${limitsHelp}`, "1G")
-    .option("--max-record <bytes>", "largest record payload accepted", "16M")
+  return readerOptions(command.requiredOption("-o, --output <snapshot>", "output snapshot file, or - for stdout"))
     .option("-f, --force", "write binary data even to a terminal")
     .option("--json", "print the summary as JSON")
     .option("-q, --quiet", "print nothing but errors");
@@ -275,26 +280,19 @@ export function registerCodecCommands(program: Command): void {
     .addHelpText("after", "\nExample:\n  migstream apply vm.v1.state v1-to-v2.mig -o vm.v2.state")
     .action((base: string, stream: string, flags: DecodeFlags) => runDecode(stream, { ...flags, base }));
 
-  program
-    .command("inspect")
+  readerLimitOptions(program.command("inspect"))
     .description("show a stream's header, regions, records by kind, rounds and ratio, and the first problem found")
     .argument("<stream>", "stream file, or - for stdin")
     .option("--json", "print as JSON")
-    .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
-    .option("--max-record <bytes>", "largest record payload accepted", "16M")
     .addHelpText("after", "\nExample:\n  migstream inspect vm.mig --json")
     .action(async (stream: string, flags: { json?: boolean; maxRecord: string; maxState: string }) => {
       await runInspect(stream, flags);
     });
 
-  program
-    .command("verify")
+  readerOptions(program.command("verify"))
     .description("validate a stream completely without writing anything")
     .argument("<stream>", "stream file, or - for stdin")
     .option("--base <snapshot>", "check an incremental stream against its base")
-    .option("--device-id <id>", "refuse streams for another device compatibility id")
-    .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
-    .option("--max-record <bytes>", "largest record payload accepted", "16M")
     .option("--json", "print the result as JSON")
     .option("-q, --quiet", "print nothing but errors")
     .addHelpText("after", "\nExample:\n  migstream verify vm.mig && echo ok")

@@ -9,7 +9,7 @@ import type { PrecopyRoundReport } from "../../migration/precopy.js";
 import { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { ioError } from "../../node/atomic-file.js";
 import { receiveDevice, type ReceiveResult, sendDevice, type SendOptions, type SendResult } from "../../node/tcp.js";
-import { formatBytes, openOutput, parseSize, report } from "../common.js";
+import { formatBytes, openOutput, parseSize, readerOptions, report } from "../common.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -394,14 +394,14 @@ export function registerLiveCommands(program: Command): void {
     )
     .action(runSend);
 
-  program
-    .command("receive")
-    .description("receive one live migration over TCP, validate it, and write the migrated state as a snapshot")
-    .requiredOption("--listen <[host:]port>", "where to listen (loopback unless a host is given; port 0 picks a free port, printed on stderr)")
-    .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout")
-    .option("--device-id <id>", "refuse streams for another device compatibility id (default: accept the stream's)")
-    .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
-    .option("--max-record <bytes>", "largest record payload accepted", "16M")
+  readerOptions(
+    program
+      .command("receive")
+      .description("receive one live migration over TCP, validate it, and write the migrated state as a snapshot")
+      .requiredOption("--listen <[host:]port>", "where to listen (loopback unless a host is given; port 0 picks a free port, printed on stderr)")
+      .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout"),
+    "refuse streams for another device compatibility id (default: accept the stream's)",
+  )
     .option("-f, --force", "write binary data even to a terminal")
     .option("--json", "print the report as JSON")
     .option("-q, --quiet", "print nothing but errors")
