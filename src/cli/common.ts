@@ -179,6 +179,18 @@ export function parseSize(text: string): number {
   return Number(match[1]) * scale;
 }
 
+/** The flags readerLimitOptions / readerOptions add. */
+export interface ReaderFlags {
+  deviceId?: string;
+  maxState: string;
+  maxRecord: string;
+}
+
+/** Decoder limits from the reader flags. */
+export function readerLimits(flags: Pick<ReaderFlags, "maxState" | "maxRecord">): { maxStateSize: number; maxRecordPayload: number } {
+  return { maxStateSize: parseSize(flags.maxState), maxRecordPayload: parseSize(flags.maxRecord) };
+}
+
 /** The options of every command that reads a stream: its limits, checked before allocation. */
 export function readerLimitOptions(command: Command): Command {
   return command

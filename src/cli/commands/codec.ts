@@ -16,7 +16,9 @@ import {
   openSource,
   parseSize,
   Progress,
+  type ReaderFlags,
   readerLimitOptions,
+  readerLimits,
   readerOptions,
   report,
   snapshotPath,
@@ -36,12 +38,9 @@ interface EncodeFlags {
   quiet?: boolean;
 }
 
-interface DecodeFlags {
+interface DecodeFlags extends ReaderFlags {
   output: string;
   base?: string;
-  deviceId?: string;
-  maxState: string;
-  maxRecord: string;
   force?: boolean;
   json?: boolean;
   quiet?: boolean;
@@ -138,8 +137,7 @@ async function runDecode(stream: string, flags: DecodeFlags): Promise<void> {
     const summary = await decodeToFile(openSource(stream), staged?.path ?? flags.output, {
       ...(flags.base !== undefined ? { base: flags.base } : {}),
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
-      maxStateSize: parseSize(flags.maxState),
-      maxRecordPayload: parseSize(flags.maxRecord),
+      ...readerLimits(flags),
       onprogress: (bytes) => progress.update(bytes),
     });
     progress.done();
@@ -196,10 +194,7 @@ function headerJson(h: NonNullable<DecoderSummary["header"]>): Record<string, un
 }
 
 async function runInspect(stream: string, flags: { json?: boolean; maxRecord: string; maxState: string }): Promise<boolean> {
-  const { summary, bytesByKind, problem } = await inspectStream(openSource(stream), {
-    maxStateSize: parseSize(flags.maxState),
-    maxRecordPayload: parseSize(flags.maxRecord),
-  });
+  const { summary, bytesByKind, problem } = await inspectStream(openSource(stream), readerLimits(flags));
   const h = summary.header;
   if (flags.json) {
     const value = {
@@ -300,8 +295,7 @@ export function registerCodecCommands(program: Command): void {
       const summary = await decodeToFile(openSource(stream), undefined, {
         ...(flags.base !== undefined ? { base: flags.base } : {}),
         ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
-        maxStateSize: parseSize(flags.maxState),
-        maxRecordPayload: parseSize(flags.maxRecord),
+        ...readerLimits(flags),
       });
       report({ valid: true, ...decodeReport(summary) }, `valid: ${formatBytes(summary.bytes)} of stream for ${formatBytes(summary.header?.totalSize ?? 0)} of state`, flags);
     });

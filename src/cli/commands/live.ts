@@ -9,7 +9,7 @@ import type { PrecopyRoundReport } from "../../migration/precopy.js";
 import { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { ioError } from "../../node/atomic-file.js";
 import { receiveDevice, type ReceiveResult, sendDevice, type SendOptions, type SendResult } from "../../node/tcp.js";
-import { formatBytes, openOutput, parseSize, readerOptions, report } from "../common.js";
+import { formatBytes, openOutput, parseSize, type ReaderFlags, readerLimits, readerOptions, report } from "../common.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -125,12 +125,9 @@ interface SendFlags extends DemoFlags {
   demo?: boolean;
 }
 
-interface ReceiveFlags {
+interface ReceiveFlags extends ReaderFlags {
   listen: string;
   output: string;
-  deviceId?: string;
-  maxState: string;
-  maxRecord: string;
   force?: boolean;
   json?: boolean;
   quiet?: boolean;
@@ -322,8 +319,7 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       port,
       final: "STOP",
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
-      maxStateSize: parseSize(flags.maxState),
-      maxRecordPayload: parseSize(flags.maxRecord),
+      ...readerLimits(flags),
       onListening: (a) => {
         // Always said (tests and scripts read the port when listening on port 0).
         if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
