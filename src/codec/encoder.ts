@@ -346,6 +346,18 @@ export class StreamEncoder {
     this.#drain(false);
   }
 
+  /**
+   * Stream bytes encoded but not handed to the sink yet: a header not sent, finished records not
+   * drained, and the record still open (with its checksum to come). A reader that asks how much
+   * is left (PRE_COPY info) must count these; 0 after end() or abort().
+   */
+  get heldBytes(): number {
+    if (this.#ended) return 0;
+    const ctx = this.#ctx;
+    const open = ctx.u8(Enc.REC_TAG) !== 0 ? RECORD_OVERHEAD + ctx.u32(Enc.REC_PAYLOAD) : 0;
+    return (this.#headerPending?.length ?? 0) + ctx.u32(Enc.OUTLEN) + open;
+  }
+
   /** Writes the end-of-stream record and releases the encoder's core memory. */
   end(): void {
     this.#checkOpen();

@@ -6,6 +6,7 @@ import { MigrationError } from "../core/errors.js";
 import { core, guarded, type Core } from "../core/instance.js";
 import { validatePageSize } from "../core/scan.js";
 import type { RegionSpec } from "../format/header.js";
+import { DmaLogging, type DmaLoggingOptions } from "./dma-logging.js";
 import { validateRegions } from "../format/header.js";
 
 /**
@@ -22,6 +23,8 @@ export interface DeviceModelOptions {
   pageSize?: number;
   /** Default "explicit". */
   tracking?: DirtyTracking;
+  /** Page sizes and memory budget of the DMA dirty tracker. */
+  dmaLogging?: DmaLoggingOptions;
 }
 
 /** One region with its tracking state; pointers are into core memory. */
@@ -67,6 +70,8 @@ export class DeviceModel {
   readonly pageSize: number;
   readonly tracking: DirtyTracking;
   readonly regions: readonly TrackedRegion[];
+  /** Guest pages this device wrote by DMA (VFIO DMA logging); see dma-logging.ts. */
+  readonly dma: DmaLogging;
   readonly #core: Core;
   readonly #index = new Map<string, number>();
 
@@ -79,6 +84,7 @@ export class DeviceModel {
       throw new MigrationError("EINVAL", `unknown dirty tracking mode ${JSON.stringify(this.tracking)}`);
     }
     this.#core = core();
+    this.dma = new DmaLogging(options.dmaLogging);
     const regions: TrackedRegion[] = [];
     try {
       options.regions.forEach((spec, i) => {
@@ -223,8 +229,9 @@ export class DeviceModel {
     return out;
   }
 
-  /** Releases the core memory of every region. */
+  /** Releases the core memory of every region (and of a DMA logging session). */
   free(): void {
+    this.dma.stop();
     for (const r of this.regions) r.free();
   }
 

@@ -34,12 +34,25 @@ export interface PrecopyOptions {
   chunkSize?: number;
   onRound?: (round: PrecopyRoundReport) => void;
   signal?: AbortSignal;
+  /**
+   * Initial data first (QEMU's switchover-ack): do not stop-copy before every byte of the
+   * initial data was sent (the session's initial_bytes reached 0), whatever the rounds say.
+   */
+  waitForInitialData?: boolean;
+  /**
+   * Switchover permission, e.g. the destination's ack that it loaded the initial data: pre-copy
+   * goes on until it settles. While there is nothing to send, the driver waits on the session's
+   * whenReadable() (no polling). A rejection fails the migration.
+   */
+  switchover?: PromiseLike<unknown>;
 }
 
 export interface MigrationReport {
   rounds: PrecopyRoundReport[];
   /** Why pre-copy ended. */
   converged: "threshold" | "max-rounds" | "no-progress" | "no-precopy";
+  /** True if all initial data was sent before stop-copy began. */
+  initialDataSent: boolean;
   bytes: number;
   stopCopyBytes: number;
   /** Measured time with the device stopped (STOP_COPY entry to the end of the stream). */
@@ -55,10 +68,22 @@ const yieldToWorkload = (): Promise<void> =>
   new Promise((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
 
 /**
- * Migrates `device` out: pre-copy rounds (when it supports PRE_COPY), then stop-copy, then
- * STOP. The stream goes to `options.send`. The device's workload keeps running between reads.
+ * Migrates `device` out: pre-copy rounds (when it supports PRE_COPY and runs), then stop-copy,
+ * then STOP. The stream goes to `options.send`. The device's workload keeps running between
+ * reads. As QEMU's save_setup: a running device starts pre-copy, a stopped one (STOP) goes
+ * straight to stop-copy, and any other state is refused with EINVAL before anything changes;
+ * that includes a device already in PRE_COPY / PRE_COPY_P2P, whose session (and whatever the
+ * caller read of it) stays the caller's: its stream cannot be restarted from the beginning.
  */
 export async function migrateOut(device: MigrationDevice, options: PrecopyOptions): Promise<MigrationReport> {
+  const origin = device.state;
+  if (origin !== "RUNNING" && origin !== "RUNNING_P2P" && origin !== "STOP") {
+    throw new MigrationError(
+      "EINVAL",
+      `migrateOut needs a device in RUNNING, RUNNING_P2P or STOP, it is in ${origin}${device.session ? " with a session open (left untouched)" : ""}`,
+      { state: origin },
+    );
+  }
   const threshold = options.thresholdBytes ?? 1 << 20;
   const maxRounds = options.maxRounds ?? 30;
   const minProgress = options.minProgress ?? 0.05;
@@ -75,10 +100,23 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
   const check = (): void => {
     if (signal?.aborted) throw new MigrationError("ECANCELED", "migration aborted", { state: device.state });
   };
+  // Switchover permission: settled (or failed) once the caller's promise settles.
+  let switchoverState = (options.switchover ? "pending" : "allowed") as "pending" | "allowed" | { error: unknown };
+  const switchover = options.switchover
+    ? Promise.resolve(options.switchover).then(
+        () => void (switchoverState = "allowed"),
+        (error: unknown) => void (switchoverState = { error }),
+      )
+    : undefined;
+  const mayStop = (session: SavingSession): boolean => {
+    if (typeof switchoverState === "object") throw switchoverState.error;
+    return switchoverState === "allowed" && (!options.waitForInitialData || session.initialDataSent);
+  };
+  let initialDataSent = false;
 
   try {
     let session: SavingSession;
-    if (device.features.precopy) {
+    if (device.features.precopy && origin !== "STOP") {
       session = (await device.setState("PRE_COPY")) as SavingSession;
       let roundStart = performance.now();
       let previousDirty = Infinity;
@@ -113,6 +151,7 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
         }
         return reason;
       };
+      let reason: MigrationReport["converged"] | undefined;
       for (;;) {
         check();
         let chunk: Uint8Array | null;
@@ -122,23 +161,30 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
           if (error instanceof MigrationError && error.code === "ENOMSG") {
             // Nothing left to send for now: whatever the rounds said, what is left is 0 bytes.
             takeRounds();
-            converged = "threshold";
-            break;
+            reason = "threshold";
+            if (mayStop(session)) break;
+            // Not allowed to switch over yet: wait for data or for the permission, no timers.
+            await Promise.race([session.whenReadable(), switchover]);
+            continue;
           }
           throw error;
         }
         if (chunk) await send(chunk);
         await yieldToWorkload();
-        const reason = takeRounds();
-        if (reason !== undefined) {
-          converged = reason;
+        reason = takeRounds() ?? reason;
+        if (reason !== undefined && mayStop(session)) {
           // The round is over but some of it may still be queued: send it while the device
           // runs, so stop-copy (the downtime) carries only what is dirty now.
           while (session.buffered > 0) await send(session.read(chunkSize)!);
           break;
         }
       }
+      converged = reason ?? "threshold";
+      initialDataSent = session.initialDataSent;
       check();
+    } else if (switchover) {
+      await switchover;
+      if (typeof switchoverState === "object") throw switchoverState.error;
     }
     const stopAt = performance.now();
     const stopped = await device.setState("STOP_COPY");
@@ -154,6 +200,7 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
     return {
       rounds,
       converged,
+      initialDataSent,
       bytes,
       stopCopyBytes,
       downtimeMs,

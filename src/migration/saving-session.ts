@@ -5,8 +5,9 @@
 import { MigrationError } from "../core/errors.js";
 import { StreamEncoder } from "../codec/encoder.js";
 import { CoreBuffer } from "../core/buffer.js";
-import { core } from "../core/instance.js";
+import { core, guarded } from "../core/instance.js";
 import type { DeviceModel } from "../device/device-model.js";
+import { END_PAYLOAD, RECORD_OVERHEAD, ROUND_PAYLOAD } from "../format/constants.js";
 
 /** Pages per encode call: 1 MiB at 4 KiB pages, and a whole number of bitmap bytes. */
 const WINDOW_BYTES = 1 << 20;
@@ -17,6 +18,8 @@ export interface SavingOptions {
   maxRecordPayload?: number;
   /** True in PRE_COPY states: pre-copy rounds until the device stops. */
   precopy: boolean;
+  /** Offer PRECOPY_INFOv2 (`precopyInfoV2()`, with the REINIT flag). Default false. */
+  precopyInfoV2?: boolean;
 }
 
 export interface PrecopyInfo {
@@ -25,6 +28,34 @@ export interface PrecopyInfo {
   /** Changed data not read yet: pages changed since sent, plus unread bytes of later passes. */
   dirtyBytes: number;
 }
+
+/** VFIO_PRECOPY_INFO_REINIT: the device re-initialised; initial_bytes may have risen. */
+export const VFIO_PRECOPY_INFO_REINIT = 1;
+
+/** PRECOPY_INFOv2: the v1 figures plus flags (VFIO_PRECOPY_INFO_REINIT). */
+export interface PrecopyInfoV2 extends PrecopyInfo {
+  flags: number;
+}
+
+/**
+ * Estimated bytes of a whole stop-copy stream of `device` (no session open): header, every
+ * non-zero page, a record per region, the config blob and the END record. One read of the
+ * state (a zero scan in the core).
+ */
+export function estimateStreamBytes(device: DeviceModel, deviceId: string, configBytes = 0): number {
+  const utf8 = new TextEncoder();
+  let bytes = 56 + utf8.encode(deviceId).length;
+  const scan = core().exports.scan_zero;
+  for (const r of device.regions) {
+    bytes += 2 + utf8.encode(r.name).length + 8;
+    const zero = guarded(() => scan(r.data.ptr, r.size, device.pageSize, r.scratch.ptr) >>> 0);
+    bytes += (r.pages - zero) * device.pageSize + RECORD_OVERHEAD;
+  }
+  return bytes + (configBytes > 0 ? RECORD_OVERHEAD + configBytes : 0) + RECORD_OVERHEAD + END_PAYLOAD;
+}
+
+/** The last record of a pass: a ROUND marker in pre-copy, the END record in stop-copy. */
+const CLOSING_RECORD = RECORD_OVERHEAD + Math.max(ROUND_PAYLOAD, END_PAYLOAD);
 
 interface Pass {
   /** Per region: bitmap of pages to send (taken when the pass began), or undefined: all. */
@@ -48,11 +79,21 @@ export class SavingSession {
   #initialQueued = 0;
   #initialReported = Infinity;
   #bytesRead = 0;
+  /** Per region, the pages that were all zero when the first pass began (its stream estimate). */
+  #zeroPages: (CoreBuffer | undefined)[] | undefined;
+  readonly #infoV2: boolean;
+  /** A re-initialisation not yet reported by PRECOPY_INFOv2. */
+  #reinitPending = false;
+  #initialReportedV2 = Infinity;
+  #readableWaiters: (() => void)[] = [];
+  #initialWaiters: (() => void)[] = [];
+  #probeScheduled = false;
   readonly #rounds: { round: number; pages: number; bytes: number; dirtyBytes: number }[] = [];
 
   constructor(device: DeviceModel, options: SavingOptions) {
     this.#device = device;
     this.#stopped = !options.precopy;
+    this.#infoV2 = options.precopyInfoV2 === true;
     this.#encoder = new StreamEncoder(
       {
         regions: device.layout,
@@ -69,7 +110,7 @@ export class SavingSession {
       },
     );
     device.resetTracking();
-    this.#pass = { selected: device.regions.map(() => undefined), region: 0, page: 0, initial: true };
+    this.#startInitialPass();
   }
 
   /** True once closed by a state change; reading then is an error. */
@@ -114,29 +155,167 @@ export class SavingSession {
       this.#queue[0] = head.subarray(max);
     }
     this.#queued -= chunk.length;
-    this.#initialQueued = Math.max(0, this.#initialQueued - chunk.length);
-    this.#bytesRead += chunk.length;
+    this.#consumed(chunk.length);
     return chunk;
   }
 
-  /** PRE_COPY info, as VFIO_MIG_GET_PRECOPY_INFO reports it. */
+  /**
+   * read(2) into the caller's buffer: fills as much of `buffer` as the session has (at least one
+   * byte) and returns how many bytes it wrote; null at the end of the stream; throws ENOMSG when
+   * pre-copy has nothing for now, like read(). Nothing is allocated per call.
+   */
+  readInto(buffer: Uint8Array): number | null {
+    if (this.#closed) throw new MigrationError("EINVAL", "read from a closed saving session");
+    if (!(buffer instanceof Uint8Array) || buffer.length === 0) throw new MigrationError("EINVAL", "readInto needs a non-empty Uint8Array");
+    let written = 0;
+    while (written < buffer.length) {
+      if (this.#queued === 0) {
+        if (this.#ended) break;
+        // Once something was written, "nothing for now" just ends this read.
+        if (!this.#produce()) {
+          if (written > 0) break;
+          throw new MigrationError("ENOMSG", "no migration data for now (pre-copy, nothing dirty)");
+        }
+        continue;
+      }
+      const head = this.#queue[0]!;
+      const take = Math.min(head.length, buffer.length - written);
+      buffer.set(head.subarray(0, take), written);
+      if (take === head.length) this.#queue.shift();
+      else this.#queue[0] = head.subarray(take);
+      this.#queued -= take;
+      written += take;
+    }
+    if (written === 0) return null;
+    this.#consumed(written);
+    return written;
+  }
+
+  /**
+   * Settles when read() would not throw ENOMSG: data is available, the stream has ended or the
+   * session is closed (the uAPI's poll() after ENOMSG). Changes made through the device (write,
+   * markDirty, dmaWrite) wake it; a change made behind the device's back needs `changed()`.
+   */
+  whenReadable(): Promise<void> {
+    if (this.#readable()) return Promise.resolve();
+    return new Promise((resolve) => this.#readableWaiters.push(resolve));
+  }
+
+  /** The device's state may have changed: wakes whenReadable() waiters that now have data. */
+  changed(): void {
+    if (this.#readableWaiters.length === 0 || this.#probeScheduled) return;
+    // Coalesced: a burst of writes costs one look (a scan in shadow and hash tracking).
+    this.#probeScheduled = true;
+    queueMicrotask(() => {
+      this.#probeScheduled = false;
+      if (this.#readableWaiters.length > 0 && this.#readable()) this.#wakeReadable();
+    });
+  }
+
+  /**
+   * True once every byte of the initial data (the first pass) was read: initial_bytes reached 0
+   * (QEMU's switchover-ack point, VFIO_MIG_FLAG_DEV_INIT_DATA_SENT). A re-initialisation makes
+   * it false again until the new initial data was read.
+   */
+  get initialDataSent(): boolean {
+    return this.#initialDone && this.#initialQueued === 0;
+  }
+
+  /** Settles when `initialDataSent` is (or becomes) true, or the session closes. */
+  whenInitialDataSent(): Promise<void> {
+    if (this.initialDataSent || this.#closed) return Promise.resolve();
+    return new Promise((resolve) => this.#initialWaiters.push(resolve));
+  }
+
+  /**
+   * The device re-initialised while running (firmware reload, function-level re-setup): all of
+   * its state is initial data again. The stream carries on with a new full pass. PRECOPY_INFOv2
+   * reports the rise of initial_bytes with VFIO_PRECOPY_INFO_REINIT; v1 PRE_COPY info, whose
+   * initial_bytes must never rise, counts the new pass as dirty bytes. Only in PRE_COPY states.
+   */
+  reinitialize(): void {
+    if (this.#closed || this.#stopped) {
+      throw new MigrationError("EINVAL", "a saving session re-initialises only in the PRE_COPY states");
+    }
+    for (const bitmap of this.#pass?.selected ?? []) bitmap?.free();
+    this.#startInitialPass();
+    this.#initialDone = false;
+    this.#reinitPending = true;
+    this.#initialReportedV2 = Infinity;
+    this.#wakeReadable();
+  }
+
+  /**
+   * PRE_COPY info, as VFIO_MIG_GET_PRECOPY_INFO reports it: stream bytes, not page bytes, and
+   * counting what the encoder holds. 0/0 exactly when read() would throw ENOMSG. EINVAL outside
+   * the PRE_COPY states (after the device stopped, or once closed), as the kernel answers.
+   */
   precopyInfo(): PrecopyInfo {
+    const { initialBytes, dirtyBytes } = this.#info();
+    // initial_bytes must only shrink as the first pass is read; a rise (estimate noise, or a
+    // re-initialisation, which only PRECOPY_INFOv2 may report) is counted as dirty instead.
+    // A non-zero figure never shows as 0: 0/0 means "nothing to read now".
+    let initial = Math.min(initialBytes, this.#initialReported);
+    if (initial === 0 && initialBytes > 0 && this.#initialReported > 0) initial = 1;
+    this.#initialReported = initial;
+    return { initialBytes: initial, dirtyBytes: dirtyBytes + initialBytes - initial };
+  }
+
+  /**
+   * PRECOPY_INFOv2 (opt-in with `precopyInfoV2`): like precopyInfo(), but after a device
+   * re-initialisation initial_bytes may rise, and the first answer after it carries
+   * VFIO_PRECOPY_INFO_REINIT.
+   */
+  precopyInfoV2(): PrecopyInfoV2 {
+    if (!this.#infoV2) throw new MigrationError("EINVAL", "PRECOPY_INFOv2 was not enabled for this device");
+    const { initialBytes, dirtyBytes } = this.#info();
+    let initial = Math.min(initialBytes, this.#initialReportedV2);
+    if (initial === 0 && initialBytes > 0) initial = initialBytes;
+    this.#initialReportedV2 = initial;
+    const flags = this.#reinitPending ? VFIO_PRECOPY_INFO_REINIT : 0;
+    this.#reinitPending = false;
+    return { initialBytes: initial, dirtyBytes: dirtyBytes + initialBytes - initial, flags };
+  }
+
+  /**
+   * Estimated stream bytes still to come if the device stopped now (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
+   * v1's pending_bytes): unread and held bytes, the rest of the current pass, the dirty pages,
+   * and the closing records. 0 only at the end of the stream. Valid in any saving state.
+   */
+  pendingBytes(): number {
+    if (this.#closed || (this.#ended && this.#queued === 0)) return 0;
+    const device = this.#device;
+    let bytes = this.#queued + this.#encoder.heldBytes;
+    const pass = this.#pass;
+    if (pass) bytes += this.#passEstimate(pass);
+    if (!this.#ended) {
+      device.regions.forEach((r, i) => {
+        const upto = pass?.initial ? (i < pass.region ? r.pages : i === pass.region ? pass.page : 0) : r.pages;
+        bytes += device.collect(i, upto) * device.pageSize;
+      });
+      bytes += CLOSING_RECORD + (this.#config ? RECORD_OVERHEAD + this.#config.length : 0);
+    }
+    return bytes;
+  }
+
+  #info(): PrecopyInfo {
+    if (this.#closed) throw new MigrationError("EINVAL", "PRE_COPY info from a closed saving session");
+    if (this.#stopped) throw new MigrationError("EINVAL", "PRE_COPY info is only available in the PRE_COPY states, the device has stopped");
     const device = this.#device;
     const pass = this.#pass;
+    // What the encoder holds (a pass's last record stays open until the next window or the
+    // round marker) is readable data: leaving it out reported 0/0 with a record still to come.
+    const held = this.#encoder.heldBytes;
     let initialBytes = this.#initialQueued;
     let dirtyBytes = this.#queued - this.#initialQueued;
-    if (pass?.initial) initialBytes += this.#remainingPassBytes(pass);
-    else if (pass) dirtyBytes += this.#remainingPassBytes(pass);
+    const rest = held + (pass ? this.#passEstimate(pass) : 0);
+    if (!this.#initialDone) initialBytes += rest;
+    else dirtyBytes += rest;
     device.regions.forEach((r, i) => {
       // During the first pass only pages already sent can be dirty.
       const upto = pass?.initial ? (i < pass.region ? r.pages : i === pass.region ? pass.page : 0) : r.pages;
       dirtyBytes += device.collect(i, upto) * device.pageSize;
     });
-    // initial_bytes must only shrink as the first pass is read. The figure above can rise when
-    // the encoder hands over a record it held open (counted neither as queued nor as pages
-    // left), so report the smallest seen. It is 0 only once the first pass was all read.
-    initialBytes = Math.min(initialBytes, this.#initialReported);
-    this.#initialReported = initialBytes;
     return { initialBytes, dirtyBytes };
   }
 
@@ -144,6 +323,7 @@ export class SavingSession {
   stop(config: Uint8Array | undefined): void {
     this.#stopped = true;
     this.#config = config;
+    this.#wakeReadable();
   }
 
   /** Ends the session (the arc out of the saving states). Releases the encoder. */
@@ -152,9 +332,60 @@ export class SavingSession {
     this.#closed = true;
     if (!this.#ended) this.#encoder.abort();
     for (const bitmap of this.#pass?.selected ?? []) bitmap?.free();
+    this.#freeZeroPages();
     this.#pass = undefined;
     this.#queue.length = 0;
     this.#queued = 0;
+    this.#wakeReadable();
+    this.#wakeInitial();
+  }
+
+  /** A new first pass over every page, with its stream estimate (zero pages cost no payload). */
+  #startInitialPass(): void {
+    const device = this.#device;
+    this.#freeZeroPages();
+    const scan = core().exports.scan_zero;
+    // One read of the state, in the core; only to size PRE_COPY info's initial_bytes in stream
+    // bytes (16 zero pages are a 32-byte record, not 64 KiB).
+    this.#zeroPages = device.regions.map((r) => {
+      const bitmap = new CoreBuffer(r.bitmapBytes);
+      scan(r.data.ptr, r.size, device.pageSize, bitmap.ptr);
+      return bitmap;
+    });
+    this.#pass = { selected: device.regions.map(() => undefined), region: 0, page: 0, initial: true };
+  }
+
+  #freeZeroPages(): void {
+    for (const bitmap of this.#zeroPages ?? []) bitmap?.free();
+    this.#zeroPages = undefined;
+  }
+
+  /** Bookkeeping after `length` bytes were handed out. */
+  #consumed(length: number): void {
+    this.#initialQueued = Math.max(0, this.#initialQueued - length);
+    this.#bytesRead += length;
+    if (this.initialDataSent) this.#wakeInitial();
+  }
+
+  /** What read() decides on: false exactly when it would throw ENOMSG. */
+  #readable(): boolean {
+    if (this.#closed || this.#ended || this.#stopped || this.#queued > 0 || this.#pass) return true;
+    const device = this.#device;
+    let dirty = 0;
+    device.regions.forEach((r, i) => (dirty += device.collect(i, r.pages)));
+    return dirty > 0;
+  }
+
+  #wakeReadable(): void {
+    const waiters = this.#readableWaiters;
+    this.#readableWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  #wakeInitial(): void {
+    const waiters = this.#initialWaiters;
+    this.#initialWaiters = [];
+    for (const wake of waiters) wake();
   }
 
   /** Encodes one more window; false when pre-copy has nothing to send now. */
@@ -236,6 +467,7 @@ export class SavingSession {
   #endPass(pass: Pass): void {
     this.#pass = undefined;
     for (const bitmap of pass.selected) bitmap?.free();
+    if (pass.initial) this.#freeZeroPages();
     if (this.#stopped) {
       if (pass.initial) this.#initialDone = true;
       return;
@@ -249,19 +481,29 @@ export class SavingSession {
     if (pass.initial) this.#initialDone = true;
   }
 
-  #remainingPassBytes(pass: Pass): number {
+  /**
+   * Stream bytes the rest of `pass` will produce, estimated: the pages still to send (the first
+   * pass leaves out pages that were zero when it began), a record header per region, and the
+   * pass's closing record. Never 0 while a pass is on: it always ends with a record.
+   */
+  #passEstimate(pass: Pass): number {
     const device = this.#device;
-    let pages = 0;
+    const count = core().exports.bitmap_count;
+    let bytes = CLOSING_RECORD;
     device.regions.forEach((r, i) => {
       if (i < pass.region) return;
       const from = i === pass.region ? pass.page : 0;
+      if (from >= r.pages) return;
       const selected = pass.selected[i];
-      if (!selected) pages += r.pages - from;
-      else {
-        const count = core().exports.bitmap_count;
-        pages += (count(selected.ptr, r.pages) >>> 0) - (count(selected.ptr, from) >>> 0);
+      let pages: number;
+      if (!selected) {
+        const zero = this.#zeroPages?.[i];
+        pages = r.pages - from - (zero ? (count(zero.ptr, r.pages) >>> 0) - (count(zero.ptr, from) >>> 0) : 0);
+      } else {
+        pages = (count(selected.ptr, r.pages) >>> 0) - (count(selected.ptr, from) >>> 0);
       }
+      bytes += pages * device.pageSize + RECORD_OVERHEAD;
     });
-    return pages * device.pageSize;
+    return bytes;
   }
 }

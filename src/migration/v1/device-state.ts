@@ -151,29 +151,22 @@ export function deviceStateName(value: number): string {
 }
 
 /**
- * Writes between (NDMA-stripped) valid states the register accepts, keyed by current state.
- * Base: libvfio-user's pre-v2 migr_states table, with these choices where sources disagree:
- * - pre-copy -> pre-copy (same value) is accepted: libvfio-user lost that bit to an operator
- *   precedence slip; same-value writes are always accepted here.
- * - pre-copy -> RUNNING is accepted: libvfio-user has it only by that slip, but it is how QEMU
- *   cancels a v1 migration and v2 keeps it as the PRE_COPY -> RUNNING arc.
- * - STOP -> stop-and-copy, STOP -> RESUMING and RESUMING -> STOP are accepted though
- *   libvfio-user refuses them: v2 makes exactly these its STOP -> STOP_COPY, STOP -> RESUMING
- *   and RESUMING -> STOP arcs, and QEMU's v1 code saves a paused VM from STOP.
- * - STOP -> pre-copy stays refused (libvfio-user; write RUNNING first) although the RFC says
- *   drivers "should attempt to support any transition between valid states".
- * - stop-and-copy -> pre-copy stays refused (v2 blocks STOP_COPY -> PRE_COPY as well); and the
- *   session switches stop-and-copy/pre-copy -> RESUMING and RESUMING -> stop-and-copy/pre-copy
- *   stay refused (libvfio-user; dropped from the RFC's arc list in review): go through STOP,
- *   RUNNING or a reset.
- * - Writing the error encoding is refused (VALID says no) although libvfio-user accepts it.
+ * Writes between (NDMA-stripped) valid states the register accepts, keyed by current state:
+ * every valid state from every valid state. The NDMA RFC says "Migration drivers should attempt
+ * to support any transition between valid states", and the v1 header's flows (pre-copy from
+ * STOP, stop-and-copy abandoned for RESUMING, a resume abandoned for a save) need exactly the
+ * writes libvfio-user's pre-v2 table refused: STOP -> pre-copy, stop-and-copy -> pre-copy and
+ * -> RESUMING, pre-copy -> RESUMING, RESUMING -> stop-and-copy and -> pre-copy (and their NDMA
+ * variants). MigrationRegion carries each out through the v2 states (stop-and-copy -> pre-copy,
+ * which v2 blocks, as a new save through STOP). Writing the error encoding stays refused
+ * (VALID says no) although libvfio-user accepts it; leaving the error state needs a reset.
  */
 const ALLOWED_WRITES: Readonly<Record<number, readonly number[]>> = {
-  [0]: [0, R, S, Re],
+  [0]: [0, R, S, R | S, Re],
   [R]: [0, R, S, R | S, Re],
-  [S]: [0, R, S],
-  [R | S]: [0, R, S, R | S],
-  [Re]: [0, R, Re],
+  [S]: [0, R, S, R | S, Re],
+  [R | S]: [0, R, S, R | S, Re],
+  [Re]: [0, R, S, R | S, Re],
 };
 
 /** Options of the register emulation. */

@@ -14,9 +14,12 @@
  *
  * Sync vs async: `writeRegister` always returns a Promise (a device_state write may wait for the
  * device to quiesce; the other writes settle at once), and every write error is a rejection.
- * `readRegister`, `readData`, `writeData` and `reset` are synchronous. While a device_state write
- * is in flight every other access fails with EBUSY: a driver would hold its state lock, and
- * refusing is the single-threaded way to never expose a half-done transition.
+ * `readRegister`, `readData`, `writeData` and `reset` are synchronous. The user "may read or
+ * write device_state at any time": while a device_state write is in flight, a read of
+ * device_state returns the value before it (never a half-done transition), and another
+ * device_state write waits its turn, as callers of the driver's state lock do. The other
+ * registers and the data window fail with EBUSY meanwhile: their answers depend on the state
+ * the write is still establishing.
  */
 import { MigrationError } from "../../core/errors.js";
 import { ResumingSession } from "../resuming-session.js";
@@ -93,6 +96,8 @@ export class MigrationRegion {
   readonly #window: Uint8Array;
   #deviceState = DEVICE_STATE_RESET;
   #busy = false;
+  /** The tail of the queue of device_state writes. */
+  #turn: Promise<void> = Promise.resolve();
   /** Bumped by reset(): a device_state write still awaiting must not land afterwards. */
   #resets = 0;
   #saveStep: SaveStep = "idle";
@@ -157,10 +162,11 @@ export class MigrationRegion {
   readRegister(offset: number, width: 8): bigint;
   readRegister(offset: number, width: number): number | bigint;
   readRegister(offset: number, width: number): number | bigint {
+    const name = this.#field(offset, width);
+    // device_state may be read at any time; the value before an in-flight write until it lands.
+    if (name === "device_state") return this.#deviceState;
     this.#checkIdle();
-    switch (this.#field(offset, width)) {
-      case "device_state":
-        return this.#deviceState;
+    switch (name) {
       case "reserved":
         return 0;
       case "pending_bytes":
@@ -181,11 +187,11 @@ export class MigrationRegion {
   writeRegister(offset: number, width: 8, value: bigint): Promise<void>;
   writeRegister(offset: number, width: number, value: number | bigint): Promise<void>;
   async writeRegister(offset: number, width: number, value: number | bigint): Promise<void> {
-    this.#checkIdle();
     const name = this.#field(offset, width);
     const ok = width === 4 ? typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 0xffffffff : typeof value === "bigint" && value >= 0n && value <= U64_MAX;
     if (!ok) throw einval(`${name} takes a u${width * 8}${width === 8 ? " bigint" : ""}, got ${String(value)}`, this.#deviceState);
-    if (name === "device_state") return this.#writeDeviceState(value as number);
+    if (name === "device_state") return this.#queueDeviceState(value as number);
+    this.#checkIdle();
     if (name === "reserved") return;
     if (name === "data_size" && this.#resuming()) return this.#writeDataSize(value as bigint);
     throw einval(`${name} is read-only${name === "data_size" ? " outside RESUMING" : ""}`, this.#deviceState);
@@ -227,6 +233,19 @@ export class MigrationRegion {
 
   // --- device_state ---------------------------------------------------------------------------
 
+  /** device_state writes take turns (the driver's state lock); each starts where the last left. */
+  async #queueDeviceState(value: number): Promise<void> {
+    const previous = this.#turn;
+    let release!: () => void;
+    this.#turn = new Promise<void>((resolve) => (release = resolve));
+    await previous;
+    try {
+      await this.#writeDeviceState(value);
+    } finally {
+      release();
+    }
+  }
+
   async #writeDeviceState(value: number): Promise<void> {
     const previous = this.#deviceState;
     // Refused writes change nothing (1.6); the rules, NDMA and reserved bits are in device-state.ts.
@@ -242,6 +261,12 @@ export class MigrationRegion {
       // legal path; it is Alex Williamson's "clear RUNNING first" order (1.6), failing early.
       if (this.ndma && before.state === "PRE_COPY" && (target === "STOP" || target === "RUNNING_P2P")) {
         await this.device.setState("PRE_COPY_P2P");
+      }
+      // stop-and-copy -> pre-copy: v2 blocks STOP_COPY -> PRE_COPY*, but v1 accepts any write
+      // between valid states. Setting pre-copy from stop-and-copy starts a new save: the old
+      // stream ends (through STOP) and PRE_COPY opens a new session.
+      if (before.state === "STOP_COPY" && (target === "PRE_COPY" || target === "PRE_COPY_P2P")) {
+        await this.device.setState("STOP");
       }
       await this.device.setState(target);
       if (this.#resets !== resets) throw new MigrationError("ECANCELED", "device_state write interrupted by a reset");
@@ -328,8 +353,7 @@ export class MigrationRegion {
     }
     this.#saveStep = "pending";
     // Only zero vs non-zero is meaningful (RFC); the rest is the session's own estimate.
-    const info = session.precopyInfo();
-    return BigInt(this.#carry.bytes.length + info.initialBytes + info.dirtyBytes);
+    return BigInt(this.#carry.bytes.length + session.pendingBytes());
   }
 
   #readDataOffset(): bigint {

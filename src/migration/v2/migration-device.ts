@@ -4,18 +4,30 @@
 import { MigrationError } from "../../core/errors.js";
 import type { DecoderLimits } from "../../codec/decoder.js";
 import { DeviceModel, type DeviceModelOptions } from "../../device/device-model.js";
-import { type PrecopyInfo, SavingSession } from "../saving-session.js";
+import type { DmaLoggingReport, DmaLoggingStart } from "../../device/dma-logging.js";
+import { estimateStreamBytes, type PrecopyInfo, type PrecopyInfoV2, SavingSession } from "../saving-session.js";
 import { ResumingSession } from "../resuming-session.js";
 import { arcEffect, isMigrationState, type MigrationFeatures, type MigrationState, nextState } from "./states.js";
 
 /** What the embedder's device does at the moments migration needs it. Each may fail. */
 export interface DeviceCallbacks {
-  /** Finish outstanding DMA (entering RUNNING_P2P / PRE_COPY_P2P). `signal` aborts at the deadline. */
-  quiesce?: (signal: AbortSignal) => void | Promise<void>;
+  /**
+   * Finish outstanding P2P DMA (entering RUNNING_P2P / PRE_COPY_P2P). `signal` aborts at the
+   * deadline (`quiesceTimeoutMs`).
+   */
+  quiesce?: (signal: AbortSignal) => void | PromiseLike<void>;
+  /**
+   * Stop: no more DMA, no interrupts, no change to the device's state. Runs on every arc that
+   * leaves the running states (RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P) for STOP or
+   * STOP_COPY, once per stop, under the same deadline as `quiesce`.
+   */
+  stop?: (signal: AbortSignal) => void | PromiseLike<void>;
+  /** Run again: every arc from a stopped state back into the running states. */
+  start?: () => void | PromiseLike<void>;
   /** The device config blob, taken when the device stops for stop-copy. */
-  saveConfig?: () => Uint8Array | Promise<Uint8Array>;
+  saveConfig?: () => Uint8Array | PromiseLike<Uint8Array>;
   /** Loads a received config blob, before the received state is committed. */
-  loadConfig?: (config: Uint8Array) => void | Promise<void>;
+  loadConfig?: (config: Uint8Array) => void | PromiseLike<void>;
 }
 
 export interface MigrationDeviceOptions extends DeviceModelOptions {
@@ -24,8 +36,12 @@ export interface MigrationDeviceOptions extends DeviceModelOptions {
   /** Optional v2 features. Default: both P2P and PRE_COPY. */
   features?: MigrationFeatures;
   callbacks?: DeviceCallbacks;
-  /** Deadline for quiescing; past it the state change fails with ETIMEDOUT. Default: none. */
+  /** Deadline for `quiesce` and `stop`; past it the state change fails with ETIMEDOUT. Default: none. */
   quiesceTimeoutMs?: number;
+  /** Where the device's DMA writes land (guest memory at an IOVA). Default: recorded only. */
+  guestMemory?: (iova: number, bytes: Uint8Array) => void;
+  /** Offer PRECOPY_INFOv2 with the REINIT flag (`precopyInfoV2()`). Default false. */
+  precopyInfoV2?: boolean;
   /** Resuming requires a config blob in the stream. Default: true when loadConfig is given. */
   requireConfig?: boolean;
   checksum?: "xxh3" | "crc32c";
@@ -36,6 +52,11 @@ export interface MigrationDeviceOptions extends DeviceModelOptions {
 
 export type Session = SavingSession | ResumingSession;
 
+/** True for a thenable of any origin (a native promise, another realm's, a library's). */
+function isThenable<T>(value: unknown): value is PromiseLike<T> {
+  return (typeof value === "object" || typeof value === "function") && value !== null && typeof (value as { then?: unknown }).then === "function";
+}
+
 const RUNNING_STATES: ReadonlySet<MigrationState> = new Set(["RUNNING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"]);
 
 export class MigrationDevice {
@@ -43,9 +64,13 @@ export class MigrationDevice {
   readonly features: Readonly<Required<MigrationFeatures>>;
   readonly deviceId: string;
   readonly #options: MigrationDeviceOptions;
+  /** Where the device is, arc by arc (internal; may be an intermediate state of a path). */
   #state: MigrationState = "RUNNING";
+  /** What `state` reports: the state a SET_STATE left, never one in the middle of a path. */
+  #committed: MigrationState = "RUNNING";
   #session: Session | undefined;
-  #changing = false;
+  /** The tail of the queue of state changes (the kernel's state mutex: callers take turns). */
+  #turn: Promise<void> = Promise.resolve();
   /** Bumped by reset(): an arc still awaiting (a quiesce, a callback) then must not land. */
   #resets = 0;
   /** Aborted by reset(), so an arc waiting on a callback that never returns is released. */
@@ -58,9 +83,12 @@ export class MigrationDevice {
     this.#options = options;
   }
 
-  /** The current state (kernel naming). A new device is RUNNING. */
+  /**
+   * The current state (kernel naming). A new device is RUNNING. While a state change is in
+   * flight it is the state the change started from; intermediate states of a path never show.
+   */
   get state(): MigrationState {
-    return this.#state;
+    return this.#committed;
   }
 
   /** The open data session, if any. */
@@ -68,7 +96,11 @@ export class MigrationDevice {
     return this.#session;
   }
 
-  /** True in the states where the device runs and may change its state. */
+  /**
+   * True while the device runs and may change its state. This follows the device itself: once a
+   * state change has stopped it (an arc in flight), it is false although `state` still shows
+   * where the change started.
+   */
   get running(): boolean {
     return RUNNING_STATES.has(this.#state);
   }
@@ -77,11 +109,65 @@ export class MigrationDevice {
   write(region: number | string, offset: number, bytes: Uint8Array): void {
     this.#checkRunning("write");
     this.model.write(region, offset, bytes);
+    this.#changed();
   }
 
   markDirty(region: number | string, offset: number, length: number): void {
     this.#checkRunning("markDirty");
     this.model.markDirty(region, offset, length);
+    this.#changed();
+  }
+
+  /**
+   * The workload's DMA write of `bytes` to guest memory at `iova`: only while the device runs
+   * (a stopped device does no DMA). Recorded by DMA dirty logging when a session covers it,
+   * then handed to `guestMemory` if one was given.
+   */
+  dmaWrite(iova: number, bytes: Uint8Array): void {
+    this.#checkRunning("dmaWrite");
+    if (!Number.isSafeInteger(iova) || iova < 0 || !(bytes instanceof Uint8Array)) {
+      throw new MigrationError("EINVAL", "dmaWrite needs a non-negative safe-integer IOVA and a Uint8Array", { state: this.#state });
+    }
+    this.model.dma.record(iova, bytes.length);
+    this.#options.guestMemory?.(iova, bytes);
+  }
+
+  /** VFIO_DEVICE_FEATURE_DMA_LOGGING_START: returns the page size the device tracks at. */
+  startDmaLogging(request: DmaLoggingStart): { pageSize: number } {
+    return this.model.dma.start(request);
+  }
+
+  /** VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: read-and-clear bitmap of the pages written by DMA. */
+  reportDmaLogging(request: DmaLoggingReport): Uint8Array {
+    return this.model.dma.report(request);
+  }
+
+  /** VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP. */
+  stopDmaLogging(): void {
+    this.model.dma.stop();
+  }
+
+  /**
+   * VFIO_DEVICE_FEATURE_MIG_DATA_SIZE: estimated stream bytes stop-copy would produce now, in
+   * any state. With a saving session open, what is left of it; otherwise a whole stream
+   * (without the config blob, which only stop-copy asks for).
+   */
+  stopCopySize(): number {
+    const session = this.#session;
+    if (session instanceof SavingSession) return session.pendingBytes();
+    return estimateStreamBytes(this.model, this.deviceId);
+  }
+
+  /**
+   * The device re-initialised while running (a firmware reload, say): in PRE_COPY states its
+   * whole state becomes initial data again (PRECOPY_INFOv2 says REINIT). Refused when stopped.
+   */
+  reinitialize(): void {
+    this.#checkRunning("reinitialize");
+    const session = this.#session;
+    if (session instanceof SavingSession && !session.closed && (this.#state === "PRE_COPY" || this.#state === "PRE_COPY_P2P")) {
+      session.reinitialize();
+    }
   }
 
   /** PRE_COPY info (VFIO_MIG_GET_PRECOPY_INFO): only in PRE_COPY and PRE_COPY_P2P. */
@@ -94,16 +180,37 @@ export class MigrationDevice {
     return this.#session.precopyInfo();
   }
 
+  /** PRECOPY_INFOv2 (opt-in with `precopyInfoV2`): only in PRE_COPY and PRE_COPY_P2P. */
+  precopyInfoV2(): PrecopyInfoV2 {
+    if ((this.#state !== "PRE_COPY" && this.#state !== "PRE_COPY_P2P") || !(this.#session instanceof SavingSession)) {
+      throw new MigrationError("EINVAL", `PRE_COPY info is only available in the PRE_COPY states, device is ${this.#state}`, {
+        state: this.#state,
+      });
+    }
+    return this.#session.precopyInfoV2();
+  }
+
   /**
    * Moves to `target` through the kernel's arcs. Returns the data session the last arc opened
    * (a saving session for STOP_COPY / PRE_COPY*, a resuming one for RESUMING), else undefined.
    * On failure the device stays in the last state it reached (ERROR if leaving RESUMING failed
-   * validation), and the error names it.
+   * validation), and the error names it. Calls take turns, like SET_STATE under the kernel's
+   * state mutex: a second call waits for the first to finish, then starts from where it left.
    */
   async setState(target: MigrationState): Promise<Session | undefined> {
-    if (!isMigrationState(target)) throw new MigrationError("EINVAL", `invalid migration state ${JSON.stringify(target)}`, { state: this.#state });
-    if (this.#changing) throw new MigrationError("EBUSY", "a state change is already in progress", { state: this.#state });
-    this.#changing = true;
+    if (!isMigrationState(target)) throw new MigrationError("EINVAL", `invalid migration state ${JSON.stringify(target)}`, { state: this.#committed });
+    const previous = this.#turn;
+    let release!: () => void;
+    this.#turn = new Promise<void>((resolve) => (release = resolve));
+    await previous;
+    try {
+      return await this.#walk(target);
+    } finally {
+      release();
+    }
+  }
+
+  async #walk(target: MigrationState): Promise<Session | undefined> {
     const from = this.#state;
     const resets = this.#resets;
     let opened: Session | undefined;
@@ -129,7 +236,8 @@ export class MigrationDevice {
       }
       return opened;
     } finally {
-      if (this.#resets === resets) this.#changing = false;
+      // Done (or failed where it stands): only now does the outside see where the device is.
+      if (this.#resets === resets) this.#committed = this.#state;
     }
   }
 
@@ -141,16 +249,22 @@ export class MigrationDevice {
     this.#resets++;
     this.#resetController.abort();
     this.#resetController = new AbortController();
-    this.#changing = false;
     this.#session?.close();
     this.#session = undefined;
     this.#state = "RUNNING";
+    this.#committed = "RUNNING";
   }
 
   /** Releases the device's core memory. */
   free(): void {
     this.reset();
     this.model.free();
+  }
+
+  /** Wakes a saving session's whenReadable() waiters after the workload changed something. */
+  #changed(): void {
+    const session = this.#session;
+    if (session instanceof SavingSession) session.changed();
   }
 
   #interrupted(from: MigrationState, target: MigrationState): MigrationError {
@@ -185,12 +299,19 @@ export class MigrationDevice {
     };
     const callbacks = this.#options.callbacks ?? {};
     try {
-      if ((to === "RUNNING_P2P" && from === "RUNNING") || (to === "PRE_COPY_P2P" && from === "PRE_COPY")) await this.#quiesce();
+      if ((to === "RUNNING_P2P" && from === "RUNNING") || (to === "PRE_COPY_P2P" && from === "PRE_COPY")) {
+        await this.#underDeadline(callbacks.quiesce, "quiesce");
+      }
+      // Leaving the running states: the device stops DMA, interrupts and state changes. Every
+      // such arc ends in STOP or STOP_COPY, so a stop is announced exactly once.
+      if (RUNNING_STATES.has(from) && (to === "STOP" || to === "STOP_COPY")) await this.#underDeadline(callbacks.stop, "stop");
+      else if (!RUNNING_STATES.has(from) && RUNNING_STATES.has(to)) await this.#untilReset(callbacks.start?.());
       switch (arcEffect(from, to)) {
         case "open-saving": {
           const session = new SavingSession(this.model, {
             deviceId: this.deviceId,
             precopy: to !== "STOP_COPY",
+            ...(this.#options.precopyInfoV2 ? { precopyInfoV2: true } : {}),
             ...(this.#options.checksum ? { checksum: this.#options.checksum } : {}),
             ...(this.#options.maxRecordPayload ? { maxRecordPayload: this.#options.maxRecordPayload } : {}),
           });
@@ -201,6 +322,11 @@ export class MigrationDevice {
               session.close();
               throw error;
             }
+          }
+          if (this.#resets !== resets) {
+            // A late answer after a reset installs nothing.
+            session.close();
+            throw this.#interrupted(origin, target);
           }
           this.#session = session;
           return session;
@@ -255,33 +381,37 @@ export class MigrationDevice {
 
   /**
    * `value`, unless the device is reset first: then ECANCELED at once (and `controller`, the
-   * callback's own signal, is aborted so it can stop too).
+   * callback's own signal, is aborted so it can stop too). Any thenable counts: a promise of
+   * another realm or a library's thenable is awaited under the same reset rule.
    */
-  #untilReset<T>(value: T | Promise<T>, controller?: AbortController): Promise<T> {
+  #untilReset<T>(value: T | PromiseLike<T>, controller?: AbortController): Promise<T> {
     const reset = this.#resetController.signal;
-    if (!(value instanceof Promise)) return Promise.resolve(value);
+    if (!isThenable<T>(value)) return Promise.resolve(value);
     return new Promise<T>((resolve, reject) => {
       const onReset = (): void => {
         controller?.abort();
         reject(new MigrationError("ECANCELED", "interrupted by a device reset"));
       };
       reset.addEventListener("abort", onReset, { once: true });
-      value.then(
-        (v) => {
-          reset.removeEventListener("abort", onReset);
-          resolve(v);
-        },
-        (e: unknown) => {
-          reset.removeEventListener("abort", onReset);
-          reject(e);
-        },
-      );
+      // Promise.resolve adopts the thenable (and survives one whose then() throws).
+      Promise.resolve()
+        .then(() => value)
+        .then(
+          (v) => {
+            reset.removeEventListener("abort", onReset);
+            resolve(v);
+          },
+          (e: unknown) => {
+            reset.removeEventListener("abort", onReset);
+            reject(e);
+          },
+        );
     });
   }
 
-  async #quiesce(): Promise<void> {
-    const quiesce = this.#options.callbacks?.quiesce;
-    if (!quiesce) return;
+  /** Runs a device callback under `quiesceTimeoutMs` (ETIMEDOUT past it) and the reset rule. */
+  async #underDeadline(callback: ((signal: AbortSignal) => void | PromiseLike<void>) | undefined, what: string): Promise<void> {
+    if (!callback) return;
     const timeout = this.#options.quiesceTimeoutMs;
     const controller = new AbortController();
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -291,11 +421,11 @@ export class MigrationDevice {
         : new Promise<never>((_, reject) => {
             timer = setTimeout(() => {
               controller.abort();
-              reject(new MigrationError("ETIMEDOUT", `device did not quiesce within ${timeout} ms`, { state: this.#state }));
+              reject(new MigrationError("ETIMEDOUT", `device did not ${what} within ${timeout} ms`, { state: this.#state }));
             }, timeout);
           });
     try {
-      const done = Promise.resolve().then(() => quiesce(controller.signal));
+      const done = Promise.resolve().then(() => callback(controller.signal));
       await this.#untilReset(deadline ? Promise.race([done, deadline]) : done, controller);
     } finally {
       if (timer !== undefined) clearTimeout(timer);
