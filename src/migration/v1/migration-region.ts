@@ -96,8 +96,9 @@ export class MigrationRegion {
   readonly #window: Uint8Array;
   #deviceState = DEVICE_STATE_RESET;
   #busy = false;
-  /** The tail of the queue of device_state writes. */
+  /** The tail of the queue of device_state writes, and how many are queued or in flight. */
   #turn: Promise<void> = Promise.resolve();
+  #writes = 0;
   /** Bumped by reset(): a device_state write still awaiting must not land afterwards. */
   #resets = 0;
   #saveStep: SaveStep = "idle";
@@ -233,17 +234,19 @@ export class MigrationRegion {
 
   // --- device_state ---------------------------------------------------------------------------
 
-  /** device_state writes take turns (the driver's state lock); each starts where the last left. */
-  async #queueDeviceState(value: number): Promise<void> {
-    const previous = this.#turn;
-    let release!: () => void;
-    this.#turn = new Promise<void>((resolve) => (release = resolve));
-    await previous;
-    try {
-      await this.#writeDeviceState(value);
-    } finally {
-      release();
-    }
+  /**
+   * device_state writes take turns (the driver's state lock); each starts where the last left.
+   * An idle region starts the write at once, so a reset right after it interrupts it.
+   */
+  #queueDeviceState(value: number): Promise<void> {
+    const turn = this.#turn;
+    this.#writes++;
+    const result = this.#writes === 1 ? this.#writeDeviceState(value) : turn.then(() => this.#writeDeviceState(value));
+    this.#turn = result.then(
+      () => void this.#writes--,
+      () => void this.#writes--,
+    );
+    return result;
   }
 
   async #writeDeviceState(value: number): Promise<void> {
@@ -259,7 +262,7 @@ export class MigrationRegion {
       // RUNNING_P2P ends the session first, so a quiesce timeout there would leave a state that
       // can only be restored with a new stream. PRE_COPY_P2P -> RUNNING_P2P is an equally short
       // legal path; it is Alex Williamson's "clear RUNNING first" order (1.6), failing early.
-      if (this.ndma && before.state === "PRE_COPY" && (target === "STOP" || target === "RUNNING_P2P")) {
+      if (this.ndma && before.state === "PRE_COPY" && (target === "STOP" || target === "RUNNING_P2P" || target === "RESUMING")) {
         await this.device.setState("PRE_COPY_P2P");
       }
       // stop-and-copy -> pre-copy: v2 blocks STOP_COPY -> PRE_COPY*, but v1 accepts any write
@@ -416,7 +419,7 @@ export class MigrationRegion {
   }
 
   #checkIdle(): void {
-    if (this.#busy) {
+    if (this.#busy || this.#writes > 0) {
       throw new MigrationError("EBUSY", "a device_state write is in progress", { state: deviceStateName(this.#deviceState) });
     }
   }

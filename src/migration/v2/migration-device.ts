@@ -71,6 +71,8 @@ export class MigrationDevice {
   #session: Session | undefined;
   /** The tail of the queue of state changes (the kernel's state mutex: callers take turns). */
   #turn: Promise<void> = Promise.resolve();
+  /** State changes queued or in flight. */
+  #pending = 0;
   /** Bumped by reset(): an arc still awaiting (a quiesce, a callback) then must not land. */
   #resets = 0;
   /** Aborted by reset(), so an arc waiting on a callback that never returns is released. */
@@ -197,17 +199,19 @@ export class MigrationDevice {
    * validation), and the error names it. Calls take turns, like SET_STATE under the kernel's
    * state mutex: a second call waits for the first to finish, then starts from where it left.
    */
-  async setState(target: MigrationState): Promise<Session | undefined> {
-    if (!isMigrationState(target)) throw new MigrationError("EINVAL", `invalid migration state ${JSON.stringify(target)}`, { state: this.#committed });
-    const previous = this.#turn;
-    let release!: () => void;
-    this.#turn = new Promise<void>((resolve) => (release = resolve));
-    await previous;
-    try {
-      return await this.#walk(target);
-    } finally {
-      release();
+  setState(target: MigrationState): Promise<Session | undefined> {
+    if (!isMigrationState(target)) {
+      return Promise.reject(new MigrationError("EINVAL", `invalid migration state ${JSON.stringify(target)}`, { state: this.#committed }));
     }
+    // An idle device starts at once (so a reset right after the call interrupts this change).
+    const turn = this.#turn;
+    this.#pending++;
+    const result = this.#pending === 1 ? this.#walk(target) : turn.then(() => this.#walk(target));
+    this.#turn = result.then(
+      () => void this.#pending--,
+      () => void this.#pending--,
+    );
+    return result;
   }
 
   async #walk(target: MigrationState): Promise<Session | undefined> {
