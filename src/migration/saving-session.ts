@@ -237,6 +237,8 @@ export class SavingSession {
     if (this.#closed || this.#stopped) {
       throw new MigrationError("EINVAL", "a saving session re-initialises only in the PRE_COPY states");
     }
+    // v1 info: initial data fully sent stays sent (its initial_bytes never rises again).
+    if (this.initialDataSent) this.#initialReported = 0;
     for (const bitmap of this.#pass?.selected ?? []) bitmap?.free();
     this.#startInitialPass();
     this.#initialDone = false;
