@@ -8,6 +8,7 @@ import { MigrationDevice } from "../../src/migration/v2/migration-device.js";
 import type { MigrationState } from "../../src/migration/v2/states.js";
 import { v1StateToV2, v2StateToV1, VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, VFIO_MIGRATION_P2P } from "../../src/migration/uapi.js";
 import * as api from "../../src/index.js";
+import { createEncoder } from "../../src/codec/encoder.js";
 import { asSaving, concat, drain, expectCode, FEATURE_SETS, fillRandom, makeDevice, PAGE } from "./helpers.js";
 
 const RUNNING_STATES = new Set<MigrationState>(["RUNNING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"]);
@@ -27,6 +28,21 @@ function expectInfoMatchesRead(session: SavingSession): void {
 }
 
 describe("PRE_COPY info (VFIO_MIG_GET_PRECOPY_INFO)", () => {
+  it("the encoder reports the bytes it holds: the header before the first drain and the record left open by flush()", () => {
+    let handed = 0;
+    const encoder = createEncoder({ regions: [{ name: "r", size: 8 * PAGE }], ondata: (c: Uint8Array) => void (handed += c.length) });
+    expect(encoder.heldBytes).toBeGreaterThan(0);
+    encoder.writePages("r", 0, new Uint8Array(4 * PAGE));
+    encoder.flush();
+    const held = encoder.heldBytes;
+    expect(held).toBeGreaterThan(0);
+    const before = handed;
+    encoder.end();
+    expect(encoder.heldBytes).toBe(0);
+    // What was held came out, with the END record after it.
+    expect(handed - before).toBeGreaterThanOrEqual(held);
+  });
+
   it("'When both initial_bytes and dirty_bytes are zero ... read() should fail with ENOMSG': data the encoder holds open counts", async () => {
     // The audit's case: page 0 and pages 256-511 of a 512-page region dirty, read once.
     const device = new MigrationDevice({ regions: [{ name: "r", size: 512 * PAGE }], tracking: "explicit" });

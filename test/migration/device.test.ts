@@ -1,6 +1,6 @@
 // The v2 migration device against the libvfio-user test checklist (vfio-migration.md 4.3) where
 // it applies: invalid states, callback failures, the data path per state, sessions and the arcs
-// that end them, PRE_COPY info, ENOMSG vs end of stream, failed arcs, reset, EBUSY, quiesce
+// that end them, PRE_COPY info, ENOMSG vs end of stream, failed arcs, reset, serialized state changes, quiesce
 // deadlines, and the three dirty-tracking modes.
 import { describe, expect, it } from "vitest";
 import { MigrationError } from "../../src/core/errors.js";
