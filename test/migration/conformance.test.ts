@@ -1,5 +1,6 @@
 // VFIO conformance, round two: one test per rule, each named after the uAPI (or kernel, or QEMU)
 // sentence it checks.
+import vm from "node:vm";
 import { describe, expect, it } from "vitest";
 import { MigrationError } from "../../src/core/errors.js";
 import { migrateIn, migrateOut } from "../../src/migration/precopy.js";
@@ -166,20 +167,37 @@ describe("stop and start callbacks", () => {
 });
 
 describe("reset against late callbacks", () => {
-  it.each([
-    ["a non-native thenable", (settle: (b: Uint8Array) => void) => ({ then: (ok: (b: Uint8Array) => void) => void settle.call(null, ok as never) })],
-  ])("'VFIO_DEVICE_RESET returns the device to RUNNING': saveConfig returning %s, then reset: setState settles, a late answer installs nothing", async () => {
-    let answer!: (b: Uint8Array) => void;
-    const thenable = { then: (ok: (b: Uint8Array) => void) => void (answer = ok) };
-    const device = makeDevice({ callbacks: { saveConfig: () => thenable as unknown as PromiseLike<Uint8Array> } });
+  // Each maker returns a pending answer for saveConfig and the function that settles it late.
+  const makers: [string, () => { answer: PromiseLike<Uint8Array>; settle: () => void }][] = [
+    [
+      "a non-native thenable",
+      () => {
+        let ok!: (b: Uint8Array) => void;
+        return { answer: { then: (resolve: (b: Uint8Array) => void) => void (ok = resolve) } as unknown as PromiseLike<Uint8Array>, settle: () => ok(new Uint8Array(3)) };
+      },
+    ],
+    [
+      "a promise from another realm",
+      () => {
+        const context = vm.createContext({});
+        const made = vm.runInContext("let ok; const p = new Promise((r) => { ok = r; }); ({ p, ok })", context) as { p: PromiseLike<Uint8Array>; ok: (b: Uint8Array) => void };
+        expect(made.p instanceof Promise).toBe(false);
+        return { answer: made.p, settle: () => made.ok(new Uint8Array(3)) };
+      },
+    ],
+  ];
+  it.each(makers)("'VFIO_DEVICE_RESET returns the device to RUNNING': saveConfig returning %s, then reset: setState settles, a late answer installs nothing", async (_name, make) => {
+    const { answer, settle } = make();
+    const device = makeDevice({ callbacks: { saveConfig: () => answer } });
     const pending = device.setState("STOP_COPY");
     await new Promise((r) => setTimeout(r, 5));
     device.reset();
     await expectCode(() => pending, "ECANCELED");
-    answer(new Uint8Array(3));
+    settle();
     await new Promise((r) => setTimeout(r, 5));
     expect(device.state).toBe("RUNNING");
     expect(device.session).toBeUndefined();
+    device.write("ram", 0, new Uint8Array([1]));
     device.free();
   });
 });
