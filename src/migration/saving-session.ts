@@ -342,19 +342,31 @@ export class SavingSession {
     this.#wakeInitial();
   }
 
-  /** A new first pass over every page, with its stream estimate (zero pages cost no payload). */
+  /** A new first pass over every page. */
   #startInitialPass(): void {
     const device = this.#device;
     this.#freeZeroPages();
-    const scan = core().exports.scan_zero;
-    // One read of the state, in the core; only to size PRE_COPY info's initial_bytes in stream
-    // bytes (16 zero pages are a 32-byte record, not 64 KiB).
-    this.#zeroPages = device.regions.map((r) => {
-      const bitmap = new CoreBuffer(r.bitmapBytes);
-      scan(r.data.ptr, r.size, device.pageSize, bitmap.ptr);
-      return bitmap;
-    });
     this.#pass = { selected: device.regions.map(() => undefined), region: 0, page: 0, initial: true };
+  }
+
+  /**
+   * Per region, the pages that are all zero, scanned on the first estimate a pass needs (one
+   * read of the state in the core; a session nobody asks about, stop-copy from STOP, pays
+   * nothing): PRE_COPY info's initial_bytes counts them as the small record they become.
+   */
+  #zeroPagesNow(): (CoreBuffer | undefined)[] {
+    if (this.#zeroPages) return this.#zeroPages;
+    const device = this.#device;
+    const zero: CoreBuffer[] = [];
+    try {
+      for (const r of device.regions) zero.push(new CoreBuffer(r.bitmapBytes));
+    } catch (error) {
+      for (const b of zero) b.free();
+      throw error;
+    }
+    guarded((c) => device.regions.forEach((r, i) => c.exports.scan_zero(r.data.ptr, r.size, device.pageSize, zero[i]!.ptr)));
+    this.#zeroPages = zero;
+    return zero;
   }
 
   #freeZeroPages(): void {
@@ -499,7 +511,7 @@ export class SavingSession {
       const selected = pass.selected[i];
       let pages: number;
       if (!selected) {
-        const zero = this.#zeroPages?.[i];
+        const zero = this.#zeroPagesNow()[i];
         pages = r.pages - from - (zero ? (count(zero.ptr, r.pages) >>> 0) - (count(zero.ptr, from) >>> 0) : 0);
       } else {
         pages = (count(selected.ptr, r.pages) >>> 0) - (count(selected.ptr, from) >>> 0);

@@ -226,6 +226,7 @@ export class MigrationRegion {
     // quiesce, and reset is the way out. The pending write then fails with ECANCELED.
     this.#resets++;
     this.#busy = false;
+    this.#writes = 0;
     this.device.reset();
     this.#deviceState = DEVICE_STATE_RESET;
     this.#carry = undefined;
@@ -240,12 +241,21 @@ export class MigrationRegion {
    */
   #queueDeviceState(value: number): Promise<void> {
     const turn = this.#turn;
+    const resets = this.#resets;
     this.#writes++;
-    const result = this.#writes === 1 ? this.#writeDeviceState(value) : turn.then(() => this.#writeDeviceState(value));
-    this.#turn = result.then(
-      () => void this.#writes--,
-      () => void this.#writes--,
-    );
+    const result =
+      this.#writes === 1
+        ? this.#writeDeviceState(value)
+        : turn.then(() => {
+            // A reset while this write waited cancels it (it also forgot the queue).
+            if (this.#resets !== resets) throw new MigrationError("ECANCELED", "device_state write cancelled by a reset before it started");
+            return this.#writeDeviceState(value);
+          });
+    // reset() zeroes the count: writes from before it must not make the region look busy.
+    const done = (): void => {
+      if (this.#resets === resets) this.#writes--;
+    };
+    this.#turn = result.then(done, done);
     return result;
   }
 
