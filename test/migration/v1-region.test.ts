@@ -429,6 +429,18 @@ describe("failed device_state writes", () => {
     expectConsistent(region, 0);
   });
 
+  it("VFIO_DEVICE_RESET cancels device_state writes still waiting their turn; the region is idle at once", async () => {
+    const region = makeRegion({ callbacks: { quiesce: () => new Promise<void>(() => undefined) } });
+    const stuck = writeState(region, 9);
+    const queued = writeState(region, 0);
+    region.reset();
+    // Idle at once: no register refuses with EBUSY after the reset.
+    expectThrowCode(() => region.readRegister(REG_PENDING_BYTES, 8), "EINVAL");
+    await expectCode(stuck, "ECANCELED");
+    await expectCode(queued, "ECANCELED");
+    expectConsistent(region, 1);
+  });
+
   it("reset is never refused: a write stuck on a quiesce that never ends fails with ECANCELED", async () => {
     let stuck = true;
     // The first quiesce never finishes; later ones do.
