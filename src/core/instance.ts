@@ -130,6 +130,16 @@ export class Core {
     return ptr;
   }
 
+  /**
+   * Allocates `size` bytes without touching them, and says whether they are zero (the block
+   * lies wholly in memory never handed out before): staging that stays untouched costs no RSS.
+   */
+  allocReporting(size: number): { ptr: number; zeroed: boolean } {
+    const untouched = this.#untouched;
+    const ptr = this.alloc(size);
+    return { ptr, zeroed: ptr >= untouched };
+  }
+
   /** Returns a block to the allocator. Unknown pointers are ignored (double free is harmless). */
   free(ptr: number): void {
     const size = this.#sizes.get(ptr);
