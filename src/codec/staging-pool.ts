@@ -3,6 +3,7 @@
 // region of that size, instead of fresh memory, whose first touch is slow (page faults) on
 // microVMs and which would grow the process each time.
 import { CoreBuffer } from "../core/buffer.js";
+import { core, type Core } from "../core/instance.js";
 
 /** At most this many blocks are kept; the oldest goes back to the allocator first. */
 const MAX_BLOCKS = 8;
@@ -26,28 +27,35 @@ export class StagingPool {
         return { buffer: block, zeroed: false, pooled: true };
       }
     }
-    let buffer: CoreBuffer;
-    try {
-      buffer = new CoreBuffer(length);
-    } catch (error) {
-      // Kept blocks must never be why memory runs out: give them back and try once more.
-      if (this.#blocks.length === 0) throw error;
-      this.clear();
-      buffer = new CoreBuffer(length);
-    }
+    this.#watch();
+    // Should memory run out, the core calls back and the kept blocks are freed first.
+    const buffer = new CoreBuffer(length);
     return { buffer, zeroed: buffer.startedZeroed, pooled: false };
   }
 
   /** Keeps `buffer` for a later take() (the caller no longer uses it). */
   give(buffer: CoreBuffer): void {
     if (!buffer.alive || buffer.length === 0) return;
+    this.#watch();
     this.#blocks.push(buffer);
     while (this.#blocks.length > MAX_BLOCKS) this.#blocks.shift()!.free();
   }
 
-  /** Returns every kept block to the allocator. */
-  clear(): void {
-    for (const block of this.#blocks.splice(0)) block.free();
+  /** Returns every kept block to the allocator; true if there was any. */
+  clear(): boolean {
+    const blocks = this.#blocks.splice(0);
+    for (const block of blocks) block.free();
+    return blocks.length > 0;
+  }
+
+  /** Cores (one at a time; a new one after a trap) this pool asked to call back on exhaustion. */
+  readonly #watched = new WeakSet<Core>();
+
+  #watch(): void {
+    const c = core();
+    if (this.#watched.has(c)) return;
+    this.#watched.add(c);
+    c.onReclaim(() => this.clear());
   }
 
   /** Bytes kept (for tests and diagnostics). */
