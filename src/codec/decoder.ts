@@ -326,16 +326,15 @@ export class StreamDecoder {
       // An incremental stream's target holds every page already (the base); a full stream must
       // deliver every page itself.
       c.u8.fill(header.baseDigest === undefined ? 0 : 0xff, have, have + bitmapBytes);
-      // Pages known to hold zeros in the target: kept for staging, and for apply() targets that
-      // take zero runs, so ZERO coverage repeated over the same pages costs only a bitmap scan.
+      // Pages known to hold zeros in the target, so ZERO coverage repeated over the same pages
+      // costs only a bitmap scan: staging and apply() targets that take zero runs write only
+      // the rest. Targets that take whole records (verify, inspect) count pages the same way,
+      // as a target of unknown content would, so every reader gives a stream the same verdict.
       const stage = staging?.[i];
-      let zero = 0;
-      if (stage || plan.zeroRuns) {
-        zero = c.alloc(bitmapBytes);
-        this.#haves.push(zero);
-        const zeroed = stage ? stage.zeroed && !stage.cow : plan.zeroRuns!.startsZeroed;
-        c.u8.fill(zeroed ? 0xff : 0, zero, zero + bitmapBytes);
-      }
+      const zero = c.alloc(bitmapBytes);
+      this.#haves.push(zero);
+      const zeroed = stage ? stage.zeroed && !stage.cow : (plan.zeroRuns?.startsZeroed ?? false);
+      c.u8.fill(zeroed ? 0xff : 0, zero, zero + bitmapBytes);
       const r = new ContextView(c.memory, this.#regions + i * entry);
       r.setU64(Region.SIZE, BigInt(region.size));
       r.setU32(Region.STAGING, stage ? stage.ptr : 0);
