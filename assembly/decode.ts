@@ -17,6 +17,7 @@ import {
 } from "./format";
 import { chainDigest, recordChecksum } from "./checksum";
 import { validate as xbzrleValidate, xbzrle_decode } from "./xbzrle";
+import { bitmap_clear_range, bitmap_set_range } from "./bitmap";
 
 // Decoder context layout (mirrored by src/codec/contexts.ts).
 const D_IN = 0; // u32 window
@@ -50,16 +51,30 @@ const D_REC_RAW = 108;
 const D_REC_ZERO = 112;
 const D_REC_DELTA = 116;
 const D_REC_SKIPPED = 120;
+// Work accounting and the cheap handling of repeated ZERO coverage (docs/FORMAT.md, limits).
+const D_CHUNK_SHIFT = 128; // u32 log2(copy-on-write chunk size)
+const D_APPLIED = 136; // u64 pages applied so far (ZERO pages already known zero excluded)
+const D_BUDGET = 144; // u64 pages that may be applied before any round marker
+const D_BUDGET_ROUND = 152; // u64 more pages allowed per round marker seen
+const D_COPIED = 160; // u64 base bytes copied into staging (copy-on-write)
+const D_ZRUN_REGION = 168; // u32 region of the ZERO record whose runs are being handed out
+const D_ZRUN_NEXT = 172; // u32 next page to look at
+const D_ZRUN_END = 176; // u32 one past its last page
 
 // Region table entry.
 const R_SIZE = 0; // u64 region size
 const R_STAGING = 8; // u32 staging copy (applying in memory)
 const R_HAVE = 12; // u32 bitmap of pages the target holds
 const R_PAGES = 16; // u32 page count
+const R_ZERO = 20; // u32 bitmap of pages known to hold zeros in the target (0: not tracked)
+const R_BASE = 24; // u32 base region staging copies on write from (0: staging is complete)
+const R_CHUNKS = 28; // u32 bitmap of chunks already copied into staging (with R_BASE)
 const REGION_ENTRY: usize = 32;
 
 const MODE_APPLY: u32 = 1; // apply page records to the staging regions here
+const MODE_ZERO_RUNS: u32 = 2; // hand ZERO records out only over pages not known zero
 const MODE_ENDED: u32 = 4; // the end-of-stream record was verified
+const MODE_ZRUN: u32 = 8; // runs of a ZERO record are being handed out
 
 export const DECODE_NEED_MORE: i32 = 0;
 export const DECODE_RECORD: i32 = 1; // a record for the caller is described at D_R_*
@@ -83,9 +98,10 @@ export const ERR_DUP_CONFIG: i32 = -14;
 export const ERR_ROUND: i32 = -15;
 export const ERR_TRAILING: i32 = -16;
 export const ERR_FIELDS: i32 = -17;
+export const ERR_WORK: i32 = -18;
 
 export function decode_context_size(): u32 {
-  return 128;
+  return 192;
 }
 
 export function region_entry_size(): u32 {
@@ -125,6 +141,28 @@ export function decode_window(ctx: usize): i32 {
   let pos = <usize>load<u32>(ctx, D_POS);
 
   while (true) {
+    if ((load<u32>(ctx, D_MODE) & MODE_ZRUN) != 0) {
+      // The rest of a verified ZERO record, one run of pages not yet known zero at a time.
+      const region = load<u32>(ctx, D_ZRUN_REGION);
+      const zero = <usize>load<u32>(regions + <usize>region * REGION_ENTRY, R_ZERO);
+      const end = load<u32>(ctx, D_ZRUN_END);
+      const a = nextWith(zero, load<u32>(ctx, D_ZRUN_NEXT), end, false);
+      if (a < end) {
+        const b = nextWith(zero, a, end, true);
+        bitmap_set_range(zero, a, b - a);
+        store<u32>(ctx, b, D_ZRUN_NEXT);
+        store<u8>(ctx, TAG_ZERO, D_R_TAG);
+        store<u8>(ctx, 0, D_R_FLAGS);
+        store<u16>(ctx, <u16>region, D_R_REGION);
+        store<u32>(ctx, 0, D_R_LEN);
+        store<u32>(ctx, b - a, D_R_PAGES);
+        store<u32>(ctx, <u32>input, D_R_PAYLOAD);
+        store<u64>(ctx, <u64>a << shift, D_R_OFFSET);
+        store<u32>(ctx, <u32>pos, D_POS);
+        return DECODE_RECORD;
+      }
+      store<u32>(ctx, load<u32>(ctx, D_MODE) & ~MODE_ZRUN, D_MODE);
+    }
     const avail = inLen - pos;
     if ((load<u32>(ctx, D_MODE) & MODE_ENDED) != 0) {
       if (avail != 0) return fail(ctx, ERR_TRAILING, pos);
@@ -198,14 +236,56 @@ export function decode_window(ctx: usize): i32 {
         if (q != payloadLen) return fail(ctx, ERR_LENGTH, pos);
       }
 
+      // Work: every page a record makes the target write counts against the budget, except
+      // ZERO pages the target is known to hold as zeros already (repeated coverage is free).
+      const zero = <usize>load<u32>(entry, R_ZERO);
+      const work: u32 = tag == TAG_ZERO && zero != 0 ? countWith(zero, firstPage, pages, false) : pages;
+      const applied = load<u64>(ctx, D_APPLIED) + <u64>work;
+      const budget = load<u64>(ctx, D_BUDGET) + load<u64>(ctx, D_BUDGET_ROUND) * <u64>load<u32>(ctx, D_ROUNDS);
+      if (applied > budget) return fail(ctx, ERR_WORK, pos);
+      store<u64>(ctx, applied, D_APPLIED);
+
       if (apply) {
-        const staging = <usize>load<u32>(entry, R_STAGING) + <usize>offset;
-        if (tag == TAG_PAGES) {
-          memory.copy(staging, payload, payloadLen);
-        } else if (tag == TAG_ZERO) {
-          memory.fill(staging, 0, <usize>covered);
-        } else if (apply_delta_run(payload, pages, staging, <u32>shift, <usize>covered) < 0) {
-          return fail(ctx, ERR_DELTA, pos);
+        const staging = <usize>load<u32>(entry, R_STAGING);
+        if (tag == TAG_ZERO) {
+          let p = firstPage;
+          const end = firstPage + pages;
+          while (zero != 0 && p < end) {
+            const a = nextWith(zero, p, end, false);
+            if (a >= end) break;
+            const b = nextWith(zero, a, end, true);
+            const from = <u64>a << shift;
+            const to = min(<u64>b << shift, regionSize);
+            materialise(ctx, entry, from, to, true);
+            memory.fill(staging + <usize>from, 0, <usize>(to - from));
+            p = b;
+          }
+          if (zero == 0) {
+            materialise(ctx, entry, offset, offset + covered, true);
+            memory.fill(staging + <usize>offset, 0, <usize>covered);
+          }
+        } else {
+          materialise(ctx, entry, offset, offset + covered, tag == TAG_PAGES);
+          if (tag == TAG_PAGES) {
+            memory.copy(staging + <usize>offset, payload, payloadLen);
+          } else if (apply_delta_run(payload, pages, staging + <usize>offset, <u32>shift, <usize>covered) < 0) {
+            return fail(ctx, ERR_DELTA, pos);
+          }
+        }
+      }
+      if (zero != 0) {
+        if (tag == TAG_ZERO) {
+          if (!apply && (mode & MODE_ZERO_RUNS) != 0) {
+            // Handed out run by run from the top of the loop, once this record is consumed.
+            store<u32>(ctx, regionIndex, D_ZRUN_REGION);
+            store<u32>(ctx, firstPage, D_ZRUN_NEXT);
+            store<u32>(ctx, firstPage + pages, D_ZRUN_END);
+            store<u32>(ctx, load<u32>(ctx, D_MODE) | MODE_ZRUN, D_MODE);
+          } else {
+            bitmap_set_range(zero, firstPage, pages);
+          }
+        } else {
+          bitmap_clear_range(zero, firstPage, pages);
         }
       }
       markHeld(have, firstPage, pages);
@@ -219,7 +299,7 @@ export function decode_window(ctx: usize): i32 {
         store<u32>(ctx, load<u32>(ctx, D_PAGES_DELTA) + pages, D_PAGES_DELTA);
         store<u32>(ctx, load<u32>(ctx, D_REC_DELTA) + 1, D_REC_DELTA);
       }
-      if (!apply) result = DECODE_RECORD;
+      if (!apply && !(tag == TAG_ZERO && zero != 0 && (mode & MODE_ZERO_RUNS) != 0)) result = DECODE_RECORD;
     } else if (tag == TAG_CONFIG || tag == TAG_ROUND || tag == TAG_END) {
       if (flags != 0) return fail(ctx, ERR_FLAGS, pos);
       if (regionIndex != 0 || pages != 0 || offset != 0) return fail(ctx, ERR_FIELDS, pos);
@@ -275,6 +355,72 @@ export function apply_delta_run(entries: usize, count: u32, pages: usize, shift:
     q += 4 + dlen;
   }
   return <i32>q;
+}
+
+/**
+ * Copy-on-write: before bytes [from, to) of a region's staging are written, every chunk they
+ * touch that still lives only in the base is copied in, except chunks the write replaces whole
+ * (`overwrite`: raw pages and zeros replace every byte; a delta reads the old page).
+ */
+function materialise(ctx: usize, entry: usize, from: u64, to: u64, overwrite: bool): void {
+  const chunks = <usize>load<u32>(entry, R_CHUNKS);
+  if (chunks == 0 || from >= to) return;
+  const base = <usize>load<u32>(entry, R_BASE);
+  const staging = <usize>load<u32>(entry, R_STAGING);
+  const regionSize = load<u64>(entry, R_SIZE);
+  const cs = <u64>load<u32>(ctx, D_CHUNK_SHIFT);
+  const last = <u32>((to - 1) >> cs);
+  let copied: u64 = 0;
+  for (let c = <u32>(from >> cs); c <= last; c++) {
+    const p = chunks + (c >> 3);
+    const mask = <u8>1 << <u8>(c & 7);
+    if ((load<u8>(p) & mask) != 0) continue;
+    const start = <u64>c << cs;
+    const end = min(start + (<u64>1 << cs), regionSize);
+    if (!(overwrite && start >= from && end <= to)) {
+      memory.copy(staging + <usize>start, base + <usize>start, <usize>(end - start));
+      copied += end - start;
+    }
+    store<u8>(p, load<u8>(p) | mask);
+  }
+  if (copied != 0) store<u64>(ctx, load<u64>(ctx, D_COPIED) + copied, D_COPIED);
+}
+
+/** The first bit in [from, end) that is set (`set`) or clear (`!set`), or `end`; 64 at a time. */
+function nextWith(map: usize, from: u32, end: u32, set: bool): u32 {
+  let p = from;
+  while (p < end) {
+    if ((p & 63) == 0 && p + 64 <= end) {
+      const word = load<u64>(map + (p >> 3));
+      const hits = set ? word : ~word;
+      if (hits == 0) {
+        p += 64;
+        continue;
+      }
+      return p + <u32>ctz<u64>(hits);
+    }
+    const bit = (load<u8>(map + (p >> 3)) >> <u8>(p & 7)) & 1;
+    if ((bit != 0) == set) return p;
+    p++;
+  }
+  return end;
+}
+
+/** How many bits of [first, first+count) are set (`set`) or clear (`!set`). */
+function countWith(map: usize, first: u32, count: u32, set: bool): u32 {
+  let n: u32 = 0;
+  let p = first;
+  const end = first + count;
+  while (p < end) {
+    if ((p & 63) == 0 && p + 64 <= end) {
+      n += <u32>popcnt<u64>(load<u64>(map + (p >> 3)));
+      p += 64;
+      continue;
+    }
+    n += (load<u8>(map + (p >> 3)) >> <u8>(p & 7)) & 1;
+    p++;
+  }
+  return set ? n : count - n;
 }
 
 function markHeld(have: usize, first: u32, count: u32): void {

@@ -2,7 +2,7 @@
 // + apply, each against the pure-TS reference path.
 import { allocate } from "../src/core/buffer.js";
 import { StreamDecoder } from "../src/codec/decoder.js";
-import { StreamEncoder } from "../src/codec/encoder.js";
+import { createEncoder, StreamEncoder } from "../src/codec/encoder.js";
 import { MemoryTarget } from "../src/codec/memory-target.js";
 import { encodeSnapshotReference } from "../src/codec/reference.js";
 import { decodeSnapshot, encodeSnapshot } from "../src/codec/snapshot.js";
@@ -32,6 +32,21 @@ export async function codecBenchmarks(size: number, config: BenchConfig): Promis
     encoder.writePages(0, 0, state.bytes);
     encoder.end();
   };
+  // The public encoder, as users have it: shared views copied into the reused buffer (as a
+  // socket write or a file write would consume them), and the default copying mode.
+  const encodePublic = (shared: boolean): void => {
+    let at = 0;
+    const encoder = createEncoder({
+      size,
+      shared,
+      ondata: (chunk) => {
+        if (shared) reused.set(chunk, at);
+        at += chunk.length;
+      },
+    });
+    encoder.writePages(0, 0, state.bytes);
+    encoder.end();
+  };
   const decodeInto = (): void => {
     const target = new MemoryTarget();
     const decoder = new StreamDecoder(target);
@@ -43,6 +58,8 @@ export async function codecBenchmarks(size: number, config: BenchConfig): Promis
     {
       "full encode, 100% dirty (wasm, stream copied to a JS buffer)": () => encodeStreaming(true),
       "full encode, 100% dirty (wasm, stream left in core memory)": () => encodeStreaming(false),
+      "public createEncoder, shared views (copied to a JS buffer)": () => encodePublic(true),
+      "public createEncoder, default (a fresh copy per chunk)": () => encodePublic(false),
       "encodeSnapshot one-shot (allocates its output)": () => encodeSnapshot(state.bytes),
       "encodeSnapshot one-shot, state in a JS buffer": () => encodeSnapshot(js),
       "full encode, 100% dirty (TS reference)": () => encodeSnapshotReference(js),
@@ -66,6 +83,8 @@ export async function codecBenchmarks(size: number, config: BenchConfig): Promis
   return [
     row("full encode, 100% dirty (wasm, stream copied to a JS buffer)", ">= 0.40x copy (stretch 0.5x), >= 5x TS ref", true),
     row("full encode, 100% dirty (wasm, stream left in core memory)", undefined, true),
+    row("public createEncoder, shared views (copied to a JS buffer)", ">= 0.35x copy"),
+    row("public createEncoder, default (a fresh copy per chunk)"),
     row("encodeSnapshot one-shot (allocates its output)", undefined, true),
     row("encodeSnapshot one-shot, state in a JS buffer", undefined, true),
     row(reference),

@@ -36,6 +36,8 @@ export {
   type DecoderLimits,
   type DecoderSummary,
   type DecodeTarget,
+  type StagingRegion,
+  type TargetPlan,
   type DataRecord,
   type RoundInfo,
 } from "./codec/decoder.js";

@@ -31,6 +31,28 @@ function keystream(seed: number, label: string): (length: number) => Buffer {
 
 const BLOCK = 64 * 1024;
 
+/**
+ * Incompressible words written in place (xorshift128): no intermediate buffer, so each byte of
+ * the device is touched once. Seeded from the demo's seed, so the same seed gives the same state.
+ */
+function noiseFill(seed: number): (words: Uint32Array, from: number, count: number) => void {
+  const init = prng(seed ^ 0x9e3779b9);
+  let x = init() | 1;
+  let y = init();
+  let z = init();
+  let w = init();
+  return (words, from, count) => {
+    for (let i = from, end = from + count; i < end; i++) {
+      const t = x ^ (x << 11);
+      x = y;
+      y = z;
+      z = w;
+      w = (w ^ (w >>> 19) ^ t ^ (t >>> 8)) >>> 0;
+      words[i] = w;
+    }
+  };
+}
+
 export interface SyntheticOptions {
   size: number;
   pageSize: number;
@@ -64,7 +86,7 @@ export function createSyntheticDevice(options: SyntheticOptions): MigrationDevic
     deviceId: options.deviceId,
   });
   const random = prng(options.seed);
-  const stream = keystream(options.seed, "content");
+  const noise = noiseFill(options.seed);
   // One descriptor table block, stamped with a per-block counter so blocks are not identical.
   const table = new Uint8Array(BLOCK);
   const tableView = new DataView(table.buffer);
@@ -74,23 +96,25 @@ export function createSyntheticDevice(options: SyntheticOptions): MigrationDevic
     tableView.setBigUint64(at + 8, 0x0000_7f00_0000_0000n + BigInt(at) * 4096n, true);
     tableView.setUint16(at + 16, 0x0101, true);
   }
+  // Each byte of the device is written once, in place: new device memory is fresh (zero and
+  // untouched, so zero blocks cost nothing), and per-word stamps go through one 32-bit view of
+  // the region rather than an object per word (block offsets are multiples of 64 KiB, so
+  // 4-byte aligned). Nothing here allocates in core memory, so the views stay attached.
   device.model.regions.forEach((region, i) => {
+    const bytes = device.model.view(i);
+    const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
     for (let at = 0; at < region.size; at += BLOCK) {
       const length = Math.min(BLOCK, region.size - at);
-      // Take the view per block: nothing here allocates in core memory, but that is cheap insurance.
-      const view = device.model.view(i).subarray(at, at + length);
       const kind = random() % 100;
       if (kind < 35) continue; // zero: new device memory is zeroed
       if (kind < 55) {
-        view.set(table.subarray(0, length));
+        bytes.set(table.subarray(0, length), at);
         const stamp = random();
-        for (let o = 20; o + 4 <= length; o += 64) new DataView(view.buffer, view.byteOffset + o, 4).setUint32(0, stamp, true);
+        for (let o = 20; o + 4 <= length; o += 64) words[(at + o) >>> 2] = stamp;
       } else if (kind < 70) {
-        for (let o = 0; o + 8 <= length; o += 512 + (random() % 8) * 64) {
-          new DataView(view.buffer, view.byteOffset + o, 8).setUint32(0, random(), true);
-        }
+        for (let o = 0; o + 8 <= length; o += 512 + (random() % 8) * 64) words[(at + o) >>> 2] = random();
       } else {
-        view.set(stream(length));
+        noise(words, at >>> 2, length >>> 2);
       }
     }
   });

@@ -64,10 +64,15 @@ export const Dec = {
   REC_ZERO: 112,
   REC_DELTA: 116,
   REC_SKIPPED: 120,
+  CHUNK_SHIFT: 128,
+  APPLIED: 136,
+  BUDGET: 144,
+  BUDGET_ROUND: 152,
+  COPIED: 160,
 } as const;
 
-export const Region = { SIZE: 0, STAGING: 8, HAVE: 12, PAGES: 16 } as const;
-export const DecMode = { APPLY: 1, ENDED: 4 } as const;
+export const Region = { SIZE: 0, STAGING: 8, HAVE: 12, PAGES: 16, ZERO: 20, BASE: 24, CHUNKS: 28 } as const;
+export const DecMode = { APPLY: 1, ZERO_RUNS: 2, ENDED: 4 } as const;
 export const DECODE_NEED_MORE = 0;
 export const DECODE_RECORD = 1;
 export const DECODE_END = 2;

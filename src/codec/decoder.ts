@@ -24,6 +24,13 @@ export interface DecoderLimits {
   maxRecordPayload?: number;
   /** Largest header accepted. Default 64 KiB. */
   maxHeaderSize?: number;
+  /**
+   * Most pages the stream's page records may make the target write, in total. ZERO pages the
+   * target already holds as zeros do not count (repeated zero coverage is absorbed). Default:
+   * the state's pages times (3 + the round markers seen so far), which every stream the
+   * encoder writes stays within (see docs/FORMAT.md, limits).
+   */
+  maxPagesApplied?: number;
 }
 
 export interface DecoderOptions extends DecoderLimits {
@@ -52,12 +59,41 @@ export interface DataRecord {
   payload: Uint8Array;
 }
 
+/** A region the kernel applies records into, in core memory. */
+export interface StagingRegion {
+  /** The staging block (region size). */
+  ptr: number;
+  /** True if the block holds only zeros (fresh memory): ZERO records over it cost nothing. */
+  zeroed: boolean;
+  /**
+   * Copy-on-write from a base in core memory: `base` is the region's starting content and
+   * `chunks` a zeroed bitmap (one bit per chunk) of chunks already copied into the block. Each
+   * chunk is copied the first time a record writes into it, unless the record replaces it
+   * whole; chunks never written stay only in the base.
+   */
+  cow?: { base: number; chunks: number };
+}
+
+/** What a target's `open` tells the decoder. */
+export interface TargetPlan {
+  /** Regions to apply into; without them every verified page record goes to `apply`. */
+  staging?: StagingRegion[];
+  /** log2 of the copy-on-write chunk size (staging with `cow`). */
+  chunkShift?: number;
+  /**
+   * For `apply` targets: ZERO records come only over runs of pages not already known to hold
+   * zeros (repeated coverage is absorbed); `startsZeroed` says every page starts as zeros.
+   */
+  zeroRuns?: { startsZeroed: boolean };
+}
+
 /**
- * Where decoded pages go. `open` returns one staging pointer per region in core memory for the
- * kernel to apply into, or undefined to receive each verified page record through `apply`.
+ * Where decoded pages go. `open` returns the staging regions in core memory for the kernel to
+ * apply into (as a plan, or as bare pointers to blocks of unknown content), or undefined to
+ * receive each verified page record through `apply`.
  */
 export interface DecodeTarget {
-  open(header: StreamHeader): number[] | undefined;
+  open(header: StreamHeader): TargetPlan | number[] | undefined;
   apply?(record: DataRecord): void;
   commit(): void;
   abort(): void;
@@ -80,6 +116,8 @@ export interface DecoderSummary {
   /** Stream bytes per state byte (smaller is better); undefined before the header. */
   ratio: number | undefined;
   ended: boolean;
+  /** Pages the target was made to write (absorbed zero coverage excluded), and base bytes copied on write. */
+  work: { pagesApplied: number; bytesCopied: number };
 }
 
 type Phase = "header" | "records" | "done" | "failed";
@@ -93,7 +131,8 @@ export class StreamDecoder {
   readonly #options: DecoderOptions;
   /** The base; a view of core memory is detached when memory grows (reading the header may). */
   readonly #base: (() => Uint8Array) | undefined;
-  readonly #limits: Required<DecoderLimits>;
+  readonly #limits: Required<Omit<DecoderLimits, "maxPagesApplied">>;
+  readonly #maxPagesApplied: number | undefined;
   readonly #target: DecodeTarget;
   readonly #core: Core;
   #phase: Phase = "header";
@@ -122,7 +161,8 @@ export class StreamDecoder {
       maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
       maxHeaderSize: options.maxHeaderSize ?? DEFAULT_LIMITS.maxHeaderSize,
     };
-    for (const [name, value] of Object.entries(this.#limits)) {
+    this.#maxPagesApplied = options.maxPagesApplied;
+    for (const [name, value] of Object.entries({ ...this.#limits, maxPagesApplied: options.maxPagesApplied ?? 0 })) {
       if (!Number.isSafeInteger(value) || value < 0) throw new MigrationError("EINVAL", `decoder limit ${name} must be a non-negative integer, got ${value}`);
     }
     this.#target = target;
@@ -200,6 +240,10 @@ export class StreamDecoder {
       bytes: this.#consumed,
       ratio: header && header.totalSize > 0 ? this.#consumed / header.totalSize : undefined,
       ended: this.#ended,
+      work: {
+        pagesApplied: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.APPLIED)) : this.#finalCounts?.[Dec.APPLIED] ?? 0,
+        bytesCopied: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.COPIED)) : this.#finalCounts?.[Dec.COPIED] ?? 0,
+      },
     };
   }
 
@@ -261,7 +305,9 @@ export class StreamDecoder {
       if (!matches) throw new MigrationError("ESTALE", "incremental stream was made against another base state", where);
     }
     const c = this.#core;
-    const staging = this.#target.open(header);
+    const opened = this.#target.open(header);
+    const plan: TargetPlan = Array.isArray(opened) ? { staging: opened.map((ptr) => ({ ptr, zeroed: false })) } : opened ?? {};
+    const staging = plan.staging;
     const count = header.regions.length;
     const entry = c.exports.region_entry_size();
     this.#regions = c.alloc(entry * count);
@@ -269,26 +315,48 @@ export class StreamDecoder {
     const ctx = new ContextView(c.memory, c.alloc(c.exports.decode_context_size()));
     this.#ctx = ctx;
     c.u8.fill(0, ctx.ptr, ctx.ptr + c.exports.decode_context_size());
+    let statePages = 0;
     header.regions.forEach((region, i) => {
       const pages = Math.ceil(region.size / header.pageSize);
-      const bitmapBytes = Math.ceil(pages / 8);
+      statePages += pages;
+      // Rounded up to 8 bytes: the kernel scans bitmaps 64 bits at a time.
+      const bitmapBytes = Math.ceil(pages / 64) * 8;
       const have = c.alloc(bitmapBytes);
       this.#haves.push(have);
       // An incremental stream's target holds every page already (the base); a full stream must
       // deliver every page itself.
       c.u8.fill(header.baseDigest === undefined ? 0 : 0xff, have, have + bitmapBytes);
+      // Pages known to hold zeros in the target, so ZERO coverage repeated over the same pages
+      // costs only a bitmap scan: staging and apply() targets that take zero runs write only
+      // the rest. Targets that take whole records (verify, inspect) count pages the same way,
+      // as a target of unknown content would, so every reader gives a stream the same verdict.
+      const stage = staging?.[i];
+      const zero = c.alloc(bitmapBytes);
+      this.#haves.push(zero);
+      const zeroed = stage ? stage.zeroed && !stage.cow : (plan.zeroRuns?.startsZeroed ?? false);
+      c.u8.fill(zeroed ? 0xff : 0, zero, zero + bitmapBytes);
       const r = new ContextView(c.memory, this.#regions + i * entry);
       r.setU64(Region.SIZE, BigInt(region.size));
-      r.setU32(Region.STAGING, staging ? staging[i]! : 0);
+      r.setU32(Region.STAGING, stage ? stage.ptr : 0);
       r.setU32(Region.HAVE, have);
       r.setU32(Region.PAGES, pages);
+      r.setU32(Region.ZERO, zero);
+      r.setU32(Region.BASE, stage?.cow?.base ?? 0);
+      r.setU32(Region.CHUNKS, stage?.cow?.chunks ?? 0);
     });
+    ctx.setU32(Dec.CHUNK_SHIFT, plan.chunkShift ?? 0);
+    if (this.#maxPagesApplied !== undefined) {
+      ctx.setU64(Dec.BUDGET, BigInt(this.#maxPagesApplied));
+    } else {
+      ctx.setU64(Dec.BUDGET, BigInt(statePages) * 3n);
+      ctx.setU64(Dec.BUDGET_ROUND, BigInt(statePages));
+    }
     ctx.setU32(Dec.REGIONS, this.#regions);
     ctx.setU16(Dec.NREGIONS, count);
     ctx.setU8(Dec.ALG, header.checksum === "crc32c" ? 2 : 1);
     ctx.setU8(Dec.SHIFT, shift);
     ctx.setU32(Dec.MAXPAYLOAD, header.maxRecordPayload);
-    ctx.setU32(Dec.MODE, staging ? DecMode.APPLY : 0);
+    ctx.setU32(Dec.MODE, staging ? DecMode.APPLY : plan.zeroRuns ? DecMode.ZERO_RUNS : 0);
     ctx.setU64(Dec.DIGEST, header.checksumValue);
     this.#winCap = header.maxRecordPayload + RECORD_OVERHEAD + 64;
     this.#win = c.alloc(this.#winCap);
@@ -393,7 +461,12 @@ export class StreamDecoder {
     const ctx = this.#ctx!;
     const recordIndex = ctx.u32(Dec.SEQ);
     if (!this.#ended) {
-      const where = this.#winLen > 0 ? `inside record ${recordIndex} (byte ${this.#winStart})` : `after record ${recordIndex - 1}`;
+      const where =
+        this.#winLen > 0
+          ? `inside record ${recordIndex} (byte ${this.#winStart})`
+          : recordIndex === 0
+            ? `right after its header (byte ${this.#consumed}), before any record`
+            : `after record ${recordIndex - 1}`;
       throw new MigrationError("ENODATA", `incomplete stream: it ends ${where} without an end-of-stream record`, {
         recordIndex,
         byteOffset: this.#consumed,
@@ -437,6 +510,7 @@ export class StreamDecoder {
       for (const field of [Dec.REC_RAW, Dec.REC_ZERO, Dec.REC_DELTA, Dec.REC_SKIPPED, Dec.PAGES_RAW, Dec.PAGES_ZERO, Dec.PAGES_DELTA]) {
         this.#finalCounts[field] = ctx.u32(field);
       }
+      for (const field of [Dec.APPLIED, Dec.COPIED]) this.#finalCounts[field] = Number(ctx.u64(field));
       c.free(ctx.ptr);
       this.#ctx = undefined;
     }

@@ -33,8 +33,19 @@ export interface EncoderOptions {
   deviceId?: string;
   /** XXH3-64 of the base state: makes the stream incremental, decodable only onto that base. */
   baseDigest?: bigint;
-  /** Receives the stream as it is produced (fresh arrays the callee owns). */
+  /**
+   * Receives the stream as it is produced: fresh arrays the callee owns, or with `shared`,
+   * views into the encoder's own buffer.
+   */
   ondata?: (chunk: Uint8Array, final: boolean) => void;
+  /**
+   * Hand `ondata` views into the encoder's output buffer instead of copies (msgpack's
+   * `encodeSharedRef` convention). A view is valid only until the callback returns: the
+   * encoder writes the next bytes over it (and growing core memory detaches it), so copy what
+   * must outlive the call (`chunk.slice()`) or consume it synchronously (a hash update, a
+   * `writeSync`). Saves a copy and a fresh allocation per chunk. Default false.
+   */
+  shared?: boolean;
 }
 
 /** How to encode one range of a region (see {@link StreamEncoder.writePages}). */
@@ -123,7 +134,7 @@ export class StreamEncoder {
     else {
       const ondata = options.ondata;
       if (!ondata) throw new MigrationError("EINVAL", "an encoder needs an ondata callback");
-      this.#sink = (view, final) => ondata(view.slice(), final);
+      this.#sink = options.shared ? ondata : (view, final) => ondata(view.slice(), final);
     }
 
     const c = core();

@@ -59,13 +59,15 @@ export function encodeSnapshotWithSummary(
 /** A decoder that stages the state in memory; `result()` gives it once the stream verified. */
 export class StateDecoder extends StreamDecoder {
   readonly #target: MemoryTarget;
+  readonly #regionOf: (i: number) => Uint8Array | undefined;
 
   constructor(options: DecoderOptions = {}) {
     // Staging regions are allocated in core memory before the base is copied into them, so a
     // base that lives there is looked up again rather than read through a detached view.
     const base = options.base && stableView(options.base);
     let offsets: number[] = [];
-    const target = new MemoryTarget((i) => (base ? base().subarray(offsets[i]!, offsets[i + 1]!) : undefined));
+    const regionOf = (i: number): Uint8Array | undefined => (base ? base().subarray(offsets[i]!, offsets[i + 1]!) : undefined);
+    const target = new MemoryTarget(regionOf);
     super(
       {
         open(header) {
@@ -79,11 +81,12 @@ export class StateDecoder extends StreamDecoder {
       options,
     );
     this.#target = target;
+    this.#regionOf = regionOf;
   }
 
   /** The decoded state (regions concatenated in order). Only after the stream ended and verified. */
   result(): Uint8Array {
-    return this.#target.result();
+    return this.#target.result(this.#regionOf);
   }
 }
 

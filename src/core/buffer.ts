@@ -14,6 +14,12 @@ export class CoreBuffer {
   #ptr: number;
   #view: Uint8Array | undefined;
 
+  /**
+   * True if the bytes started as zeros: asked for (`zeroed`), or the block happened to be fresh
+   * memory, which is zero without being touched.
+   */
+  readonly startedZeroed: boolean;
+
   /** `zeroed`: the bytes start as zeros (otherwise unspecified, for buffers about to be filled). */
   constructor(length: number, zeroed = false) {
     if (!Number.isSafeInteger(length) || length < 0) {
@@ -21,7 +27,14 @@ export class CoreBuffer {
     }
     this.#core = core();
     this.length = length;
-    this.#ptr = zeroed ? this.#core.allocZeroed(length) : this.#core.alloc(length);
+    if (zeroed) {
+      this.#ptr = this.#core.allocZeroed(length);
+      this.startedZeroed = true;
+    } else {
+      const { ptr, zeroed: fresh } = this.#core.allocReporting(length);
+      this.#ptr = ptr;
+      this.startedZeroed = fresh;
+    }
   }
 
   /** Byte offset of the block in core memory. Throws once freed or if the core was replaced. */

@@ -111,7 +111,13 @@ export class Core {
       return start;
     }
     const start = this.#top;
-    this.#ensure(start + want);
+    try {
+      this.#ensure(start + want);
+    } catch (error) {
+      // Memory kept for reuse (staging blocks) must never be why an allocation fails.
+      if (!this.#reclaim()) throw error;
+      return this.alloc(size);
+    }
     this.#top = start + want;
     this.#untouched = Math.max(this.#untouched, this.#top);
     this.#sizes.set(start, want);
@@ -128,6 +134,32 @@ export class Core {
     const ptr = this.alloc(size);
     if (ptr < untouched) this.u8.fill(0, ptr, Math.min(ptr + size, untouched));
     return ptr;
+  }
+
+  /**
+   * Allocates `size` bytes without touching them, and says whether they are zero (the block
+   * lies wholly in memory never handed out before): staging that stays untouched costs no RSS.
+   */
+  allocReporting(size: number): { ptr: number; zeroed: boolean } {
+    const untouched = this.#untouched;
+    const ptr = this.alloc(size);
+    return { ptr, zeroed: ptr >= untouched };
+  }
+
+  readonly #reclaimers = new Set<() => boolean>();
+
+  /**
+   * Registers `reclaim`, called when memory cannot grow: it frees blocks kept for reuse and
+   * says whether it freed any (the allocation is then retried).
+   */
+  onReclaim(reclaim: () => boolean): void {
+    this.#reclaimers.add(reclaim);
+  }
+
+  #reclaim(): boolean {
+    let freed = false;
+    for (const reclaim of this.#reclaimers) freed = reclaim() || freed;
+    return freed;
   }
 
   /** Returns a block to the allocator. Unknown pointers are ignored (double free is harmless). */

@@ -1,7 +1,7 @@
 // The device model: state regions living in Wasm memory, dirty tracking in one of three modes,
 // and the page bitmaps the saving side reads. It knows nothing of migration states; the
 // migration layer asks it what changed and tells it what was sent.
-import { allocating, type CoreBuffer } from "../core/buffer.js";
+import { allocating, CoreBuffer } from "../core/buffer.js";
 import { MigrationError } from "../core/errors.js";
 import { core, guarded, type Core } from "../core/instance.js";
 import { validatePageSize } from "../core/scan.js";
@@ -15,6 +15,14 @@ import { validateRegions } from "../format/header.js";
  *   also the reference XBZRLE deltas are coded against.
  * - `hash`: an XXH3-64 per page (8 bytes instead of a whole copy), recomputed when asked.
  */
+/** A region's new content as a resume staged it (see codec/memory-target.ts). */
+export interface StagedContent {
+  readonly length: number;
+  /** Makes this the content of the region whose block is `current`; returns the block that holds it now. */
+  install(current: CoreBuffer): CoreBuffer;
+  free(): void;
+}
+
 export type DirtyTracking = "explicit" | "shadow" | "hash";
 
 export interface DeviceModelOptions {
@@ -193,13 +201,25 @@ export class DeviceModel {
     for (const r of this.regions) r.pending.bytes.fill(0);
   }
 
-  /** Replaces every region's content (a committed resume), keeping the tracking buffers. */
-  replaceContent(buffers: CoreBuffer[]): void {
+  /**
+   * Replaces every region's content (a committed resume), keeping the tracking buffers. A
+   * CoreBuffer takes the region's place (the old block is freed); staged content installs
+   * itself (a swap, or copying back the chunks a copy-on-write staging wrote).
+   */
+  replaceContent(contents: readonly (StagedContent | CoreBuffer)[]): void {
+    if (contents.length !== this.regions.length) throw new MigrationError("EINVAL", `${this.regions.length} regions, got ${contents.length}`);
     this.regions.forEach((r, i) => {
-      const next = buffers[i]!;
+      const next = contents[i]!;
       if (next.length !== r.size) throw new MigrationError("EINVAL", `region ${r.name} has ${r.size} bytes, got ${next.length}`);
-      r.data.free();
-      r.data = next;
+    });
+    this.regions.forEach((r, i) => {
+      const next = contents[i]!;
+      if (next instanceof CoreBuffer) {
+        r.data.free();
+        r.data = next;
+      } else {
+        r.data = next.install(r.data);
+      }
     });
     this.resetTracking();
   }

@@ -48,7 +48,8 @@ export interface StreamHeader {
 export type HeaderFields = Omit<StreamHeader, "major" | "minor" | "length" | "checksumValue" | "totalSize">;
 
 const utf8 = new TextEncoder();
-const utf8Strict = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM keeps a leading U+FEFF as part of the name: "\u{feff}a" and "a" are different names.
+const utf8Strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 // Header errors name record 0 (the decoder has read no record yet), like every stream error
 // names a record index and a byte offset (FORMAT.md 5).

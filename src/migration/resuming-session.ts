@@ -1,10 +1,9 @@
 // The resuming side of a migration data session (the writable data_fd of VFIO v2): stream
 // bytes in any segmentation, verified and applied to staging copies of the regions. The device
 // is only touched when RESUMING ends and the whole stream validated.
-import type { CoreBuffer } from "../core/buffer.js";
 import { MigrationError } from "../core/errors.js";
-import { StreamDecoder, type DecoderLimits } from "../codec/decoder.js";
-import { MemoryTarget } from "../codec/memory-target.js";
+import { StreamDecoder, type DecoderLimits, type DecoderSummary } from "../codec/decoder.js";
+import { MemoryTarget, type StagedRegion } from "../codec/memory-target.js";
 import type { DeviceModel } from "../device/device-model.js";
 
 export interface ResumingOptions extends DecoderLimits {
@@ -21,9 +20,10 @@ export class ResumingSession {
 
   constructor(device: DeviceModel, options: ResumingOptions) {
     this.#device = device;
-    // Staging starts from the device's current content: that is the base an incremental
-    // stream was made against, and what a full stream overwrites page by page.
-    this.#target = new MemoryTarget((i) => device.regions[i]!.data.bytes);
+    // An incremental stream was made against the device's current content: staging copies it
+    // on write, chunk by chunk, and commit copies back only what changed. A full stream never
+    // reads it (it must deliver every page): its staging is swapped in whole at commit.
+    this.#target = new MemoryTarget((i) => device.regions[i]!.data);
     this.#decoder = new StreamDecoder(this.#target, {
       deviceId: options.deviceId,
       regions: device.layout,
@@ -31,6 +31,7 @@ export class ResumingSession {
       baseDigest: () => device.digest(),
       ...(options.maxRecordPayload !== undefined ? { maxRecordPayload: options.maxRecordPayload } : {}),
       ...(options.maxHeaderSize !== undefined ? { maxHeaderSize: options.maxHeaderSize } : {}),
+      ...(options.maxPagesApplied !== undefined ? { maxPagesApplied: options.maxPagesApplied } : {}),
       maxStateSize: Math.max(options.maxStateSize ?? 0, device.size),
     });
   }
@@ -42,6 +43,11 @@ export class ResumingSession {
   /** Stream bytes accepted so far. */
   get bytesWritten(): number {
     return this.#bytes;
+  }
+
+  /** The decoder's counts so far (records, pages, and the work the stream caused). */
+  summary(): DecoderSummary {
+    return this.#decoder.summary();
   }
 
   /** Accepts stream bytes. A stream error is thrown here and again when RESUMING ends. */
@@ -57,7 +63,7 @@ export class ResumingSession {
    * Ends the stream (RESUMING is being left): validates it completely and returns the staged
    * regions and the config blob, or throws, leaving the device untouched.
    */
-  finish(): { regions: CoreBuffer[]; config: Uint8Array | undefined } {
+  finish(): { regions: StagedRegion[]; config: Uint8Array | undefined } {
     if (this.#closed) throw new MigrationError("EINVAL", "resuming session already closed");
     this.#closed = true;
     this.#decoder.end();

@@ -10,6 +10,7 @@ import { createXxh3 } from "../core/xxh3.js";
 import {
   type DataRecord,
   type DecodeTarget,
+  type TargetPlan,
   type DecoderLimits,
   type DecoderOptions,
   type DecoderSummary,
@@ -150,7 +151,7 @@ class FileTarget implements DecodeTarget {
     this.#base = base;
   }
 
-  open(header: StreamHeader): undefined {
+  open(header: StreamHeader): TargetPlan {
     this.#file = new AtomicFile(this.#path, this.#base);
     this.#pageSize = header.pageSize;
     let at = 0;
@@ -166,7 +167,9 @@ class FileTarget implements DecodeTarget {
     } catch (cause) {
       throw ioError(`cannot size ${this.#file.tempPath}`, cause);
     }
-    return undefined;
+    // ZERO records arrive only over pages not already zero in the file: a new file (sized
+    // sparse) starts all zeros, so repeated zero coverage never writes anything twice.
+    return { zeroRuns: { startsZeroed: this.#base === undefined } };
   }
 
   apply(record: DataRecord): void {
