@@ -34,6 +34,11 @@ export interface CoreExports {
   bitmap_clear_range(map: number, first: number, count: number): void;
   bitmap_or(dst: number, src: number, bytes: number): void;
   bitmap_count(map: number, bits: number): number;
+  lz4_compress(src: number, len: number, dst: number, cap: number, table: number, bail: number): number;
+  lz4_decompress(src: number, srcLen: number, dst: number, dstLen: number): number;
+  lz4_error_offset(): number;
+  lz4_table_size(): number;
+  lz4_bound(len: number): number;
 }
 
 const WASM_PAGE = 65536;
