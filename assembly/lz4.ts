@@ -49,9 +49,10 @@ export function lz4_bound(len: u32): u32 {
   return len + len / 255 + 16;
 }
 
+/** Byte offset in the table for the 5 bytes at p (4 as a u32, then the fifth). */
 @inline
-function hash4(v: u32): usize {
-  return <usize>((v * 2654435761) >> (32 - HASH_LOG)) << 2;
+function hash5(p: usize): usize {
+  return <usize>((load<u32>(p) * 2654435761 + <u32>load<u8>(p, 4) * 0x85ebca77) >> (32 - HASH_LOG)) << 2;
 }
 
 /** Length of the common prefix of [a, ...) and [b, ...), stopping at `limit` (a's end). */
@@ -125,7 +126,7 @@ export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, tab
             checkAt = ip + BAIL_STRIDE;
           }
           const seq = load<u32>(src + ip);
-          const h = table + hash4(seq);
+          const h = table + hash5(src + ip);
           ref = <usize>load<u32>(h);
           store<u32>(h, <u32>ip);
           if (ip - ref <= MAX_OFFSET && load<u32>(src + ref) == seq) {
@@ -169,9 +170,9 @@ export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, tab
       anchor = ip;
       if (ip > mflimit) break;
       // Fill the table at ip - 2, then try a match right at ip (common in runs).
-      store<u32>(table + hash4(load<u32>(src + ip - 2)), <u32>(ip - 2));
+      store<u32>(table + hash5(src + ip - 2), <u32>(ip - 2));
       const seq = load<u32>(src + ip);
-      const h = table + hash4(seq);
+      const h = table + hash5(src + ip);
       ref = <usize>load<u32>(h);
       store<u32>(h, <u32>ip);
       if (ip - ref <= MAX_OFFSET && load<u32>(src + ref) == seq) {

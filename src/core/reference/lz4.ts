@@ -1,6 +1,6 @@
 // Pure-TS LZ4 block codec, written for clarity rather than speed: the test oracle for
 // assembly/lz4.ts and the baseline of the benchmarks. The compressor follows the same greedy
-// algorithm (4-byte hash into 4096 positions, LZ4's skip acceleration, a match tried right after
+// algorithm (5-byte hash into 4096 positions, LZ4's skip acceleration, a match tried right after
 // each match) and so produces the same bytes; the decompressor follows the block grammar byte by
 // byte with no shared code with the kernel.
 
@@ -22,8 +22,9 @@ function read32(data: Uint8Array, i: number): number {
   return (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24)) >>> 0;
 }
 
-function hash4(v: number): number {
-  return Math.imul(v, 2654435761) >>> (32 - HASH_LOG);
+/** Hash of the 5 bytes at a position (4 as a u32, then the fifth), like lz4_flex's 5-byte hash. */
+function hash5(v: number, b4: number): number {
+  return (Math.imul(v, 2654435761) + Math.imul(b4, 0x85ebca77)) >>> (32 - HASH_LOG);
 }
 
 /**
@@ -75,7 +76,7 @@ export function lz4CompressReference(data: Uint8Array, bail = false): Uint8Array
             checkAt = ip + BAIL_STRIDE;
           }
           const seq = read32(data, ip);
-          const h = hash4(seq);
+          const h = hash5(seq, data[ip + 4]!);
           ref = table[h]!;
           table[h] = ip;
           if (ip - ref <= MAX_OFFSET && read32(data, ref) === seq) {
@@ -95,9 +96,9 @@ export function lz4CompressReference(data: Uint8Array, bail = false): Uint8Array
       ip += matchLen;
       anchor = ip;
       if (ip > mflimit) break;
-      table[hash4(read32(data, ip - 2))] = ip - 2;
+      table[hash5(read32(data, ip - 2), data[ip + 2]!)] = ip - 2;
       const seq = read32(data, ip);
-      const h = hash4(seq);
+      const h = hash5(seq, data[ip + 4]!);
       ref = table[h]!;
       table[h] = ip;
       if (ip - ref <= MAX_OFFSET && read32(data, ref) === seq) {
