@@ -11,12 +11,14 @@ import {
   TAG_CONFIG,
   TAG_DELTA,
   TAG_END,
+  TAG_LZ4,
   TAG_PAGES,
   TAG_ROUND,
   TAG_ZERO,
 } from "./format";
 import { chainDigest, recordChecksum } from "./checksum";
 import { validate as xbzrleValidate, xbzrle_decode } from "./xbzrle";
+import { lz4_decompress, lz4_error_offset } from "./lz4";
 
 // Decoder context layout (mirrored by src/codec/contexts.ts).
 const D_IN = 0; // u32 window
@@ -50,6 +52,12 @@ const D_REC_RAW = 108;
 const D_REC_ZERO = 112;
 const D_REC_DELTA = 116;
 const D_REC_SKIPPED = 120;
+// 1.1 compression (MODE_LZ4).
+const D_LZ4_SCRATCH = 124; // u32 max-payload bytes to decode LZ4 records into when not applying
+const D_R_PACKED = 128; // u32 wire payload of the last record handed out if it was LZ4, else 0
+const D_PAGES_LZ4 = 132; // u32
+const D_REC_LZ4 = 136; // u32
+const D_LZ4_BYTES = 144; // u64 payload bytes of LZ4 records
 
 // Region table entry.
 const R_SIZE = 0; // u64 region size
@@ -60,6 +68,7 @@ const REGION_ENTRY: usize = 32;
 
 const MODE_APPLY: u32 = 1; // apply page records to the staging regions here
 const MODE_ENDED: u32 = 4; // the end-of-stream record was verified
+const MODE_LZ4: u32 = 8; // the header allows LZ4 records
 
 export const DECODE_NEED_MORE: i32 = 0;
 export const DECODE_RECORD: i32 = 1; // a record for the caller is described at D_R_*
@@ -83,9 +92,10 @@ export const ERR_DUP_CONFIG: i32 = -14;
 export const ERR_ROUND: i32 = -15;
 export const ERR_TRAILING: i32 = -16;
 export const ERR_FIELDS: i32 = -17;
+export const ERR_LZ4: i32 = -18;
 
 export function decode_context_size(): u32 {
-  return 128;
+  return 152;
 }
 
 export function region_entry_size(): u32 {
@@ -98,6 +108,13 @@ function fail(ctx: usize, code: i32, pos: usize): i32 {
   store<u64>(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>pos, D_ERR_OFFSET);
   store<u32>(ctx, <u32>pos, D_POS);
   return code;
+}
+
+/** A malformed LZ4 block: the error names the block's byte at fault, not the record's start. */
+function failLz4(ctx: usize, pos: usize): i32 {
+  fail(ctx, ERR_LZ4, pos);
+  store<u64>(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>(pos + RECORD_HEADER + 4) + <u64>lz4_error_offset(), D_ERR_OFFSET);
+  return ERR_LZ4;
 }
 
 @inline
@@ -122,6 +139,7 @@ export function decode_window(ctx: usize): i32 {
   const maxPayload = <usize>load<u32>(ctx, D_MAXPAYLOAD);
   const mode = load<u32>(ctx, D_MODE);
   const apply = (mode & MODE_APPLY) != 0;
+  const lz4 = (mode & MODE_LZ4) != 0;
   let pos = <usize>load<u32>(ctx, D_POS);
 
   while (true) {
@@ -161,7 +179,7 @@ export function decode_window(ctx: usize): i32 {
     const payload = rec + RECORD_HEADER;
     let result = -100;
 
-    if (tag == TAG_PAGES || tag == TAG_ZERO || tag == TAG_DELTA) {
+    if (tag == TAG_PAGES || tag == TAG_ZERO || tag == TAG_DELTA || (tag == TAG_LZ4 && lz4)) {
       if (flags != 0) return fail(ctx, ERR_FLAGS, pos);
       if (regionIndex >= nRegions) return fail(ctx, ERR_REGION, pos);
       const entry = regions + <usize>regionIndex * REGION_ENTRY;
@@ -179,6 +197,14 @@ export function decode_window(ctx: usize): i32 {
         if (<u64>payloadLen != covered) return fail(ctx, ERR_LENGTH, pos);
       } else if (tag == TAG_ZERO) {
         if (payloadLen != 0) return fail(ctx, ERR_LENGTH, pos);
+      } else if (tag == TAG_LZ4) {
+        // u32 uncompressed length (= the covered length, at most a record's payload), then a
+        // block that must decode to exactly that many bytes. It is decoded now, into the
+        // record's own pages in staging or into scratch, so a malformed block never reaches a
+        // target and never writes outside the record's pages.
+        if (payloadLen < 5 || <u64>load<u32>(payload) != covered || covered > <u64>maxPayload) return fail(ctx, ERR_LENGTH, pos);
+        const dst = apply ? <usize>load<u32>(entry, R_STAGING) + <usize>offset : <usize>load<u32>(ctx, D_LZ4_SCRATCH);
+        if (lz4_decompress(payload + 4, payloadLen - 4, dst, <usize>covered) < 0) return failLz4(ctx, pos);
       } else {
         // Each page: u32 length, then that many XBZRLE bytes, exactly filling the payload and
         // well formed for the page's length (checked here, so targets that apply records
@@ -202,6 +228,8 @@ export function decode_window(ctx: usize): i32 {
         const staging = <usize>load<u32>(entry, R_STAGING) + <usize>offset;
         if (tag == TAG_PAGES) {
           memory.copy(staging, payload, payloadLen);
+        } else if (tag == TAG_LZ4) {
+          // Decoded in place above.
         } else if (tag == TAG_ZERO) {
           memory.fill(staging, 0, <usize>covered);
         } else if (apply_delta_run(payload, pages, staging, <u32>shift, <usize>covered) < 0) {
@@ -212,6 +240,10 @@ export function decode_window(ctx: usize): i32 {
       if (tag == TAG_PAGES) {
         store<u32>(ctx, load<u32>(ctx, D_PAGES_RAW) + pages, D_PAGES_RAW);
         store<u32>(ctx, load<u32>(ctx, D_REC_RAW) + 1, D_REC_RAW);
+      } else if (tag == TAG_LZ4) {
+        store<u32>(ctx, load<u32>(ctx, D_PAGES_LZ4) + pages, D_PAGES_LZ4);
+        store<u32>(ctx, load<u32>(ctx, D_REC_LZ4) + 1, D_REC_LZ4);
+        store<u64>(ctx, load<u64>(ctx, D_LZ4_BYTES) + <u64>payloadLen, D_LZ4_BYTES);
       } else if (tag == TAG_ZERO) {
         store<u32>(ctx, load<u32>(ctx, D_PAGES_ZERO) + pages, D_PAGES_ZERO);
         store<u32>(ctx, load<u32>(ctx, D_REC_ZERO) + 1, D_REC_ZERO);
@@ -252,6 +284,14 @@ export function decode_window(ctx: usize): i32 {
     pos += size;
     if (result != -100) {
       describe(ctx, rec);
+      store<u32>(ctx, 0, D_R_PACKED);
+      if (tag == TAG_LZ4) {
+        // Targets that apply records themselves get the decoded pages, as a PAGES record.
+        store<u8>(ctx, TAG_PAGES, D_R_TAG);
+        store<u32>(ctx, load<u32>(ctx, D_LZ4_SCRATCH), D_R_PAYLOAD);
+        store<u32>(ctx, load<u32>(payload), D_R_LEN);
+        store<u32>(ctx, <u32>payloadLen, D_R_PACKED);
+      }
       store<u32>(ctx, <u32>pos, D_POS);
       return result;
     }

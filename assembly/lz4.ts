@@ -18,7 +18,7 @@ const HASH_LOG: u32 = 12;
 export const LZ4_TABLE_ENTRIES: usize = <usize>1 << HASH_LOG;
 /** After 2^SKIP_TRIGGER failed probes the search step grows by one (LZ4's acceleration). */
 const SKIP_TRIGGER: u32 = 6;
-/** Incompressibility checks happen every this many input bytes (only with `bail`). */
+/** After the first incompressibility check, one more every this many input bytes. */
 const BAIL_STRIDE: usize = 4096;
 
 export const LZ4_OUTPUT_FULL: i32 = -1;
@@ -78,6 +78,12 @@ function commonLength(a: usize, b: usize, limit: usize): usize {
   return a - start;
 }
 
+/** Bytes a length (literals, or match - 4) takes after its 4-bit token field. */
+@inline
+function extraBytes(n: usize): usize {
+  return n < 15 ? 0 : (n - 15) / 255 + 1;
+}
+
 /** Writes the 255-continuation bytes of a length whose 4-bit field was 15. */
 @inline
 function writeLength(op: usize, n: usize): usize {
@@ -93,10 +99,12 @@ function writeLength(op: usize, n: usize): usize {
 /**
  * Compresses [src, src+len) into dst (capacity cap), using `table` (lz4_table_size() bytes,
  * contents ignored) as the hash table. Returns the block's length, LZ4_OUTPUT_FULL when it does
- * not fit in cap, or (only when `bail` is set) LZ4_INCOMPRESSIBLE as soon as, at a 4 KiB
- * checkpoint, the block so far would not be at least 1/32 smaller than its input.
+ * not fit in cap (exactly: iff the whole block would be longer), or, when `bailAfter` is not 0,
+ * LZ4_INCOMPRESSIBLE as soon as at a checkpoint (input position `bailAfter`, then every 4 KiB)
+ * the block so far would not be at least 1/32 smaller than the input so far.
  */
-export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, table: usize, bail: bool): i32 {
+export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, table: usize, bailAfter: u32): i32 {
+  const bail = bailAfter != 0;
   memory.fill(table, 0, LZ4_TABLE_ENTRIES * 4);
   let op = dst;
   const oend = dst + cap;
@@ -105,7 +113,7 @@ export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, tab
     const mflimit = len - MF_LIMIT; // last position a match may start at
     const matchlimit = len - LAST_LITERALS; // a match ends at or before this
     let ip: usize = 1;
-    let checkAt: usize = BAIL_STRIDE;
+    let checkAt = <usize>bailAfter;
     // Position 0 is in the table already (every entry starts as 0).
     let ref: usize = 0;
     let searching = true;
@@ -144,8 +152,8 @@ export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, tab
       // One sequence: literals [anchor, ip), then the match at ip.
       const litLen = ip - anchor;
       const matchLen = MIN_MATCH + commonLength(src + ip + MIN_MATCH, src + ref + MIN_MATCH, src + matchlimit);
-      // token + literal length bytes + literals + offset + match length bytes
-      if (op + 1 + litLen / 255 + 1 + litLen + 2 + (matchLen - MIN_MATCH) / 255 + 1 > oend) return LZ4_OUTPUT_FULL;
+      // token + literal length bytes + literals + offset + match length bytes, exactly
+      if (op + 3 + litLen + extraBytes(litLen) + extraBytes(matchLen - MIN_MATCH) > oend) return LZ4_OUTPUT_FULL;
       const token = op++;
       let t: u8;
       if (litLen >= 15) {
@@ -185,7 +193,7 @@ export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, tab
   }
   // Last literals.
   const litLen = len - anchor;
-  if (op + 1 + litLen / 255 + 1 + litLen > oend) return LZ4_OUTPUT_FULL;
+  if (op + 1 + litLen + extraBytes(litLen) > oend) return LZ4_OUTPUT_FULL;
   if (litLen >= 15) {
     store<u8>(op++, 15 << 4);
     op = writeLength(op, litLen - 15);

@@ -27,9 +27,14 @@ export const Enc = {
   SCRATCH: 84,
   REC_TAG: 88,
   REC_PAYLOAD: 92,
+  LZ4_SCRATCH: 112,
+  PAGES_LZ4: 116,
+  RECORDS_LZ4: 120,
+  LZ4_PACKED: 128,
+  LZ4_COVERED: 136,
 } as const;
 
-export const EncMode = { DELTA: 1, UPDATE_SHADOW: 2, SKIP_CLEAN: 4 } as const;
+export const EncMode = { DELTA: 1, UPDATE_SHADOW: 2, SKIP_CLEAN: 4, LZ4: 8 } as const;
 export const ENCODE_OUTPUT_FULL = 1;
 
 export const Dec = {
@@ -64,10 +69,15 @@ export const Dec = {
   REC_ZERO: 112,
   REC_DELTA: 116,
   REC_SKIPPED: 120,
+  LZ4_SCRATCH: 124,
+  R_PACKED: 128,
+  PAGES_LZ4: 132,
+  REC_LZ4: 136,
+  LZ4_BYTES: 144,
 } as const;
 
 export const Region = { SIZE: 0, STAGING: 8, HAVE: 12, PAGES: 16 } as const;
-export const DecMode = { APPLY: 1, ENDED: 4 } as const;
+export const DecMode = { APPLY: 1, ENDED: 4, LZ4: 8 } as const;
 export const DECODE_NEED_MORE = 0;
 export const DECODE_RECORD = 1;
 export const DECODE_END = 2;

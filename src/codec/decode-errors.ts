@@ -19,6 +19,7 @@ const KERNEL_ERRORS: Record<number, [MigrationErrorCode, string]> = {
   [-15]: ["EBADMSG", "round marker out of order"],
   [-16]: ["EBADMSG", "trailing bytes after the end of the stream"],
   [-17]: ["EBADMSG", "record fields invalid for its kind"],
+  [-18]: ["EBADMSG", "malformed LZ4 block"],
 };
 
 export function kernelError(status: number, recordIndex: number, byteOffset: number, tag?: number): MigrationError {

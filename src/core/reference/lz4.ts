@@ -28,10 +28,12 @@ function hash5(v: number, b4: number): number {
 }
 
 /**
- * The LZ4 block for `data`; with `bail`, null when at a 4 KiB checkpoint the block so far would
- * not be at least 1/32 smaller than its input (the same rule as the kernel's).
+ * The LZ4 block for `data`; with `bailAfter` > 0, null when at a checkpoint (input position
+ * `bailAfter`, then every 4 KiB) the block so far would not be at least 1/32 smaller than the
+ * input so far (the same rule as the kernel's).
  */
-export function lz4CompressReference(data: Uint8Array, bail = false): Uint8Array | null {
+export function lz4CompressReference(data: Uint8Array, bailAfter = 0): Uint8Array | null {
+  const bail = bailAfter > 0;
   const len = data.length;
   const out: number[] = [];
   const table = new Uint32Array(1 << HASH_LOG);
@@ -58,7 +60,7 @@ export function lz4CompressReference(data: Uint8Array, bail = false): Uint8Array
     const mflimit = len - MF_LIMIT;
     const matchlimit = len - LAST_LITERALS;
     let ip = 1;
-    let checkAt = BAIL_STRIDE;
+    let checkAt = bailAfter;
     let searching = true;
     let ref = 0;
     while (true) {
