@@ -14,7 +14,7 @@ export { scanDirty, scanZero, scanHash, isPageSet, type ScanResult, type ScanOpt
 
 // Wire format and codec
 export type { RegionSpec, StreamHeader } from "./format/header.js";
-export type { ChecksumAlgorithm } from "./format/constants.js";
+export type { ChecksumAlgorithm, Compression } from "./format/constants.js";
 export {
   encodeSnapshot,
   encodeSnapshotWithSummary,

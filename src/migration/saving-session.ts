@@ -7,6 +7,7 @@ import { StreamEncoder } from "../codec/encoder.js";
 import { CoreBuffer } from "../core/buffer.js";
 import { core } from "../core/instance.js";
 import type { DeviceModel } from "../device/device-model.js";
+import type { Compression } from "../format/constants.js";
 
 /** Pages per encode call: 1 MiB at 4 KiB pages, and a whole number of bitmap bytes. */
 const WINDOW_BYTES = 1 << 20;
@@ -15,6 +16,8 @@ export interface SavingOptions {
   deviceId: string;
   checksum?: "xxh3" | "crc32c";
   maxRecordPayload?: number;
+  /** Page compression ("lz4": runs of raw pages as LZ4 records when smaller). Default "none". */
+  compress?: Compression;
   /** True in PRE_COPY states: pre-copy rounds until the device stops. */
   precopy: boolean;
 }
@@ -60,6 +63,7 @@ export class SavingSession {
         deviceId: options.deviceId,
         ...(options.checksum ? { checksum: options.checksum } : {}),
         ...(options.maxRecordPayload ? { maxRecordPayload: options.maxRecordPayload } : {}),
+        ...(options.compress ? { compress: options.compress } : {}),
       },
       (view) => {
         if (view.length === 0) return;
