@@ -61,6 +61,19 @@ describe("compressed golden stream (format 1.1)", () => {
     expect(ref.counts.lz4).toBe(2);
   });
 
+  test("every truncation of the golden stream is incomplete or corrupt, never a result", () => {
+    for (let cut = 0; cut < GOLDEN.length; cut++) {
+      let error: unknown;
+      try {
+        decodeSnapshot(GOLDEN.subarray(0, cut));
+      } catch (e) {
+        error = e;
+      }
+      expect(error, `cut at ${cut}`).toBeInstanceOf(MigrationError);
+      expect(["ENODATA", "EBADMSG"]).toContain((error as MigrationError).code);
+    }
+  });
+
   test("uncompressed streams are still written as 1.0 (their golden bytes do not change)", () => {
     const stream = encodeSnapshot(GOLDEN_STATE, { ...GOLDEN_OPTIONS, compress: "none" });
     expect(stream[10]).toBe(0);
