@@ -162,7 +162,13 @@ export function lz4_compress(src: usize, len: usize, dst: usize, cap: usize, tab
       } else {
         t = <u8>(litLen << 4);
       }
-      memory.copy(op, src + anchor, litLen);
+      if (litLen <= 16 && anchor + 16 <= len && oend - op >= 16) {
+        // Short literals: one 16-byte copy (the bytes past them are overwritten next, and
+        // stay inside the output's capacity).
+        v128.store(op, v128.load(src + anchor));
+      } else {
+        memory.copy(op, src + anchor, litLen);
+      }
       op += litLen;
       store<u16>(op, <u16>(ip - ref));
       op += 2;
