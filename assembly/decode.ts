@@ -11,6 +11,7 @@ import {
   TAG_CONFIG,
   TAG_DELTA,
   TAG_END,
+  TAG_LZ4,
   TAG_PAGES,
   TAG_ROUND,
   TAG_ZERO,
@@ -18,6 +19,7 @@ import {
 import { chainDigest, recordChecksum } from "./checksum";
 import { validate as xbzrleValidate, xbzrle_decode } from "./xbzrle";
 import { bitmap_clear_range, bitmap_set_range } from "./bitmap";
+import { lz4_decompress, lz4_error_offset } from "./lz4";
 
 // Decoder context layout (mirrored by src/codec/contexts.ts).
 const D_IN = 0; // u32 window
@@ -60,6 +62,12 @@ const D_COPIED = 160; // u64 base bytes copied into staging (copy-on-write)
 const D_ZRUN_REGION = 168; // u32 region of the ZERO record whose runs are being handed out
 const D_ZRUN_NEXT = 172; // u32 next page to look at
 const D_ZRUN_END = 176; // u32 one past its last page
+// 1.1 compression (MODE_LZ4).
+const D_LZ4_SCRATCH = 124; // u32 max-payload bytes to decode LZ4 records into when not applying
+const D_R_PACKED = 180; // u32 wire payload of the last record handed out if it was LZ4, else 0
+const D_PAGES_LZ4 = 184; // u32
+const D_REC_LZ4 = 188; // u32
+const D_LZ4_BYTES = 192; // u64 payload bytes of LZ4 records
 
 // Region table entry.
 const R_SIZE = 0; // u64 region size
@@ -75,6 +83,7 @@ const MODE_APPLY: u32 = 1; // apply page records to the staging regions here
 const MODE_ZERO_RUNS: u32 = 2; // hand ZERO records out only over pages not known zero
 const MODE_ENDED: u32 = 4; // the end-of-stream record was verified
 const MODE_ZRUN: u32 = 8; // runs of a ZERO record are being handed out
+const MODE_LZ4: u32 = 16; // the header allows LZ4 records
 
 export const DECODE_NEED_MORE: i32 = 0;
 export const DECODE_RECORD: i32 = 1; // a record for the caller is described at D_R_*
@@ -99,9 +108,10 @@ export const ERR_ROUND: i32 = -15;
 export const ERR_TRAILING: i32 = -16;
 export const ERR_FIELDS: i32 = -17;
 export const ERR_WORK: i32 = -18;
+export const ERR_LZ4: i32 = -19;
 
 export function decode_context_size(): u32 {
-  return 192;
+  return 200;
 }
 
 export function region_entry_size(): u32 {
@@ -114,6 +124,13 @@ function fail(ctx: usize, code: i32, pos: usize): i32 {
   store<u64>(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>pos, D_ERR_OFFSET);
   store<u32>(ctx, <u32>pos, D_POS);
   return code;
+}
+
+/** A malformed LZ4 block: the error names the block's byte at fault, not the record's start. */
+function failLz4(ctx: usize, pos: usize): i32 {
+  fail(ctx, ERR_LZ4, pos);
+  store<u64>(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>(pos + RECORD_HEADER + 4) + <u64>lz4_error_offset(), D_ERR_OFFSET);
+  return ERR_LZ4;
 }
 
 @inline
@@ -138,6 +155,7 @@ export function decode_window(ctx: usize): i32 {
   const maxPayload = <usize>load<u32>(ctx, D_MAXPAYLOAD);
   const mode = load<u32>(ctx, D_MODE);
   const apply = (mode & MODE_APPLY) != 0;
+  const lz4 = (mode & MODE_LZ4) != 0;
   let pos = <usize>load<u32>(ctx, D_POS);
 
   while (true) {
@@ -199,7 +217,7 @@ export function decode_window(ctx: usize): i32 {
     const payload = rec + RECORD_HEADER;
     let result = -100;
 
-    if (tag == TAG_PAGES || tag == TAG_ZERO || tag == TAG_DELTA) {
+    if (tag == TAG_PAGES || tag == TAG_ZERO || tag == TAG_DELTA || (tag == TAG_LZ4 && lz4)) {
       if (flags != 0) return fail(ctx, ERR_FLAGS, pos);
       if (regionIndex >= nRegions) return fail(ctx, ERR_REGION, pos);
       const entry = regions + <usize>regionIndex * REGION_ENTRY;
@@ -217,6 +235,14 @@ export function decode_window(ctx: usize): i32 {
         if (<u64>payloadLen != covered) return fail(ctx, ERR_LENGTH, pos);
       } else if (tag == TAG_ZERO) {
         if (payloadLen != 0) return fail(ctx, ERR_LENGTH, pos);
+      } else if (tag == TAG_LZ4) {
+        // u32 uncompressed length (= the covered length, at most a record's payload), then a
+        // block that must decode to exactly that many bytes. It is decoded into the
+        // record's own pages in staging (below) or into scratch (now), so a malformed block never
+        // reaches a target and never writes outside the record's pages.
+        if (payloadLen < 5 || <u64>load<u32>(payload) != covered || covered > <u64>maxPayload) return fail(ctx, ERR_LENGTH, pos);
+        // Applying: decoded below, after the work check and copy-on-write staging.
+        if (!apply && lz4_decompress(payload + 4, payloadLen - 4, <usize>load<u32>(ctx, D_LZ4_SCRATCH), <usize>covered) < 0) return failLz4(ctx, pos);
       } else {
         // Each page: u32 length, then that many XBZRLE bytes, exactly filling the payload and
         // well formed for the page's length (checked here, so targets that apply records
@@ -265,9 +291,12 @@ export function decode_window(ctx: usize): i32 {
             memory.fill(staging + <usize>offset, 0, <usize>covered);
           }
         } else {
-          materialise(ctx, entry, offset, offset + covered, tag == TAG_PAGES);
+          materialise(ctx, entry, offset, offset + covered, tag == TAG_PAGES || tag == TAG_LZ4);
           if (tag == TAG_PAGES) {
             memory.copy(staging + <usize>offset, payload, payloadLen);
+          } else if (tag == TAG_LZ4) {
+            // Decoded straight into the record's own pages, once their chunks are staged.
+            if (lz4_decompress(payload + 4, payloadLen - 4, staging + <usize>offset, <usize>covered) < 0) return failLz4(ctx, pos);
           } else if (apply_delta_run(payload, pages, staging + <usize>offset, <u32>shift, <usize>covered) < 0) {
             return fail(ctx, ERR_DELTA, pos);
           }
@@ -292,6 +321,10 @@ export function decode_window(ctx: usize): i32 {
       if (tag == TAG_PAGES) {
         store<u32>(ctx, load<u32>(ctx, D_PAGES_RAW) + pages, D_PAGES_RAW);
         store<u32>(ctx, load<u32>(ctx, D_REC_RAW) + 1, D_REC_RAW);
+      } else if (tag == TAG_LZ4) {
+        store<u32>(ctx, load<u32>(ctx, D_PAGES_LZ4) + pages, D_PAGES_LZ4);
+        store<u32>(ctx, load<u32>(ctx, D_REC_LZ4) + 1, D_REC_LZ4);
+        store<u64>(ctx, load<u64>(ctx, D_LZ4_BYTES) + <u64>payloadLen, D_LZ4_BYTES);
       } else if (tag == TAG_ZERO) {
         store<u32>(ctx, load<u32>(ctx, D_PAGES_ZERO) + pages, D_PAGES_ZERO);
         store<u32>(ctx, load<u32>(ctx, D_REC_ZERO) + 1, D_REC_ZERO);
@@ -332,6 +365,14 @@ export function decode_window(ctx: usize): i32 {
     pos += size;
     if (result != -100) {
       describe(ctx, rec);
+      store<u32>(ctx, 0, D_R_PACKED);
+      if (tag == TAG_LZ4) {
+        // Targets that apply records themselves get the decoded pages, as a PAGES record.
+        store<u8>(ctx, TAG_PAGES, D_R_TAG);
+        store<u32>(ctx, load<u32>(ctx, D_LZ4_SCRATCH), D_R_PAYLOAD);
+        store<u32>(ctx, load<u32>(payload), D_R_LEN);
+        store<u32>(ctx, <u32>payloadLen, D_R_PACKED);
+      }
       store<u32>(ctx, <u32>pos, D_POS);
       return result;
     }

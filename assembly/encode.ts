@@ -2,8 +2,9 @@
 // (skipped as clean, zero, XBZRLE delta against the receiver's copy, or raw), merges runs of the
 // same kind into records, and writes them (header, payload, checksum) into the output buffer.
 // One call covers a whole window; it returns early only when the output buffer is full.
-import { RECORD_HEADER, RECORD_TRAILER, TAG_DELTA, TAG_PAGES, TAG_ZERO } from "./format";
+import { RECORD_HEADER, RECORD_TRAILER, TAG_DELTA, TAG_LZ4, TAG_PAGES, TAG_ZERO } from "./format";
 import { chainDigest, recordChecksum } from "./checksum";
+import { LZ4_TABLE_ENTRIES, lz4_compress } from "./lz4";
 import { bytesEqual, bytesZero } from "./mem";
 import { xbzrle_encode } from "./xbzrle";
 
@@ -37,16 +38,55 @@ const E_REC_REGION = 90; // u16
 const E_REC_PAYLOAD = 92; // u32 payload bytes so far
 const E_REC_PAGES = 96; // u32
 const E_REC_OFFSET = 104; // u64 region offset of its first page
+// Compression (MODE_LZ4): a raw record is LZ4-compressed when it closes, if that is smaller.
+const E_LZ4_SCRATCH = 112; // u32 hash table (16 KiB) then room for a block of max payload bytes
+const E_PAGES_LZ4 = 116; // u32 raw pages that went out compressed (also counted in PAGES_RAW)
+const E_RECORDS_LZ4 = 120; // u32 compressed records
+const E_LZ4_PACKED = 128; // u64 payload bytes of compressed records
+const E_LZ4_COVERED = 136; // u64 state bytes those records cover
 
 const MODE_DELTA: u8 = 1; // try XBZRLE against the shadow
 const MODE_UPDATE_SHADOW: u8 = 2; // after sending a page, the shadow holds what the receiver holds
 const MODE_SKIP_CLEAN: u8 = 4; // pages equal to the shadow are not sent
+const MODE_LZ4: u8 = 8; // compress raw records with LZ4 when smaller
 
+/**
+ * A raw record whose first 64 KiB do not compress by 1/32 is sent raw: random data then costs
+ * one short trial per record. Mixed records (some random pages first) still get a fair try.
+ */
+const LZ4_BAIL_AFTER: u32 = 64 * 1024;
 export const ENCODE_DONE: i32 = 0;
 export const ENCODE_OUTPUT_FULL: i32 = 1;
 
 export function encode_context_size(): u32 {
-  return 112;
+  return 144;
+}
+
+/** Bytes the E_LZ4_SCRATCH area needs for records of up to `maxPayload` bytes. */
+export function encode_lz4_scratch_size(maxPayload: u32): u32 {
+  return <u32>(LZ4_TABLE_ENTRIES * 4) + maxPayload;
+}
+
+/**
+ * Replaces the raw record being closed at `start` (payload `payload` bytes) by an LZ4 record
+ * when that is smaller: `u32 uncompressed length`, then the block. Returns the payload length
+ * the record now has (the same when it stays raw); the tag is rewritten by the caller.
+ */
+function compressRecord(ctx: usize, start: usize, payload: usize): usize {
+  if (payload <= 5) return payload;
+  const scratch = <usize>load<u32>(ctx, E_LZ4_SCRATCH);
+  const table = scratch;
+  const block = scratch + LZ4_TABLE_ENTRIES * 4;
+  const src = start + RECORD_HEADER;
+  // Smaller by at least one byte with the length prefix, or not at all.
+  const n = lz4_compress(src, payload, block, payload - 5, table, LZ4_BAIL_AFTER);
+  if (n < 0) return payload;
+  store<u32>(src, <u32>payload);
+  memory.copy(src + 4, block, <usize>n);
+  store<u32>(ctx, load<u32>(ctx, E_RECORDS_LZ4) + 1, E_RECORDS_LZ4);
+  store<u64>(ctx, load<u64>(ctx, E_LZ4_PACKED) + <u64>(4 + n), E_LZ4_PACKED);
+  store<u64>(ctx, load<u64>(ctx, E_LZ4_COVERED) + <u64>payload, E_LZ4_COVERED);
+  return 4 + <usize>n;
 }
 
 export function encode_window(ctx: usize): i32 {
@@ -66,6 +106,7 @@ export function encode_window(ctx: usize): i32 {
   const tryDelta = shadow != 0 && (mode & MODE_DELTA) != 0;
   const updateShadow = shadow != 0 && (mode & MODE_UPDATE_SHADOW) != 0;
   const skipClean = shadow != 0 && (mode & MODE_SKIP_CLEAN) != 0;
+  const compress = (mode & MODE_LZ4) != 0;
 
   let outLen = <usize>load<u32>(ctx, E_OUTLEN);
   let seq = load<u32>(ctx, E_SEQ);
@@ -131,6 +172,14 @@ export function encode_window(ctx: usize): i32 {
     if (!extends_) {
       if (recTag != 0) {
         const start = out + outLen;
+        if (compress && recTag == TAG_PAGES) {
+          const packed = compressRecord(ctx, start, recPayload);
+          if (packed != recPayload) {
+            store<u32>(ctx, load<u32>(ctx, E_PAGES_LZ4) + recPages, E_PAGES_LZ4);
+            recTag = TAG_LZ4;
+            recPayload = packed;
+          }
+        }
         const size = closeRecord(start, recTag, 0, recRegion, recPayload, seq, recPages, recOffset, alg);
         digest = chainDigest(digest, load<u64>(start + RECORD_HEADER + recPayload));
         outLen += size;
@@ -188,10 +237,18 @@ export function encode_window(ctx: usize): i32 {
 
 /** Closes the open record, if any (before a config, round or end record, or the last drain). */
 export function encode_flush(ctx: usize): void {
-  const tag = load<u8>(ctx, E_REC_TAG);
+  let tag = load<u8>(ctx, E_REC_TAG);
   if (tag == 0) return;
   const start = <usize>load<u32>(ctx, E_OUT) + <usize>load<u32>(ctx, E_OUTLEN);
-  const payload = <usize>load<u32>(ctx, E_REC_PAYLOAD);
+  let payload = <usize>load<u32>(ctx, E_REC_PAYLOAD);
+  if ((load<u8>(ctx, E_MODE) & MODE_LZ4) != 0 && tag == TAG_PAGES) {
+    const packed = compressRecord(ctx, start, payload);
+    if (packed != payload) {
+      store<u32>(ctx, load<u32>(ctx, E_PAGES_LZ4) + load<u32>(ctx, E_REC_PAGES), E_PAGES_LZ4);
+      tag = TAG_LZ4;
+      payload = packed;
+    }
+  }
   const seq = load<u32>(ctx, E_SEQ);
   const size = closeRecord(start, tag, 0, load<u16>(ctx, E_REC_REGION), payload, seq, load<u32>(ctx, E_REC_PAGES), load<u64>(ctx, E_REC_OFFSET), load<u8>(ctx, E_ALG));
   store<u64>(ctx, chainDigest(load<u64>(ctx, E_DIGEST), load<u64>(start + RECORD_HEADER + payload)), E_DIGEST);

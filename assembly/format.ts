@@ -7,6 +7,7 @@ export const RECORD_TRAILER: usize = 8;
 export const TAG_PAGES: u8 = 0x01;
 export const TAG_ZERO: u8 = 0x02;
 export const TAG_DELTA: u8 = 0x03;
+export const TAG_LZ4: u8 = 0x04; // 1.1: u32 uncompressed length, then one LZ4 block
 export const TAG_CONFIG: u8 = 0x10;
 export const TAG_ROUND: u8 = 0x11;
 export const TAG_END: u8 = 0x12;

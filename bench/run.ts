@@ -1,10 +1,11 @@
-// npm run bench [-- --json] [-- --smoke] [-- --only kernels,codec,live,cli]
+// npm run bench [-- --json] [-- --smoke] [-- --only kernels,codec,compression,live,cli]
 // Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
 // same run, and to its pure-TS reference. --json prints the same rows as JSON (and writes
 // bench/results/latest.json). --smoke runs tiny sizes only, to check the benchmarks still run.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cliBenchmarks } from "./cli.js";
 import { codecBenchmarks } from "./codec.js";
+import { compressionBenchmarks } from "./compression.js";
 import { type BenchConfig, printTable, type Row } from "./harness.js";
 import { kernelBenchmarks } from "./kernels.js";
 import { liveBenchmarks } from "./live.js";
@@ -25,6 +26,7 @@ if (want("kernels")) {
   sections.push({ name: "kernels", rows: await kernelBenchmarks(sizes, config) });
 }
 if (want("codec")) sections.push({ name: "codec", rows: await codecBenchmarks(config.smoke ? MiB : 64 * MiB, config) });
+if (want("compression")) sections.push({ name: "compression", rows: await compressionBenchmarks(config.smoke ? MiB : 64 * MiB, config) });
 if (want("cli")) sections.push({ name: "cli", rows: await cliBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
 

@@ -9,11 +9,12 @@ export { CoreBuffer, allocate } from "./core/buffer.js";
 export { xxh3, createXxh3, type Xxh3Hasher } from "./core/xxh3.js";
 export { crc32c } from "./core/crc32c.js";
 export { xbzrleEncode, xbzrleDecode } from "./core/xbzrle.js";
+export { lz4CompressBlock, lz4DecompressBlock } from "./core/lz4.js";
 export { scanDirty, scanZero, scanHash, isPageSet, type ScanResult, type ScanOptions, type ScanDirtyOptions } from "./core/scan.js";
 
 // Wire format and codec
 export type { RegionSpec, StreamHeader } from "./format/header.js";
-export type { ChecksumAlgorithm } from "./format/constants.js";
+export type { ChecksumAlgorithm, Compression } from "./format/constants.js";
 export {
   encodeSnapshot,
   encodeSnapshotWithSummary,

@@ -27,9 +27,14 @@ export const Enc = {
   SCRATCH: 84,
   REC_TAG: 88,
   REC_PAYLOAD: 92,
+  LZ4_SCRATCH: 112,
+  PAGES_LZ4: 116,
+  RECORDS_LZ4: 120,
+  LZ4_PACKED: 128,
+  LZ4_COVERED: 136,
 } as const;
 
-export const EncMode = { DELTA: 1, UPDATE_SHADOW: 2, SKIP_CLEAN: 4 } as const;
+export const EncMode = { DELTA: 1, UPDATE_SHADOW: 2, SKIP_CLEAN: 4, LZ4: 8 } as const;
 export const ENCODE_OUTPUT_FULL = 1;
 
 export const Dec = {
@@ -69,10 +74,15 @@ export const Dec = {
   BUDGET: 144,
   BUDGET_ROUND: 152,
   COPIED: 160,
+  LZ4_SCRATCH: 124,
+  R_PACKED: 180,
+  PAGES_LZ4: 184,
+  REC_LZ4: 188,
+  LZ4_BYTES: 192,
 } as const;
 
 export const Region = { SIZE: 0, STAGING: 8, HAVE: 12, PAGES: 16, ZERO: 20, BASE: 24, CHUNKS: 28 } as const;
-export const DecMode = { APPLY: 1, ZERO_RUNS: 2, ENDED: 4 } as const;
+export const DecMode = { APPLY: 1, ZERO_RUNS: 2, ENDED: 4, LZ4: 16 } as const;
 export const DECODE_NEED_MORE = 0;
 export const DECODE_RECORD = 1;
 export const DECODE_END = 2;

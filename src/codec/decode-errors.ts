@@ -20,6 +20,7 @@ const KERNEL_ERRORS: Record<number, [MigrationErrorCode, string]> = {
   [-16]: ["EBADMSG", "trailing bytes after the end of the stream"],
   [-17]: ["EBADMSG", "record fields invalid for its kind"],
   [-18]: ["E2BIG", "stream applies more pages than the limit allows (maxPagesApplied)"],
+  [-19]: ["EBADMSG", "malformed LZ4 block"],
 };
 
 export function kernelError(status: number, recordIndex: number, byteOffset: number, tag?: number): MigrationError {

@@ -57,6 +57,11 @@ export interface DataRecord {
   pages: number;
   /** View into core memory, valid only during the call. */
   payload: Uint8Array;
+  /**
+   * For pages that came LZ4-compressed (a 1.1 LZ4 record, handed out decoded with tag PAGES):
+   * the record's payload bytes on the wire. Undefined otherwise.
+   */
+  packed?: number;
 }
 
 /** A region the kernel applies records into, in core memory. */
@@ -108,8 +113,10 @@ export interface RoundInfo {
 
 export interface DecoderSummary {
   header: StreamHeader | undefined;
-  records: { pages: number; zero: number; delta: number; config: number; round: number; skipped: number; end: number };
-  pages: { raw: number; zero: number; delta: number };
+  records: { pages: number; lz4: number; zero: number; delta: number; config: number; round: number; skipped: number; end: number };
+  pages: { raw: number; lz4: number; zero: number; delta: number };
+  /** LZ4 records' payload bytes on the wire (their ratio: this over pages.lz4 × page size). */
+  compressedBytes: number;
   rounds: RoundInfo[];
   /** Stream bytes consumed. */
   bytes: number;
@@ -146,6 +153,8 @@ export class StreamDecoder {
   #win = 0;
   #winCap = 0;
   #winLen = 0;
+  /** Where LZ4 records are decoded for targets that apply records themselves. */
+  #lz4Scratch = 0;
   /** Stream offset of the window's first byte. */
   #winStart = 0;
   #consumed = 0;
@@ -228,6 +237,7 @@ export class StreamDecoder {
       header,
       records: {
         pages: n(Dec.REC_RAW),
+        lz4: n(Dec.REC_LZ4),
         zero: n(Dec.REC_ZERO),
         delta: n(Dec.REC_DELTA),
         config: this.#configs,
@@ -235,7 +245,8 @@ export class StreamDecoder {
         skipped: n(Dec.REC_SKIPPED),
         end: this.#ended ? 1 : 0,
       },
-      pages: { raw: n(Dec.PAGES_RAW), zero: n(Dec.PAGES_ZERO), delta: n(Dec.PAGES_DELTA) },
+      pages: { raw: n(Dec.PAGES_RAW), lz4: n(Dec.PAGES_LZ4), zero: n(Dec.PAGES_ZERO), delta: n(Dec.PAGES_DELTA) },
+      compressedBytes: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.LZ4_BYTES)) : this.#finalCounts?.[Dec.LZ4_BYTES] ?? 0,
       rounds: [...this.rounds],
       bytes: this.#consumed,
       ratio: header && header.totalSize > 0 ? this.#consumed / header.totalSize : undefined,
@@ -356,7 +367,11 @@ export class StreamDecoder {
     ctx.setU8(Dec.ALG, header.checksum === "crc32c" ? 2 : 1);
     ctx.setU8(Dec.SHIFT, shift);
     ctx.setU32(Dec.MAXPAYLOAD, header.maxRecordPayload);
-    ctx.setU32(Dec.MODE, staging ? DecMode.APPLY : plan.zeroRuns ? DecMode.ZERO_RUNS : 0);
+    ctx.setU32(Dec.MODE, (staging ? DecMode.APPLY : plan.zeroRuns ? DecMode.ZERO_RUNS : 0) | (header.compression === "lz4" ? DecMode.LZ4 : 0));
+    if (header.compression === "lz4" && !staging) {
+      this.#lz4Scratch = c.alloc(header.maxRecordPayload);
+      ctx.setU32(Dec.LZ4_SCRATCH, this.#lz4Scratch);
+    }
     ctx.setU64(Dec.DIGEST, header.checksumValue);
     this.#winCap = header.maxRecordPayload + RECORD_OVERHEAD + 64;
     this.#win = c.alloc(this.#winCap);
@@ -441,12 +456,14 @@ export class StreamDecoder {
         dirtyBytes: Number(view.getBigUint64(24, true)),
       });
     } else {
+      const packed = ctx.u32(Dec.R_PACKED);
       this.#target.apply!({
         tag,
         region: ctx.u16(Dec.R_REGION),
         offset: Number(ctx.u64(Dec.R_OFFSET)),
         pages: ctx.u32(Dec.R_PAGES),
         payload,
+        ...(packed !== 0 ? { packed } : {}),
       });
     }
   }
@@ -507,10 +524,11 @@ export class StreamDecoder {
     const ctx = this.#ctx;
     if (ctx) {
       this.#finalCounts = {};
-      for (const field of [Dec.REC_RAW, Dec.REC_ZERO, Dec.REC_DELTA, Dec.REC_SKIPPED, Dec.PAGES_RAW, Dec.PAGES_ZERO, Dec.PAGES_DELTA]) {
+      for (const field of [Dec.REC_RAW, Dec.REC_ZERO, Dec.REC_DELTA, Dec.REC_SKIPPED, Dec.PAGES_RAW, Dec.PAGES_ZERO, Dec.PAGES_DELTA, Dec.REC_LZ4, Dec.PAGES_LZ4]) {
         this.#finalCounts[field] = ctx.u32(field);
       }
       for (const field of [Dec.APPLIED, Dec.COPIED]) this.#finalCounts[field] = Number(ctx.u64(field));
+      this.#finalCounts[Dec.LZ4_BYTES] = Number(ctx.u64(Dec.LZ4_BYTES));
       c.free(ctx.ptr);
       this.#ctx = undefined;
     }
@@ -520,6 +538,8 @@ export class StreamDecoder {
     this.#regions = 0;
     if (this.#winCap) c.free(this.#win);
     this.#winCap = 0;
+    if (this.#lz4Scratch) c.free(this.#lz4Scratch);
+    this.#lz4Scratch = 0;
   }
 }
 

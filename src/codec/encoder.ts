@@ -5,6 +5,7 @@ import { MigrationError } from "../core/errors.js";
 import { core, guarded, type Core } from "../core/instance.js";
 import {
   type ChecksumAlgorithm,
+  type Compression,
   DEFAULT_MAX_RECORD_PAYLOAD,
   DEFAULT_PAGE_SIZE,
   END_PAYLOAD,
@@ -33,6 +34,11 @@ export interface EncoderOptions {
   deviceId?: string;
   /** XXH3-64 of the base state: makes the stream incremental, decodable only onto that base. */
   baseDigest?: bigint;
+  /**
+   * Page compression: "lz4" sends each run of raw pages as one LZ4 record when that is smaller
+   * (a 1.1 stream; 1.0 readers refuse it). Default "none" (a 1.0 stream).
+   */
+  compress?: Compression;
   /**
    * Receives the stream as it is produced: fresh arrays the callee owns, or with `shared`,
    * views into the encoder's own buffer.
@@ -75,7 +81,10 @@ export interface RoundStats {
 export interface EncoderSummary {
   records: number;
   bytes: number;
-  pages: { raw: number; zero: number; delta: number; clean: number };
+  /** Pages by how they went out: raw, LZ4-compressed, zero, delta; clean ones were not sent. */
+  pages: { raw: number; lz4: number; zero: number; delta: number; clean: number };
+  /** LZ4 records: how many, their payload bytes, and the state bytes they cover. */
+  compressed: { records: number; bytes: number; stateBytes: number };
   rounds: number;
   config: boolean;
   stateBytes: number;
@@ -98,6 +107,9 @@ export class StreamEncoder {
   readonly #out: number;
   readonly #outCap: number;
   readonly #scratch: number;
+  /** LZ4 hash table and block area (0 without compression). */
+  readonly #lz4Scratch: number;
+  readonly #compressMode: number;
   #stage = 0;
   #stageCap = 0;
   #headerPending: Uint8Array | undefined;
@@ -123,6 +135,7 @@ export class StreamEncoder {
       deviceId: options.deviceId ?? "",
       baseDigest: options.baseDigest,
       regions,
+      compression: options.compress ?? "none",
     });
     this.header = header;
     header.regions.forEach((r, i) => this.#regionIndex.set(r.name, i));
@@ -141,16 +154,21 @@ export class StreamEncoder {
     this.#core = c;
     this.#outCap = Math.max(OUTPUT_WINDOW, header.maxRecordPayload + RECORD_OVERHEAD) * 2;
     const taken: number[] = [];
+    const compress = header.compression === "lz4";
+    const sizes = [this.#outCap, pageSize + 64, c.exports.encode_context_size()];
+    if (compress) sizes.push(c.exports.encode_lz4_scratch_size(header.maxRecordPayload) >>> 0);
     try {
-      for (const size of [this.#outCap, pageSize + 64, c.exports.encode_context_size()]) taken.push(c.alloc(size));
+      for (const size of sizes) taken.push(c.alloc(size));
     } catch (error) {
       // Memory ran out part-way: give back what was taken.
       for (const ptr of taken) c.free(ptr);
       throw error;
     }
-    const [out, scratch, ctxPtr] = taken as [number, number, number];
+    const [out, scratch, ctxPtr, lz4] = taken as [number, number, number, number | undefined];
     this.#out = out;
     this.#scratch = scratch;
+    this.#lz4Scratch = lz4 ?? 0;
+    this.#compressMode = compress ? EncMode.LZ4 : 0;
     const ctx = new ContextView(c.memory, ctxPtr);
     c.u8.fill(0, ctx.ptr, ctx.ptr + c.exports.encode_context_size());
     ctx.setU32(Enc.OUT, this.#out);
@@ -159,6 +177,7 @@ export class StreamEncoder {
     ctx.setU32(Enc.MAXPAYLOAD, header.maxRecordPayload);
     ctx.setU8(Enc.ALG, header.checksum === "crc32c" ? 2 : 1);
     ctx.setU32(Enc.SCRATCH, this.#scratch);
+    ctx.setU32(Enc.LZ4_SCRATCH, this.#lz4Scratch);
     ctx.setU64(Enc.DIGEST, header.checksumValue);
     this.#ctx = ctx;
   }
@@ -191,7 +210,7 @@ export class StreamEncoder {
     const pages = Math.ceil(data.length / pageSize);
     if (shadow && shadow.length !== data.length) throw new MigrationError("EINVAL", "shadow and data lengths differ");
     if (dirty && dirty.length < Math.ceil(pages / 8)) throw new MigrationError("EINVAL", `dirty bitmap needs ${Math.ceil(pages / 8)} bytes`);
-    let mode = 0;
+    let mode = this.#compressMode;
     if (shadow) {
       if (options.delta ?? true) mode |= EncMode.DELTA;
       if (options.skipClean ?? true) mode |= EncMode.SKIP_CLEAN;
@@ -396,10 +415,16 @@ export class StreamEncoder {
       records: this.#ended ? this.#recordsAtEnd : ctx.u32(Enc.SEQ),
       bytes: this.#ended ? this.#bytes : this.#position(),
       pages: {
-        raw: this.#counter(Enc.PAGES_RAW),
+        raw: this.#counter(Enc.PAGES_RAW) - this.#counter(Enc.PAGES_LZ4),
+        lz4: this.#counter(Enc.PAGES_LZ4),
         zero: this.#counter(Enc.PAGES_ZERO),
         delta: this.#counter(Enc.PAGES_DELTA),
         clean: this.#counter(Enc.PAGES_CLEAN),
+      },
+      compressed: {
+        records: this.#counter(Enc.RECORDS_LZ4),
+        bytes: this.#final ? this.#final[Enc.LZ4_PACKED]! : Number(ctx.u64(Enc.LZ4_PACKED)),
+        stateBytes: this.#final ? this.#final[Enc.LZ4_COVERED]! : Number(ctx.u64(Enc.LZ4_COVERED)),
       },
       rounds: this.#rounds,
       config: this.#configSent,
@@ -522,10 +547,15 @@ export class StreamEncoder {
       [Enc.PAGES_ZERO]: ctx.u32(Enc.PAGES_ZERO),
       [Enc.PAGES_DELTA]: ctx.u32(Enc.PAGES_DELTA),
       [Enc.PAGES_CLEAN]: ctx.u32(Enc.PAGES_CLEAN),
+      [Enc.PAGES_LZ4]: ctx.u32(Enc.PAGES_LZ4),
+      [Enc.RECORDS_LZ4]: ctx.u32(Enc.RECORDS_LZ4),
+      [Enc.LZ4_PACKED]: Number(ctx.u64(Enc.LZ4_PACKED)),
+      [Enc.LZ4_COVERED]: Number(ctx.u64(Enc.LZ4_COVERED)),
     };
     const c = this.#core;
     c.free(this.#out);
     c.free(this.#scratch);
+    if (this.#lz4Scratch !== 0) c.free(this.#lz4Scratch);
     c.free(ctx.ptr);
     if (this.#stageCap > 0) c.free(this.#stage);
     this.#stageCap = 0;

@@ -3,6 +3,7 @@
 // oracle for the encode kernel and the baseline its speed is measured against.
 import { MigrationError } from "../core/errors.js";
 import { crc32cReference } from "../core/reference/crc32c.js";
+import { lz4CompressReference } from "../core/reference/lz4.js";
 import { xbzrleEncodeReference } from "../core/reference/xbzrle.js";
 import { xxh3Reference } from "../core/reference/xxh3.js";
 import {
@@ -14,11 +15,14 @@ import {
   TAG_CONFIG,
   TAG_DELTA,
   TAG_END,
+  TAG_LZ4,
   TAG_PAGES,
   TAG_ZERO,
 } from "../format/constants.js";
 import { encodeHeader } from "../format/header.js";
 import type { SnapshotEncodeOptions } from "./snapshot.js";
+
+const LZ4_BAIL_AFTER = 64 * 1024;
 
 export function encodeSnapshotReference(state: Uint8Array, options: SnapshotEncodeOptions = {}): Uint8Array {
   const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
@@ -33,7 +37,9 @@ export function encodeSnapshotReference(state: Uint8Array, options: SnapshotEnco
     deviceId: options.deviceId ?? "",
     baseDigest: base ? xxh3Reference(base) : undefined,
     regions,
+    compression: options.compress ?? "none",
   });
+  const compress = fields.compression === "lz4";
   const maxPayload = fields.maxRecordPayload;
   const checksum = fields.checksum === "crc32c" ? (b: Uint8Array) => BigInt(crc32cReference(b)) : (b: Uint8Array) => xxh3Reference(b);
   const out: Uint8Array[] = [header];
@@ -80,7 +86,17 @@ export function encodeSnapshotReference(state: Uint8Array, options: SnapshotEnco
         payload.set(part, at);
         at += part.length;
       }
-      emit(tag, index, first * pageSize, count, payload);
+      // With compression, a raw run goes out as LZ4 when that is smaller (the kernel's rule:
+      // try once the record is complete, give up after 64 KiB that do not shrink by 1/32).
+      const packed = compress && tag === TAG_PAGES && length > 5 ? lz4CompressReference(payload, LZ4_BAIL_AFTER) : null;
+      if (packed && packed.length <= length - 5) {
+        const record = new Uint8Array(4 + packed.length);
+        new DataView(record.buffer).setUint32(0, length, true);
+        record.set(packed, 4);
+        emit(TAG_LZ4, index, first * pageSize, count, record);
+      } else {
+        emit(tag, index, first * pageSize, count, payload);
+      }
       tag = 0;
     };
     for (let page = 0; page * pageSize < region.size; page++) {

@@ -22,6 +22,7 @@ export interface CoreExports {
   xbzrle_decode(delta: number, deltaLen: number, page: number, pageLen: number): number;
   chain_digest(digest: bigint, checksum: bigint): bigint;
   encode_context_size(): number;
+  encode_lz4_scratch_size(maxPayload: number): number;
   encode_window(ctx: number): number;
   encode_flush(ctx: number): void;
   frame_record(ctx: number, tag: number, flags: number, payload: number): number;
@@ -34,6 +35,11 @@ export interface CoreExports {
   bitmap_clear_range(map: number, first: number, count: number): void;
   bitmap_or(dst: number, src: number, bytes: number): void;
   bitmap_count(map: number, bits: number): number;
+  lz4_compress(src: number, len: number, dst: number, cap: number, table: number, bailAfter: number): number;
+  lz4_decompress(src: number, srcLen: number, dst: number, dstLen: number): number;
+  lz4_error_offset(): number;
+  lz4_table_size(): number;
+  lz4_bound(len: number): number;
 }
 
 const WASM_PAGE = 65536;

@@ -3,7 +3,11 @@
 /** "\x89MIG\r\n\x1a\n": a high byte, the name, and line-ending bytes that text-mode mangling breaks. */
 export const MAGIC = Uint8Array.of(0x89, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0x1a, 0x0a);
 export const FORMAT_MAJOR = 1;
-export const FORMAT_MINOR = 0;
+/**
+ * The newest minor this code reads and writes. Streams that use no 1.1 feature (compression) are
+ * still written as 1.0, byte for byte as before, so 1.0 readers keep reading them.
+ */
+export const FORMAT_MINOR = 1;
 
 /** magic(8) major(2) minor(2) header length(4): the same in every version of the format. */
 export const HEADER_PREFIX = 16;
@@ -12,7 +16,15 @@ export const HEADER_FIXED = 48;
 export const HEADER_CHECKSUM = 8;
 
 export const HEADER_FLAG_INCREMENTAL = 0x1;
-export const HEADER_FLAGS_KNOWN = HEADER_FLAG_INCREMENTAL;
+/** 1.1: the stream may carry LZ4 records (tag 0x04). */
+export const HEADER_FLAG_LZ4 = 0x2;
+/** Header flags each minor version defines. */
+export function headerFlagsKnown(minor: number): number {
+  return minor >= 1 ? HEADER_FLAG_INCREMENTAL | HEADER_FLAG_LZ4 : HEADER_FLAG_INCREMENTAL;
+}
+
+/** Page compression a stream may use ("none": the 1.0 record kinds only). */
+export type Compression = "none" | "lz4";
 
 export const ALG_XXH3 = 1;
 export const ALG_CRC32C = 2;
@@ -33,6 +45,8 @@ export const RECORD_OVERHEAD = RECORD_HEADER + RECORD_TRAILER;
 export const TAG_PAGES = 0x01;
 export const TAG_ZERO = 0x02;
 export const TAG_DELTA = 0x03;
+/** 1.1: pages as `u32 uncompressed length` + one LZ4 block. */
+export const TAG_LZ4 = 0x04;
 export const TAG_CONFIG = 0x10;
 export const TAG_ROUND = 0x11;
 export const TAG_END = 0x12;
@@ -61,6 +75,8 @@ export function tagName(tag: number): string {
       return "zero";
     case TAG_DELTA:
       return "delta";
+    case TAG_LZ4:
+      return "lz4";
     case TAG_CONFIG:
       return "config";
     case TAG_ROUND:

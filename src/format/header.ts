@@ -5,12 +5,14 @@ import {
   ALG_CRC32C,
   ALG_XXH3,
   type ChecksumAlgorithm,
+  type Compression,
   FORMAT_MAJOR,
   FORMAT_MINOR,
   HEADER_CHECKSUM,
   HEADER_FIXED,
   HEADER_FLAG_INCREMENTAL,
-  HEADER_FLAGS_KNOWN,
+  HEADER_FLAG_LZ4,
+  headerFlagsKnown,
   HEADER_PREFIX,
   MAGIC,
   MAX_DEVICE_ID_BYTES,
@@ -39,13 +41,17 @@ export interface StreamHeader {
   /** XXH3-64 of the base state for incremental streams, else undefined. */
   readonly baseDigest: bigint | undefined;
   readonly regions: readonly RegionSpec[];
+  /** Page compression the stream may use: "lz4" makes it a 1.1 stream, "none" keeps it 1.0. */
+  readonly compression: Compression;
   /** Encoded length of the header, checksum included. */
   readonly length: number;
   /** The header checksum, which also seeds the stream digest. */
   readonly checksumValue: bigint;
 }
 
-export type HeaderFields = Omit<StreamHeader, "major" | "minor" | "length" | "checksumValue" | "totalSize">;
+export type HeaderFields = Omit<StreamHeader, "major" | "minor" | "length" | "checksumValue" | "totalSize" | "compression"> & {
+  readonly compression?: Compression;
+};
 
 const utf8 = new TextEncoder();
 // ignoreBOM keeps a leading U+FEFF as part of the name: "\u{feff}a" and "a" are different names.
@@ -100,11 +106,17 @@ export function encodeHeader(fields: HeaderFields): { bytes: Uint8Array; header:
   const bytes = new Uint8Array(length);
   const view = new DataView(bytes.buffer);
   const totalSize = fields.regions.reduce((n, r) => n + r.size, 0);
+  const compression = fields.compression ?? "none";
+  if (compression !== "none" && compression !== "lz4") {
+    throw new MigrationError("EINVAL", `unknown compression ${JSON.stringify(compression)} (use "lz4" or "none")`);
+  }
+  // Only a compressed stream needs 1.1: the others stay 1.0, readable by 1.0 readers.
+  const minor = compression === "lz4" ? 1 : 0;
   bytes.set(MAGIC, 0);
   view.setUint16(8, FORMAT_MAJOR, true);
-  view.setUint16(10, FORMAT_MINOR, true);
+  view.setUint16(10, minor, true);
   view.setUint32(12, length, true);
-  view.setUint32(16, fields.baseDigest === undefined ? 0 : HEADER_FLAG_INCREMENTAL, true);
+  view.setUint32(16, (fields.baseDigest === undefined ? 0 : HEADER_FLAG_INCREMENTAL) | (compression === "lz4" ? HEADER_FLAG_LZ4 : 0), true);
   view.setUint8(20, fields.checksum === "crc32c" ? ALG_CRC32C : ALG_XXH3);
   view.setUint8(21, shift);
   view.setUint16(22, fields.regions.length, true);
@@ -127,7 +139,7 @@ export function encodeHeader(fields: HeaderFields): { bytes: Uint8Array; header:
   view.setBigUint64(at, checksumValue, true);
   return {
     bytes,
-    header: { ...fields, major: FORMAT_MAJOR, minor: FORMAT_MINOR, totalSize, length, checksumValue },
+    header: { ...fields, compression, major: FORMAT_MAJOR, minor, totalSize, length, checksumValue },
   };
 }
 
@@ -186,7 +198,7 @@ export function parseHeader(bytes: Uint8Array, limits: HeaderLimits): StreamHead
     );
   }
   const flags = view.getUint32(16, true);
-  if ((flags & ~HEADER_FLAGS_KNOWN) !== 0) throw corrupt(`unknown header flags 0x${flags.toString(16)}`, 16);
+  if ((flags & ~headerFlagsKnown(minor)) !== 0) throw corrupt(`unknown header flags 0x${flags.toString(16)} for format ${major}.${minor}`, 16);
   const alg = view.getUint8(20);
   if (alg !== ALG_XXH3 && alg !== ALG_CRC32C) throw corrupt(`unknown checksum algorithm ${alg}`, 20);
   const shift = view.getUint8(21);
@@ -249,6 +261,7 @@ export function parseHeader(bytes: Uint8Array, limits: HeaderLimits): StreamHead
     deviceId,
     baseDigest: incremental ? baseField : undefined,
     regions,
+    compression: (flags & HEADER_FLAG_LZ4) !== 0 ? "lz4" : "none",
     length,
     checksumValue,
   };

@@ -3,6 +3,7 @@
 // Per round it reports what QEMU's migration statistics report: pages and bytes sent, the
 // dirty rate, and the downtime to expect at the link's bandwidth.
 import { MigrationError } from "../core/errors.js";
+import type { Compression } from "../format/constants.js";
 import { SavingSession } from "./saving-session.js";
 import type { MigrationDevice } from "./v2/migration-device.js";
 
@@ -32,6 +33,8 @@ export interface PrecopyOptions {
   bandwidth?: number;
   /** Largest chunk read from the session at once. Default 1 MiB. */
   chunkSize?: number;
+  /** Page compression of the stream ("lz4": a 1.1 stream). Default: the device's own setting. */
+  compress?: Compression;
   onRound?: (round: PrecopyRoundReport) => void;
   signal?: AbortSignal;
   /**
@@ -89,6 +92,7 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
   const minProgress = options.minProgress ?? 0.05;
   const chunkSize = options.chunkSize ?? 1 << 20;
   const { signal } = options;
+  if (options.compress !== undefined) device.compress = options.compress;
   const started = performance.now();
   let bytes = 0;
   const rounds: PrecopyRoundReport[] = [];

@@ -8,6 +8,7 @@ import { CoreBuffer } from "../core/buffer.js";
 import { core, guarded } from "../core/instance.js";
 import type { DeviceModel } from "../device/device-model.js";
 import { END_PAYLOAD, RECORD_OVERHEAD, ROUND_PAYLOAD } from "../format/constants.js";
+import type { Compression } from "../format/constants.js";
 
 /** Pages per encode call: 1 MiB at 4 KiB pages, and a whole number of bitmap bytes. */
 const WINDOW_BYTES = 1 << 20;
@@ -16,6 +17,8 @@ export interface SavingOptions {
   deviceId: string;
   checksum?: "xxh3" | "crc32c";
   maxRecordPayload?: number;
+  /** Page compression ("lz4": runs of raw pages as LZ4 records when smaller). Default "none". */
+  compress?: Compression;
   /** True in PRE_COPY states: pre-copy rounds until the device stops. */
   precopy: boolean;
   /** Offer PRECOPY_INFOv2 (`precopyInfoV2()`, with the REINIT flag). Default false. */
@@ -101,6 +104,7 @@ export class SavingSession {
         deviceId: options.deviceId,
         ...(options.checksum ? { checksum: options.checksum } : {}),
         ...(options.maxRecordPayload ? { maxRecordPayload: options.maxRecordPayload } : {}),
+        ...(options.compress ? { compress: options.compress } : {}),
       },
       (view) => {
         if (view.length === 0) return;

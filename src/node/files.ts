@@ -292,7 +292,7 @@ export async function decodeToFile(
 export interface InspectReport {
   summary: DecoderSummary;
   /** Stream bytes of page records by kind (record framing included). */
-  bytesByKind: { pages: number; zero: number; delta: number };
+  bytesByKind: { pages: number; lz4: number; zero: number; delta: number };
   /** The first problem found, if any: the stream is valid when this is undefined. */
   problem: MigrationError | undefined;
 }
@@ -305,12 +305,16 @@ export async function inspectStream(
   source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   options: DecoderLimits = {},
 ): Promise<InspectReport> {
-  const bytesByKind = { pages: 0, zero: 0, delta: 0 };
+  const bytesByKind = { pages: 0, lz4: 0, zero: 0, delta: 0 };
   const kinds: Record<number, keyof typeof bytesByKind> = { [TAG_PAGES]: "pages", [TAG_ZERO]: "zero", [TAG_DELTA]: "delta" };
   const decoder = new StreamDecoder(
     new DiscardTarget((record) => {
-      const kind = kinds[record.tag];
-      if (kind) bytesByKind[kind] += record.payload.length + RECORD_OVERHEAD;
+      // LZ4 records arrive decoded (as PAGES) with their wire payload size in `packed`.
+      if (record.packed !== undefined) bytesByKind.lz4 += record.packed + RECORD_OVERHEAD;
+      else {
+        const kind = kinds[record.tag];
+        if (kind) bytesByKind[kind] += record.payload.length + RECORD_OVERHEAD;
+      }
     }),
     // Inspection reports incremental streams without their base: it checks everything else.
     { ...options, baseDigest: (header) => header.baseDigest! },

@@ -192,8 +192,8 @@ describe("FORMAT.md section 7, the worked example", () => {
     const summary = decoder.summary();
     expect(summary.header).toMatchObject({ major: 1, minor: 0, pageSize: 64, totalSize: 200, maxRecordPayload: 64, deviceId: "", length: 67 });
     expect(summary.header!.checksumValue).toBe(XXH3_HEADER);
-    expect(summary.records).toEqual({ pages: 2, zero: 1, delta: 0, config: 0, round: 0, skipped: 0, end: 1 });
-    expect(summary.pages).toEqual({ raw: 2, zero: 2, delta: 0 });
+    expect(summary.records).toEqual({ pages: 2, lz4: 0, zero: 1, delta: 0, config: 0, round: 0, skipped: 0, end: 1 });
+    expect(summary.pages).toEqual({ raw: 2, lz4: 0, zero: 2, delta: 0 });
     expect(summary.bytes).toBe(291);
     expect(summary.ended).toBe(true);
     expect(decoder.config).toBeUndefined();
@@ -204,7 +204,8 @@ describe("FORMAT.md section 7, the worked example", () => {
     expect(summary).toEqual({
       records: 4,
       bytes: 291,
-      pages: { raw: 2, zero: 2, delta: 0, clean: 0 },
+      pages: { raw: 2, lz4: 0, zero: 2, delta: 0, clean: 0 },
+      compressed: { records: 0, bytes: 0, stateBytes: 0 },
       rounds: 0,
       config: false,
       stateBytes: 200,
@@ -338,7 +339,8 @@ describe("incremental golden stream (DELTA, clean page, ZERO, PAGES, CONFIG)", (
     expect(summary).toEqual({
       records: 5,
       bytes: 282,
-      pages: { raw: 1, zero: 1, delta: 2, clean: 1 },
+      pages: { raw: 1, lz4: 0, zero: 1, delta: 2, clean: 1 },
+      compressed: { records: 0, bytes: 0, stateBytes: 0 },
       rounds: 0,
       config: true,
       stateBytes: 264,
@@ -369,8 +371,8 @@ describe("incremental golden stream (DELTA, clean page, ZERO, PAGES, CONFIG)", (
     expect(hex(decoder.config!)).toBe(hex(INC_CONFIG));
     expect(decoder.header!.baseDigest).toBe(XXH3_INC_BASE);
     const summary = decoder.summary();
-    expect(summary.records).toEqual({ pages: 1, zero: 1, delta: 1, config: 1, round: 0, skipped: 0, end: 1 });
-    expect(summary.pages).toEqual({ raw: 1, zero: 1, delta: 2 });
+    expect(summary.records).toEqual({ pages: 1, lz4: 0, zero: 1, delta: 1, config: 1, round: 0, skipped: 0, end: 1 });
+    expect(summary.pages).toEqual({ raw: 1, lz4: 0, zero: 1, delta: 2 });
   });
 });
 

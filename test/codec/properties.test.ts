@@ -222,13 +222,14 @@ describe("full streams", () => {
       expect(summary).toEqual({
         records: ref.records.length,
         bytes: stream.length,
-        pages: { raw: pages - zeros, zero: zeros, delta: 0, clean: 0 },
+        pages: { raw: pages - zeros, lz4: 0, zero: zeros, delta: 0, clean: 0 },
+        compressed: { records: 0, bytes: 0, stateBytes: 0 },
         rounds: 0,
         config: false,
         stateBytes: state.length,
         checksum: layout.checksum,
       });
-      expect(ref.pages).toEqual({ raw: pages - zeros, zero: zeros, delta: 0 });
+      expect(ref.pages).toEqual({ raw: pages - zeros, lz4: 0, zero: zeros, delta: 0 });
     },
   );
 
@@ -369,7 +370,7 @@ describe("incremental streams", () => {
       const pages = pagesOf(layout.regions, layout.pageSize);
       expect(summary.pages.clean).toBe(clean);
       expect(summary.pages.raw + summary.pages.zero + summary.pages.delta).toBe(pages - clean);
-      expect(ref.pages).toEqual({ raw: summary.pages.raw, zero: summary.pages.zero, delta: summary.pages.delta });
+      expect(ref.pages).toEqual({ raw: summary.pages.raw, lz4: summary.pages.lz4, zero: summary.pages.zero, delta: summary.pages.delta });
       if (change === "none") expect(ref.records.map((r) => r.tag)).toEqual([Tag.END]);
       // A few changed bytes in a full page of 128 or more always make a smaller delta: only a
       // short last page of a region may have to go raw.
@@ -512,7 +513,7 @@ describe("multi-round streams", () => {
       expect(summary.config).toBe(config !== undefined);
       expect(summary.bytes).toBe(stream.length);
       expect(summary.records).toBe(ref.records.length);
-      expect(ref.pages).toEqual({ raw: summary.pages.raw, zero: summary.pages.zero, delta: summary.pages.delta });
+      expect(ref.pages).toEqual({ raw: summary.pages.raw, lz4: summary.pages.lz4, zero: summary.pages.zero, delta: summary.pages.delta });
 
       const decoder = createDecoder({ ...(incremental ? { base } : {}), regions, ...(config ? { requireConfig: true } : {}) });
       for (const chunk of chunksOf(stream, [13, 64, 1, 200])) decoder.push(chunk);
@@ -557,7 +558,7 @@ describe("multi-round streams", () => {
       [Tag.PAGES, 1, 1],
     ]);
     expect(hex(decodeSnapshot(stream))).toBe(hex(c));
-    expect(encoder.summary().pages).toEqual({ raw: 5, zero: 1, delta: 1, clean: 9 });
+    expect(encoder.summary().pages).toEqual({ raw: 5, lz4: 0, zero: 1, delta: 1, clean: 9 });
   });
 });
 

@@ -30,13 +30,20 @@ const optionsArb = fc.record({
   payloadPages: fc.integer({ min: 1, max: 6 }),
   checksum: fc.constantFrom("xxh3" as const, "crc32c" as const),
   config: fc.option(fc.uint8Array({ maxLength: 40 }), { nil: undefined }),
+  compress: fc.constantFrom("none" as const, "lz4" as const),
 });
 
 describe("Wasm encoder against the pure-TS reference encoder", () => {
   test.prop([stateArb, optionsArb, fc.array(fc.nat(), { maxLength: 20 })], { numRuns: 60 })(
     "full and incremental streams are byte-identical",
     (state, o, flips) => {
-      const options = { pageSize: o.pageSize, maxRecordPayload: o.pageSize * o.payloadPages, checksum: o.checksum, ...(o.config ? { config: o.config } : {}) };
+      const options = {
+        pageSize: o.pageSize,
+        maxRecordPayload: o.pageSize * o.payloadPages,
+        checksum: o.checksum,
+        compress: o.compress,
+        ...(o.config ? { config: o.config } : {}),
+      };
       expect(Buffer.from(encodeSnapshot(state, options)).equals(encodeSnapshotReference(state, options))).toBe(true);
       const base = state.slice();
       for (const f of flips) if (base.length > 0) base[f % base.length]! ^= 1 + (f & 0x7f);

@@ -246,10 +246,15 @@ describe("header: reading order of FORMAT.md 2", () => {
     rejects(stream, { code: "EPROTONOSUPPORT", recordIndex: 0, byteOffset: 8 });
   });
 
-  test("a newer minor version: incompatible at byte 8, even with fields 1.0 does not know", () => {
-    rejects(build(steps(), { ...HEADER, minor: 1 }).bytes(), { code: "EPROTONOSUPPORT", recordIndex: 0, byteOffset: 8 });
-    // A 1.1 header flag: the version is checked before the fields.
-    rejects(build(steps(), { ...HEADER, minor: 1, flags: 0x2 }).bytes(), { code: "EPROTONOSUPPORT", recordIndex: 0, byteOffset: 8 });
+  test("a newer minor version: incompatible at byte 8, even with fields this reader does not know", () => {
+    rejects(build(steps(), { ...HEADER, minor: 2 }).bytes(), { code: "EPROTONOSUPPORT", recordIndex: 0, byteOffset: 8 });
+    // A 1.2 header flag: the version is checked before the fields.
+    rejects(build(steps(), { ...HEADER, minor: 2, flags: 0x4 }).bytes(), { code: "EPROTONOSUPPORT", recordIndex: 0, byteOffset: 8 });
+  });
+
+  test("1.1: the LZ4 flag is known, other new bits are not; 1.0 does not know the LZ4 flag", () => {
+    rejects(build(steps(), { ...HEADER, minor: 1, flags: 0x4 }).bytes(), { code: "EBADMSG", recordIndex: 0, byteOffset: 16 });
+    rejects(build(steps(), { ...HEADER, minor: 0, flags: 0x2 }).bytes(), { code: "EBADMSG", recordIndex: 0, byteOffset: 16 });
   });
 
   test.each([

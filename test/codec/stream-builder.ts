@@ -3,13 +3,14 @@
 // and the digest chain use the pure-TS references (src/core/reference/), and every field can be
 // overridden so that tests can build exactly the damaged stream they need.
 import { crc32cReference } from "../../src/core/reference/crc32c.js";
+import { lz4DecompressReference } from "../../src/core/reference/lz4.js";
 import { xbzrleDecodeReference } from "../../src/core/reference/xbzrle.js";
 import { xxh3Reference } from "../../src/core/reference/xxh3.js";
 
 export const MAGIC_BYTES = [0x89, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0x1a, 0x0a] as const;
 
 /** Record tags of FORMAT.md 3.5. */
-export const Tag = { PAGES: 0x01, ZERO: 0x02, DELTA: 0x03, CONFIG: 0x10, ROUND: 0x11, END: 0x12 } as const;
+export const Tag = { PAGES: 0x01, ZERO: 0x02, DELTA: 0x03, LZ4: 0x04, CONFIG: 0x10, ROUND: 0x11, END: 0x12 } as const;
 export const OPTIONAL = 0x01;
 
 /** Fixed part of a 1.x header (FORMAT.md 2) and of a record (3.1). */
@@ -370,8 +371,8 @@ export interface ReferenceResult {
   config: Uint8Array | undefined;
   rounds: { round: number; pages: number; bytes: number; dirtyBytes: number }[];
   /** Pages delivered per kind, and records per kind. */
-  pages: { raw: number; zero: number; delta: number };
-  counts: { pages: number; zero: number; delta: number; config: number; round: number; skipped: number; end: number };
+  pages: { raw: number; lz4: number; zero: number; delta: number };
+  counts: { pages: number; lz4: number; zero: number; delta: number; config: number; round: number; skipped: number; end: number };
 }
 
 export function referenceDecode(stream: Uint8Array, base?: Uint8Array): ReferenceResult {
@@ -386,9 +387,12 @@ export function referenceDecode(stream: Uint8Array, base?: Uint8Array): Referenc
   if (stream.length < length) fail("truncated header");
   const headerChecksum = dv.getBigUint64(length - 8, true);
   if (xxh3(stream.subarray(0, length - 8)) !== headerChecksum) fail("header checksum");
-  if (dv.getUint16(8, true) !== 1 || dv.getUint16(10, true) !== 0) fail("version");
+  const minor = dv.getUint16(10, true);
+  if (dv.getUint16(8, true) !== 1 || minor > 1) fail("version");
   const flags = dv.getUint32(16, true);
-  if ((flags & ~1) !== 0) fail("header flags");
+  // 1.1 adds flag bit 1: the stream may carry LZ4 records.
+  if ((flags & ~(minor >= 1 ? 3 : 1)) !== 0) fail("header flags");
+  const lz4 = (flags & 2) !== 0;
   const algByte = dv.getUint8(20);
   if (algByte !== 1 && algByte !== 2) fail("algorithm");
   const alg: Alg = algByte === 2 ? "crc32c" : "xxh3";
@@ -432,8 +436,8 @@ export function referenceDecode(stream: Uint8Array, base?: Uint8Array): Referenc
   const held = regions.map((r) => new Array<boolean>(Math.ceil(r.size / pageSize)).fill(incremental));
   const records: RecordView[] = [];
   const rounds: ReferenceResult["rounds"] = [];
-  const pages = { raw: 0, zero: 0, delta: 0 };
-  const counts = { pages: 0, zero: 0, delta: 0, config: 0, round: 0, skipped: 0, end: 0 };
+  const pages = { raw: 0, lz4: 0, zero: 0, delta: 0 };
+  const counts = { pages: 0, lz4: 0, zero: 0, delta: 0, config: 0, round: 0, skipped: 0, end: 0 };
   let config: Uint8Array | undefined;
   let digest = headerChecksum;
   let pos = length;
@@ -448,7 +452,7 @@ export function referenceDecode(stream: Uint8Array, base?: Uint8Array): Referenc
     if (recordChecksum(stream.subarray(pos, pos + 24 + p), alg) !== r.checksum) fail("record checksum");
     if (r.seq !== records.length) fail("sequence");
     records.push(r);
-    if (r.tag === Tag.PAGES || r.tag === Tag.ZERO || r.tag === Tag.DELTA) {
+    if (r.tag === Tag.PAGES || r.tag === Tag.ZERO || r.tag === Tag.DELTA || (r.tag === Tag.LZ4 && lz4)) {
       if (r.flags !== 0) fail("OPTIONAL on a page record");
       const region = regions[r.region] ?? fail("region index");
       if (r.pages < 1) fail("page count");
@@ -464,6 +468,15 @@ export function referenceDecode(stream: Uint8Array, base?: Uint8Array): Referenc
         dst.set(r.payload);
         pages.raw += r.pages;
         counts.pages++;
+      } else if (r.tag === Tag.LZ4) {
+        if (r.length < 5) fail("LZ4 payload");
+        const declared = new DataView(r.payload.buffer, r.payload.byteOffset, 4).getUint32(0, true);
+        if (declared !== covered || covered > maxRecordPayload) fail("LZ4 length");
+        const decoded = lz4DecompressReference(r.payload.subarray(4), covered);
+        if (!(decoded instanceof Uint8Array)) fail(`LZ4 block: ${decoded.problem}`);
+        dst.set(decoded as Uint8Array);
+        pages.lz4 += r.pages;
+        counts.lz4++;
       } else if (r.tag === Tag.ZERO) {
         if (r.length !== 0) fail("ZERO payload");
         dst.fill(0);

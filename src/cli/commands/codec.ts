@@ -30,6 +30,7 @@ interface EncodeFlags {
   pageSize: string;
   maxRecord: string;
   checksum: "xxh3" | "crc32c";
+  compress: "none" | "lz4";
   deviceId: string;
   config?: string;
   verify: boolean;
@@ -52,6 +53,7 @@ function encodeOptions(command: Command): Command {
     .option("--page-size <bytes>", "page size, a power of two from 64 to 1M", "4096")
     .option("--max-record <bytes>", "largest record payload", "1M")
     .addOption(new Option("--checksum <algorithm>", "record checksum").choices(["xxh3", "crc32c"]).default("xxh3"))
+    .addOption(new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)").choices(["none", "lz4"]).default("none"))
     .option("--device-id <id>", "device compatibility id the target must match", "")
     .option("--config <file>", "device config blob to carry in the stream")
     .option("--no-verify", "skip re-reading the written stream before it replaces the output")
@@ -102,6 +104,7 @@ async function runEncode(snapshot: string, flags: EncodeFlags): Promise<void> {
       pageSize: parseSize(flags.pageSize),
       maxRecordPayload: parseSize(flags.maxRecord),
       checksum: flags.checksum,
+      compress: flags.compress,
       deviceId: flags.deviceId,
       ...(flags.base !== undefined ? { base: flags.base } : {}),
       ...(flags.config !== undefined ? { config: readFileSync(flags.config) } : {}),
@@ -167,7 +170,7 @@ function encodeReport(s: EncoderSummary): Record<string, unknown> {
 
 function encodeText(s: EncoderSummary, output: string): string {
   const ratio = s.stateBytes > 0 ? ` (${((s.bytes / s.stateBytes) * 100).toFixed(1)}% of the state)` : "";
-  return `encoded ${formatBytes(s.stateBytes)} into ${formatBytes(s.bytes)}${ratio} -> ${output === "-" ? "stdout" : output}: ${s.records} records, pages raw ${s.pages.raw}, zero ${s.pages.zero}, delta ${s.pages.delta}, unchanged ${s.pages.clean}`;
+  return `encoded ${formatBytes(s.stateBytes)} into ${formatBytes(s.bytes)}${ratio} -> ${output === "-" ? "stdout" : output}: ${s.records} records, pages raw ${s.pages.raw}, lz4 ${s.pages.lz4}, zero ${s.pages.zero}, delta ${s.pages.delta}, unchanged ${s.pages.clean}`;
 }
 
 function decodeReport(s: DecoderSummary): Record<string, unknown> {
@@ -183,6 +186,7 @@ function headerJson(h: NonNullable<DecoderSummary["header"]>): Record<string, un
   return {
     version: `${h.major}.${h.minor}`,
     checksum: h.checksum,
+    compression: h.compression,
     pageSize: h.pageSize,
     totalSize: h.totalSize,
     maxRecordPayload: h.maxRecordPayload,
@@ -191,6 +195,14 @@ function headerJson(h: NonNullable<DecoderSummary["header"]>): Record<string, un
     ...(h.baseDigest !== undefined ? { baseDigest: h.baseDigest } : {}),
     regions: h.regions,
   };
+}
+
+/** LZ4 records: their payload bytes against the state bytes they cover. */
+function compressedJson(summary: DecoderSummary): { records: number; bytes: number; stateBytes: number; ratio: number | null } {
+  const pageSize = summary.header?.pageSize ?? 0;
+  // Pages of LZ4 records are whole except a region's last one: pages x size is within a page.
+  const stateBytes = summary.pages.lz4 * pageSize;
+  return { records: summary.records.lz4, bytes: summary.compressedBytes, stateBytes, ratio: stateBytes > 0 ? summary.compressedBytes / stateBytes : null };
 }
 
 async function runInspect(stream: string, flags: { json?: boolean; maxRecord: string; maxState: string }): Promise<boolean> {
@@ -202,6 +214,7 @@ async function runInspect(stream: string, flags: { json?: boolean; maxRecord: st
       records: summary.records,
       pages: summary.pages,
       bytes: { total: summary.bytes, ...bytesByKind },
+      compressed: compressedJson(summary),
       rounds: summary.rounds,
       ratio: summary.ratio ?? null,
       valid: problem === undefined,
@@ -211,15 +224,20 @@ async function runInspect(stream: string, flags: { json?: boolean; maxRecord: st
   } else {
     const lines: string[] = [];
     if (h) {
-      lines.push(`format      ${h.major}.${h.minor}, checksum ${h.checksum}, page size ${h.pageSize}, max record ${formatBytes(h.maxRecordPayload)}`);
+      lines.push(`format      ${h.major}.${h.minor}, checksum ${h.checksum}, compression ${h.compression}, page size ${h.pageSize}, max record ${formatBytes(h.maxRecordPayload)}`);
       lines.push(`device id   ${JSON.stringify(h.deviceId)}`);
       lines.push(`kind        ${h.baseDigest === undefined ? "full" : `incremental (base 0x${h.baseDigest.toString(16).padStart(16, "0")})`}`);
       lines.push(`state       ${formatBytes(h.totalSize)} in ${h.regions.length} region(s)`);
       for (const r of h.regions) lines.push(`  region    ${r.name.padEnd(16)} ${formatBytes(r.size)}`);
     }
     const r = summary.records;
-    lines.push(`records     ${r.pages + r.zero + r.delta + r.config + r.round + r.skipped + r.end} in ${formatBytes(summary.bytes)}`);
+    lines.push(`records     ${r.pages + r.lz4 + r.zero + r.delta + r.config + r.round + r.skipped + r.end} in ${formatBytes(summary.bytes)}`);
     lines.push(`  ${tagName(1).padEnd(9)} ${String(r.pages).padStart(8)} records ${String(summary.pages.raw).padStart(9)} pages ${formatBytes(bytesByKind.pages).padStart(11)}`);
+    if (h?.compression === "lz4") {
+      const c = compressedJson(summary);
+      const ratio = c.ratio === null ? "" : `  (${(c.ratio * 100).toFixed(1)}% of ${formatBytes(c.stateBytes)})`;
+      lines.push(`  ${tagName(4).padEnd(9)} ${String(r.lz4).padStart(8)} records ${String(summary.pages.lz4).padStart(9)} pages ${formatBytes(bytesByKind.lz4).padStart(11)}${ratio}`);
+    }
     lines.push(`  ${tagName(2).padEnd(9)} ${String(r.zero).padStart(8)} records ${String(summary.pages.zero).padStart(9)} pages ${formatBytes(bytesByKind.zero).padStart(11)}`);
     lines.push(`  ${tagName(3).padEnd(9)} ${String(r.delta).padStart(8)} records ${String(summary.pages.delta).padStart(9)} pages ${formatBytes(bytesByKind.delta).padStart(11)}`);
     lines.push(`  config    ${String(r.config).padStart(8)}   round ${r.round}   skipped ${r.skipped}   end ${r.end}`);

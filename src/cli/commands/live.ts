@@ -105,6 +105,7 @@ function deviceText(device: MigrationDevice): string {
 
 interface MigrateFlags {
   tracking: DirtyTracking;
+  compress: "none" | "lz4";
   threshold: string;
   maxRounds: string;
   bandwidth?: string;
@@ -139,6 +140,7 @@ function migrateOptions(command: Command): Command {
     .option("--threshold <bytes>", "stop-copy once at most this much is dirty", "1M")
     .option("--max-rounds <n>", "at most this many pre-copy rounds", "30")
     .option("--bandwidth <bytes/s>", "link speed for the expected downtime (default: measured)")
+    .addOption(new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)").choices(["none", "lz4"]).default("none"))
     .option("--json", "print the report as JSON on stdout")
     .option("-q, --quiet", "print nothing but errors");
 }
@@ -187,6 +189,7 @@ async function runDemo(flags: DemoFlags): Promise<void> {
     receiving.catch(() => undefined);
     const port = await Promise.race([bound, receiving.then(() => -1)]);
     workload.start();
+    device.compress = flags.compress;
     let sent: SendResult;
     try {
       sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port });
@@ -271,6 +274,7 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
   const demo = flags.demo ? demoDevice(flags) : undefined;
   const device = demo?.device ?? snapshotDevice(snapshot!, flags);
   try {
+    device.compress = flags.compress;
     demo?.workload.start();
     let sent: SendResult;
     try {

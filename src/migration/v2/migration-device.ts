@@ -3,6 +3,7 @@
 // validation when RESUMING ends).
 import { MigrationError } from "../../core/errors.js";
 import type { DecoderLimits } from "../../codec/decoder.js";
+import type { Compression } from "../../format/constants.js";
 import { DeviceModel, type DeviceModelOptions } from "../../device/device-model.js";
 import type { DmaLoggingReport, DmaLoggingStart } from "../../device/dma-logging.js";
 import { estimateStreamBytes, type PrecopyInfo, type PrecopyInfoV2, SavingSession } from "../saving-session.js";
@@ -46,6 +47,8 @@ export interface MigrationDeviceOptions extends DeviceModelOptions {
   requireConfig?: boolean;
   checksum?: "xxh3" | "crc32c";
   maxRecordPayload?: number;
+  /** Page compression of saving streams ("lz4": a 1.1 stream). Default "none". */
+  compress?: Compression;
   /** Limits applied to resuming streams. */
   limits?: DecoderLimits;
 }
@@ -63,6 +66,8 @@ export class MigrationDevice {
   readonly model: DeviceModel;
   readonly features: Readonly<Required<MigrationFeatures>>;
   readonly deviceId: string;
+  /** Page compression of the next saving session (migrateOut sets it from its options). */
+  compress: Compression;
   readonly #options: MigrationDeviceOptions;
   /** Where the device is, arc by arc (internal; may be an intermediate state of a path). */
   #state: MigrationState = "RUNNING";
@@ -82,6 +87,7 @@ export class MigrationDevice {
     this.model = new DeviceModel(options);
     this.features = { p2p: options.features?.p2p ?? true, precopy: options.features?.precopy ?? true };
     this.deviceId = options.deviceId ?? "";
+    this.compress = options.compress ?? "none";
     this.#options = options;
   }
 
@@ -318,6 +324,7 @@ export class MigrationDevice {
             ...(this.#options.precopyInfoV2 ? { precopyInfoV2: true } : {}),
             ...(this.#options.checksum ? { checksum: this.#options.checksum } : {}),
             ...(this.#options.maxRecordPayload ? { maxRecordPayload: this.#options.maxRecordPayload } : {}),
+            compress: this.compress,
           });
           if (to === "STOP_COPY") {
             try {
