@@ -30,6 +30,8 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
   signal?: AbortSignal;
   /** Called after each window with bytes of snapshot done and the total. */
   onprogress?: (done: number, total: number) => void;
+  /** Called with each window of the snapshot as read, in order (a view valid during the call). */
+  onwindow?: (view: Uint8Array) => void;
 }
 
 /** Reads exactly `view.length` bytes at `position` (files only grow short at EOF: an error). */
@@ -94,7 +96,7 @@ export async function encodeFile(
     const window = Math.max(pageSize, Math.floor(WINDOW / pageSize) * pageSize);
     const baseDigest = base ? digestFile(base.fd, base.size, options.base!) : undefined;
     const out: Uint8Array[] = [];
-    const { base: _base, config, signal, onprogress, ...encoderOptions } = options;
+    const { base: _base, config, signal, onprogress, onwindow, ...encoderOptions } = options;
     encoder = new StreamEncoder({
       ...encoderOptions,
       regions: [{ name: "state", size: source.size }],
@@ -113,6 +115,7 @@ export async function encodeFile(
       const length = Math.min(data.length, source.size - at);
       readFully(source.fd, data.bytes.subarray(0, length), at, input);
       if (shadow) readFully(base!.fd, shadow.bytes.subarray(0, length), at, options.base!);
+      onwindow?.(data.bytes.subarray(0, length));
       encoder.writePages(0, at, data.bytes.subarray(0, length), shadow ? { shadow: shadow.bytes.subarray(0, length) } : {});
       await flush();
       onprogress?.(at + length, source.size);
@@ -284,6 +287,14 @@ export async function decodeToFile(
   } finally {
     if (baseFile) closeSync(baseFile.fd);
   }
+}
+
+/**
+ * A push decoder that applies verified records into a temporary file beside `output`; `end()`
+ * verifies the whole stream, then fsyncs and renames the file over `output` (receive).
+ */
+export function createFileDecoder(output: string, options: Omit<DecoderOptions, "base" | "baseDigest"> = {}): StreamDecoder {
+  return new StreamDecoder(new FileTarget(output, undefined), options);
 }
 
 export interface InspectReport {
