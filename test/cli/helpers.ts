@@ -25,13 +25,13 @@ export interface RunOptions {
   timeoutMs?: number;
 }
 
-/** Starts the CLI; stdin, stdout and stderr are pipes. */
-export function start(args: readonly string[], options: { cwd?: string } = {}): ChildProcess {
+/** Starts the CLI; stdin, stdout and stderr are pipes. `env` adds to the environment. */
+export function start(args: readonly string[], options: { cwd?: string; env?: Record<string, string> } = {}): ChildProcess {
   return spawn(process.execPath, [CLI, ...args], {
     cwd: options.cwd ?? ROOT,
     stdio: ["pipe", "pipe", "pipe"],
     // No progress line: stderr must hold only messages the tests look at.
-    env: { ...process.env, NO_PROGRESS: "1" },
+    env: { ...process.env, NO_PROGRESS: "1", ...options.env },
   });
 }
 

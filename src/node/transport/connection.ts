@@ -68,7 +68,8 @@ export class SocketWriter {
   #wake: (() => void) | undefined;
   #failure: Error | undefined;
 
-  constructor(socket: Socket, deadline: ProgressDeadline) {
+  /** `stop` ends a wait for the socket at once (the receiver answered early, time is up). */
+  constructor(socket: Socket, deadline: ProgressDeadline, stop: AbortSignal) {
     this.#socket = socket;
     this.#deadline = deadline;
     const fail = (error?: Error): void => {
@@ -77,6 +78,7 @@ export class SocketWriter {
     };
     socket.on("error", fail);
     socket.on("close", () => fail());
+    stop.addEventListener("abort", () => fail(new MigrationError("ECANCELED", "connection ended")), { once: true });
   }
 
   async write(chunk: Uint8Array): Promise<void> {

@@ -68,7 +68,7 @@ export async function sendStream<T>(
     socket.destroy();
   };
   signal?.addEventListener("abort", onAbort, { once: true });
-  const writer = new SocketWriter(socket, deadline);
+  const writer = new SocketWriter(socket, deadline, stop.signal);
 
   try {
     let result: T;
@@ -96,20 +96,20 @@ export async function sendStream<T>(
   /** The best explanation of why the transfer ended without an OK (undefined: it got one). */
   function explain(error: unknown): MigrationError | undefined {
     if (signal?.aborted) return new MigrationError("ECANCELED", "migration aborted");
-    if (timedOut) {
-      return new MigrationError(
-        "ETIMEDOUT",
-        verdict.line === undefined && socket.writableFinished
-          ? `no verdict from the receiver at ${where} within ${timeoutMs} ms of the end of the stream`
-          : `no progress sending to ${where} for ${timeoutMs} ms (the receiver stopped reading)`,
-      );
-    }
     // What the receiver said, if anything, explains the failure better than our side of it.
     if (verdict.line !== undefined) {
       const refused = verdictError(verdict.line);
       if (refused) return refused;
       if (verdict.early) return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
       return error === undefined ? undefined : ioError(`the migration failed after the receiver at ${where} accepted it`, error);
+    }
+    if (timedOut) {
+      return new MigrationError(
+        "ETIMEDOUT",
+        socket.writableFinished
+          ? `no verdict from the receiver at ${where} within ${timeoutMs} ms of the end of the stream`
+          : `no progress sending to ${where} for ${timeoutMs} ms (the receiver stopped reading)`,
+      );
     }
     if (error === undefined || verdict.closed || verdict.failure || (error instanceof MigrationError && error.code === "ECANCELED")) {
       const what = error === undefined ? `receiver at ${where} closed the connection without a verdict` : `connection to ${where} lost during the migration`;
