@@ -21,6 +21,8 @@ import type { StreamHeader } from "../format/header.js";
 import { AtomicFile, ioError } from "./atomic-file.js";
 
 const WINDOW = 4 << 20;
+/** Granularity of FileTarget's record of which parts of a fresh output were written. */
+const WRITTEN_CHUNK = 64 * 1024;
 
 export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regions" | "size" | "baseDigest"> {
   /** Path of the previous snapshot: the stream is then incremental against it. */
@@ -147,6 +149,13 @@ class FileTarget implements DecodeTarget {
   #pageSize = 0;
   #scratch: CoreBuffer | undefined;
   #zeros = new Uint8Array(0);
+  /**
+   * One bit per WRITTEN_CHUNK of the file: set once anything was written there. A fresh output
+   * starts as a sparse file of zeros, so ZERO records over chunks never written need no write
+   * (a full stream's zero pages cost nothing, and repeated zero coverage costs no I/O).
+   * Undefined when the file starts as a copy of a base: then every ZERO record is written.
+   */
+  #written: Uint8Array | undefined;
 
   constructor(path: string, base: string | undefined) {
     this.#path = path;
@@ -162,6 +171,7 @@ class FileTarget implements DecodeTarget {
       at += r.size;
       return bounds;
     });
+    if (this.#base === undefined) this.#written = new Uint8Array(Math.ceil(header.totalSize / WRITTEN_CHUNK / 8));
     try {
       // Sized up front, so positional writes can land anywhere (and a base of another size
       // never leaves a tail behind).
@@ -179,14 +189,34 @@ class FileTarget implements DecodeTarget {
     // A region's last page may be partial: a record never covers bytes past its region's end.
     const covered = Math.min(record.pages * this.#pageSize, end - at);
     if (record.tag === TAG_PAGES) {
+      this.#mark(at, record.payload.length);
       file.writeAt(record.payload, at);
     } else if (record.tag === TAG_ZERO) {
-      if (this.#zeros.length < Math.min(covered, WINDOW)) this.#zeros = new Uint8Array(Math.min(Math.max(covered, 65536), WINDOW));
-      for (let done = 0; done < covered; done += this.#zeros.length) {
-        file.writeAt(this.#zeros.subarray(0, Math.min(this.#zeros.length, covered - done)), at + done);
-      }
+      this.#writeZeros(at, covered);
     } else if (record.tag === TAG_DELTA) {
+      this.#mark(at, covered);
       this.#applyDelta(record, at, covered);
+    }
+  }
+
+  #mark(at: number, length: number): void {
+    const written = this.#written;
+    if (!written || length === 0) return;
+    for (let c = Math.floor(at / WRITTEN_CHUNK), last = Math.floor((at + length - 1) / WRITTEN_CHUNK); c <= last; c++) written[c >>> 3]! |= 1 << (c & 7);
+  }
+
+  /** Zeros over [at, at + length): written only where the file may hold something else. */
+  #writeZeros(at: number, length: number): void {
+    const written = this.#written;
+    const end = at + length;
+    for (let from = at; from < end; ) {
+      const chunk = Math.floor(from / WRITTEN_CHUNK);
+      const to = Math.min(end, (chunk + 1) * WRITTEN_CHUNK);
+      if (!written || written[chunk >>> 3]! & (1 << (chunk & 7))) {
+        if (this.#zeros.length < to - from) this.#zeros = new Uint8Array(WRITTEN_CHUNK);
+        this.#file!.writeAt(this.#zeros.subarray(0, to - from), from);
+      }
+      from = to;
     }
   }
 
