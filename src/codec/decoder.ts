@@ -393,7 +393,12 @@ export class StreamDecoder {
     const ctx = this.#ctx!;
     const recordIndex = ctx.u32(Dec.SEQ);
     if (!this.#ended) {
-      const where = this.#winLen > 0 ? `inside record ${recordIndex} (byte ${this.#winStart})` : `after record ${recordIndex - 1}`;
+      const where =
+        this.#winLen > 0
+          ? `inside record ${recordIndex} (byte ${this.#winStart})`
+          : recordIndex === 0
+            ? `right after its header (byte ${this.#consumed})`
+            : `after record ${recordIndex - 1}`;
       throw new MigrationError("ENODATA", `incomplete stream: it ends ${where} without an end-of-stream record`, {
         recordIndex,
         byteOffset: this.#consumed,
