@@ -137,7 +137,9 @@ describe("send and receive over loopback TCP", () => {
     const first = await run(["send", dir, "--to", `127.0.0.1:${port}`]);
     expect(first.code, first.stderr).toBe(4);
     expect(first.stderr).toMatch(/ECONNREFUSED/);
-    const usage = [["send", "--to", "127.0.0.1:1"], ["send", at("vm.state"), "--demo", "--to", "1"], ["send", at("vm.state"), "--to", "nowhere"], ["receive", "-o", at("x.state")]];
+    const usage = [["send", "--to", "127.0.0.1:1"], ["send", at("vm.state"), "--demo", "--to", "1"], ["send", at("vm.state"), "--to", "nowhere"], ["receive", "-o", at("x.state")],
+      ["send", at("vm.state"), "--to", "1", "--timeout", "0"], ["receive", "--listen", "0", "-o", at("x.state"), "--timeout", "soon"],
+      ["send", at("vm.state"), "--to", "1", "--tls-cert", at("vm.state")], ["receive", "--listen", "0", "-o", at("x.state"), "--tls-psk", at("vm.state")]];
     const results = await Promise.all(usage.map((args) => run(args)));
     results.forEach((result, i) => expect(result.code, `${usage[i]!.join(" ")}: ${result.stderr}`).toBe(1));
   });
