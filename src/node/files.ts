@@ -77,13 +77,35 @@ export function digestFile(fd: number, size: number, what: string): bigint {
   }
 }
 
+/** Output chunks handed out again once their consumer released them. */
+class ChunkPool {
+  #free: Uint8Array[] = [];
+
+  /** A copy of `view` (a view into the encoder's buffer) in reused memory where possible. */
+  take(view: Uint8Array): Uint8Array {
+    const i = this.#free.findIndex((b) => b.length >= view.length);
+    // Headroom: the encoder's chunks vary a little around its 1 MiB drain size.
+    const buffer = i >= 0 ? this.#free.splice(i, 1)[0]! : new Uint8Array(Math.max(view.length + (view.length >> 2), 2 << 20));
+    buffer.set(view);
+    return buffer.subarray(0, view.length);
+  }
+
+  give(chunk: Uint8Array): void {
+    if (this.#free.length < 32) this.#free.push(new Uint8Array(chunk.buffer, 0, chunk.buffer.byteLength));
+  }
+}
+
 /**
  * Encodes the snapshot file `input` as one stream, handing it to `write` chunk by chunk (each
  * awaited: backpressure). Memory use is a few windows, whatever the snapshot's size.
+ *
+ * A consumer that calls `release` once it is done with a chunk (a socket, once the kernel took
+ * it) gets that memory back for a later chunk: fresh memory costs its first touch, so reusing it
+ * matters at these sizes. Not calling it is fine (the chunk is then the consumer's).
  */
 export async function encodeFile(
   input: string,
-  write: (chunk: Uint8Array) => Promise<void> | void,
+  write: (chunk: Uint8Array, release: () => void) => Promise<void> | void,
   options: EncodeFileOptions = {},
 ): Promise<EncoderSummary> {
   const source = openRead(input);
@@ -99,14 +121,14 @@ export async function encodeFile(
     const baseDigest = base ? digestFile(base.fd, base.size, options.base!) : undefined;
     const out: Uint8Array[] = [];
     const { base: _base, config, signal, onprogress, onwindow, ...encoderOptions } = options;
-    encoder = new StreamEncoder({
-      ...encoderOptions,
-      regions: [{ name: "state", size: source.size }],
-      ...(baseDigest !== undefined ? { baseDigest } : {}),
-      ondata: (chunk) => out.push(chunk),
-    });
+    const pool = new ChunkPool();
+    // The encoder's own views (valid during the call) are copied once, into pooled memory.
+    encoder = new StreamEncoder(
+      { ...encoderOptions, regions: [{ name: "state", size: source.size }], ...(baseDigest !== undefined ? { baseDigest } : {}) },
+      (view) => out.push(pool.take(view)),
+    );
     const flush = async (): Promise<void> => {
-      for (const chunk of out.splice(0)) await write(chunk);
+      for (const chunk of out.splice(0)) await write(chunk, () => pool.give(chunk));
     };
     const data = new CoreBuffer(Math.min(window, Math.max(source.size, 1)));
     buffers.push(data);

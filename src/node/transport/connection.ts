@@ -81,11 +81,13 @@ export class SocketWriter {
     stop.addEventListener("abort", () => fail(new MigrationError("ECANCELED", "connection ended")), { once: true });
   }
 
-  async write(chunk: Uint8Array): Promise<void> {
+  /** `release` runs once the socket no longer needs `chunk` (sent, or failed). */
+  async write(chunk: Uint8Array, release?: () => void): Promise<void> {
     if (this.#failure) throw this.#failure;
     const length = chunk.length;
     this.#inFlight += length;
     this.#socket.write(chunk, (error) => {
+      release?.();
       this.#inFlight -= length;
       if (error) this.#failure ??= error;
       else this.#deadline.moved(length);

@@ -40,13 +40,14 @@ export interface SendResult extends MigrationReport {
 }
 
 /**
- * Streams what `produce` writes to a receiver, half-closes, and resolves with `produce`'s result
+ * Streams what `produce` writes to a receiver (a chunk must stay unchanged until its `release`
+ * runs, or for good when none is given), half-closes, and resolves with `produce`'s result
  * once the receiver answered OK. Rejects with the receiver's error code, ETIMEDOUT when the
  * transfer stalled, EIO for connection and protocol problems, ECANCELED when aborted.
  */
 export async function sendStream<T>(
   target: DialTarget,
-  produce: (write: (chunk: Uint8Array) => Promise<void>, signal: AbortSignal) => Promise<T>,
+  produce: (write: (chunk: Uint8Array, release?: () => void) => Promise<void>, signal: AbortSignal) => Promise<T>,
 ): Promise<T> {
   const { host = "127.0.0.1", port, signal } = target;
   const timeoutMs = checkTimeout(target.timeoutMs);
@@ -73,9 +74,9 @@ export async function sendStream<T>(
   try {
     let result: T;
     try {
-      result = await produce((chunk) => {
+      result = await produce((chunk, release) => {
         if (stop.signal.aborted) throw new MigrationError("ECANCELED", "connection ended");
-        return writer.write(chunk);
+        return writer.write(chunk, release);
       }, stop.signal);
     } catch (error) {
       throw explain(error);
