@@ -23,6 +23,8 @@ export interface RunOptions {
   input?: Uint8Array;
   /** Kill the process after this long (a hung CLI fails the test instead of the suite). */
   timeoutMs?: number;
+  /** Added to the environment. */
+  env?: Record<string, string>;
 }
 
 /** Starts the CLI; stdin, stdout and stderr are pipes. `env` adds to the environment. */
@@ -59,7 +61,7 @@ export function finished(child: ChildProcess, timeoutMs = 45_000): Promise<RunRe
 
 /** Runs the CLI to completion. */
 export function run(args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-  const child = start(args, options.cwd !== undefined ? { cwd: options.cwd } : {});
+  const child = start(args, { ...(options.cwd !== undefined ? { cwd: options.cwd } : {}), ...(options.env ? { env: options.env } : {}) });
   const done = finished(child, options.timeoutMs);
   // The CLI may exit before reading all of stdin (a usage error): that is not the test's error.
   child.stdin?.on("error", () => undefined);

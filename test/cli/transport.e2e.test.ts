@@ -60,6 +60,14 @@ describe("the verdict comes after the commit", () => {
     expect(tempFiles(dir)).toEqual([]);
   });
 
+  it("encode onto a full disk: EIO naming the output, no temporary file left", async () => {
+    const result = await run(["encode", at("vm.state"), "-o", at("full.mig")], { env: { MIGSTREAM_FAULT_ENOSPC_AT: String(1 << 20) } });
+    expect(result.code, result.stderr).toBe(4);
+    expect(result.stderr).toMatch(/EIO: cannot write .*full\.mig.*ENOSPC/);
+    expect(existsSync(at("full.mig"))).toBe(false);
+    expect(tempFiles(dir)).toEqual([]);
+  });
+
   it("an OK before the sender finished is a protocol error (exit 4)", async () => {
     const fake = await fakeServer((socket) => {
       socket.on("error", () => undefined);
@@ -196,6 +204,10 @@ describe("TLS", () => {
       sh(["x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.pem`, "-CAkey", `${ca}.key`, "-CAcreateserial", "-out", `${name}.pem`, "-days", "2", "-extfile", "san.cnf"]);
     };
     issue("receiver", "ca");
+    // Signed by the right CA, but for another name: the sender dialled 127.0.0.1.
+    writeFileSync(join(pki, "san.cnf"), "subjectAltName=DNS:elsewhere.example\n");
+    issue("elsewhere", "ca");
+    writeFileSync(join(pki, "san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
     issue("sender", "ca");
     issue("intruder", "other-ca");
     writeFileSync(join(pki, "keys.psk"), `migstream:${"a5".repeat(32)}\nbackup:${"3c".repeat(16)}\n`);
@@ -224,6 +236,17 @@ describe("TLS", () => {
     expect(received.code, received.stderr).toBe(0);
     expect(JSON.parse(good.stdout.toString())).toMatchObject({ tls: "certificates", accepted: true });
     expect(same(at("tls.state"), at("vm.state"))).toBe(true);
+    expect(tempFiles(dir)).toEqual([]);
+  });
+
+  it("certificates: a receiver whose certificate names another host is refused by the sender", { timeout: 120_000 }, async () => {
+    const target = await receiver(["-o", at("elsewhere.state"), "--timeout", "5", ...certs("elsewhere")]);
+    const sent = await run(["send", at("vm.state"), "--to", `127.0.0.1:${target.port}`, "--timeout", "5", ...certs("sender")]);
+    expect(sent.code, sent.stderr).toBe(4);
+    expect(sent.stderr).toMatch(/TLS handshake .*failed.*(IP|altnames|host)/i);
+    target.child.kill("SIGTERM");
+    await target.done;
+    expect(existsSync(at("elsewhere.state"))).toBe(false);
     expect(tempFiles(dir)).toEqual([]);
   });
 

@@ -39,7 +39,8 @@ export function dial(options: DialOptions): Promise<Socket> {
       cleanup();
       socket.destroy();
       if (error instanceof MigrationError) reject(error);
-      else if (options.tls && (error as NodeJS.ErrnoException).code?.startsWith("ERR_")) reject(ioError(`TLS handshake with ${host}:${port} failed`, error));
+      // Socket errors name a syscall (connect, read); certificate and handshake errors do not.
+      else if (options.tls && !(error as NodeJS.ErrnoException).syscall) reject(ioError(`TLS handshake with ${host}:${port} failed`, error));
       else reject(ioError(`cannot connect to ${host}:${port}`, error));
     }
     function onReady(): void {
