@@ -158,8 +158,11 @@ function asReceiveError(caught: unknown, bytes: number): MigrationError {
 function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxStateSize: number; maxRecordPayload: number }): Promise<Owner> {
   const { signal, host = "127.0.0.1", port } = options;
   const pending = new Set<Socket>();
-  /** When each raw connection arrived (TLS sockets are matched by their peer address). */
-  const arrivals = new Map<string, number>();
+  /**
+   * A TLS server's raw connections until they close, by peer address (how their TLS sockets
+   * are matched to them), with their arrival time: the header deadline runs from there.
+   */
+  const raws = new Map<string, { raw: Socket; at: number }>();
   const keyOf = (s: Socket): string => `${s.remoteAddress}|${s.remotePort}`;
   let server: Server;
   return new Promise<Owner>((resolve, reject) => {
@@ -170,6 +173,9 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
       server.close();
       for (const s of pending) s.destroy();
       pending.clear();
+      // Handshakes still under way would otherwise hold the process until their timeout.
+      for (const { raw } of raws.values()) raw.destroy();
+      raws.clear();
     };
     const onAbort = (): void => {
       if (decided) return;
@@ -223,6 +229,7 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
             return;
           }
           pending.delete(socket);
+          raws.delete(keyOf(socket));
           finish();
           resolve({ socket, chunks, header, first: at < chunk.length ? [headerBytes, chunk.subarray(at)] : [headerBytes], peer });
           return;
@@ -242,14 +249,17 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
     if (options.tls) {
       server = tlsCreateServer({ ...serverTlsOptions(options.tls), allowHalfOpen: true, handshakeTimeout: timeoutMs });
       server.on("connection", (raw: Socket) => {
-        if (decided || pending.size >= MAX_PENDING) {
+        if (decided || raws.size >= MAX_PENDING) {
           raw.destroy();
           return;
         }
-        arrivals.set(keyOf(raw), performance.now());
-        raw.once("close", () => arrivals.delete(keyOf(raw)));
+        const key = keyOf(raw);
+        raws.set(key, { raw, at: performance.now() });
+        raw.once("close", () => {
+          if (raws.get(key)?.raw === raw) raws.delete(key);
+        });
       });
-      server.on("secureConnection", (socket: Socket) => void candidate(socket, arrivals.get(keyOf(socket)) ?? performance.now()));
+      server.on("secureConnection", (socket: Socket) => void candidate(socket, raws.get(keyOf(socket))?.at ?? performance.now()));
       server.on("tlsClientError", (error, socket) => {
         if (!decided) options.onDropped?.({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 }, error);
         socket.destroy();
