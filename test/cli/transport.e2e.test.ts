@@ -149,7 +149,10 @@ describe("deadlines", () => {
     socket.on("error", () => undefined);
     socket.write(stream.subarray(0, 200));
     let sent = 200;
-    const drip = setInterval(() => socket.write(stream.subarray(sent, (sent += 100))), 100);
+    const drip = setInterval(() => {
+      socket.write(stream.subarray(sent, sent + 100));
+      sent += 100;
+    }, 100);
     try {
       const received = await target.done;
       expect(received.code, received.stderr).toBe(4);
