@@ -1,12 +1,15 @@
 // Library tests of the TCP/TLS transport: the progress deadline, PSK key files, a sender that
 // gives up and returns its device to RUNNING, early and late verdicts, and a device round trip
 // over TLS-PSK.
-import { createServer, type Server, type Socket } from "node:net";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { MigrationError } from "../../src/core/errors.js";
 import { ProgressDeadline, PROGRESS_BYTES } from "../../src/node/transport/deadline.js";
 import { parsePskKeys } from "../../src/node/transport/tls.js";
-import { receiveDevice, sendDevice } from "../../src/node/tcp.js";
+import { receiveDevice, receiveFile, sendDevice, sendFile } from "../../src/node/tcp.js";
 import { fillRandom, makeDevice } from "../migration/helpers.js";
 
 describe("ProgressDeadline", () => {
@@ -148,5 +151,43 @@ describe("sendDevice", () => {
     } finally {
       device.free();
     }
+  });
+});
+
+describe("sendFile / receiveFile", () => {
+  it("a silent peer does not lock the receiver out; the file arrives byte-identical", { timeout: 30_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "migstream-tcp-"));
+    try {
+      const state = new Uint8Array(3 * 1024 * 1024 + 100);
+      for (let i = 0; i < state.length; i += 7) state[i] = (i * 31) & 0xff;
+      writeFileSync(join(dir, "in.state"), state);
+      let listening!: (port: number) => void;
+      const bound = new Promise<number>((resolve) => (listening = resolve));
+      const dropped: string[] = [];
+      const receiving = receiveFile(join(dir, "out.state"), { port: 0, timeoutMs: 800, onListening: (a) => listening(a.port), onDropped: (_p, e) => dropped.push(e.message) });
+      const port = await bound;
+      const silent = connect(port, "127.0.0.1");
+      silent.on("error", () => undefined);
+      await new Promise((resolve) => silent.once("connect", resolve));
+      const sent = await sendFile(join(dir, "in.state"), { port, timeoutMs: 10_000 });
+      const received = await receiving;
+      expect(readFileSync(join(dir, "out.state")).equals(Buffer.from(state))).toBe(true);
+      expect(received.bytes).toBe(sent.summary.bytes);
+      expect(received.summary.ended).toBe(true);
+      silent.destroy();
+      expect(readdirSync(dir).filter((n) => n.endsWith(".migstream-tmp"))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("sendFile connects first: nobody listening fails with ECONNREFUSED even for a missing file", async () => {
+    const server = createServer();
+    const port = await new Promise<number>((resolve) => server.listen(0, "127.0.0.1", () => resolve((server.address() as { port: number }).port)));
+    await new Promise((resolve) => server.close(resolve));
+    const error = await sendFile("/nonexistent/state", { port, timeoutMs: 5000 }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: "EIO" });
+    expect((error as Error).message).toMatch(/ECONNREFUSED/);
+    expect(existsSync("/nonexistent/state")).toBe(false);
   });
 });
