@@ -1,6 +1,7 @@
-// demo, send, receive: live migration of a running device over TCP, with the v2 state machine
-// on both ends (pre-copy rounds while a workload keeps writing, stop-copy, RESUMING validated on
-// the target before anything is written).
+// demo, send, receive: live migration over TCP or TLS. The demo and `send --demo` run the v2
+// state machine (pre-copy rounds while a workload keeps writing, stop-copy, RESUMING validated on
+// the target); `send <snapshot>` streams a file in one pass and `receive` decodes straight into
+// its output file, answering the sender only once that file is stored.
 import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -494,7 +495,7 @@ export function registerLiveCommands(program: Command): void {
       program
         .command("send")
         .description("live-migrate a device to a receiver over TCP: a snapshot file (one region \"state\"), or --demo for the synthetic device with its workload")
-        .argument("[snapshot]", "snapshot file to load into the source device")
+        .argument("[snapshot]", "snapshot file to send (one region \"state\", read in one pass after connecting)")
         .requiredOption("--to <host:port>", "the receiver (migstream receive --listen)")
         .option("--demo", "send the synthetic demo device, written to by its workload during the migration")
         .option("--device-id <id>", `compatibility id the receiver may require (default: "" for a snapshot, "${DEMO_DEVICE_ID}" with --demo)`),
