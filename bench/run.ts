@@ -1,4 +1,4 @@
-// npm run bench [-- --json] [-- --smoke] [-- --only kernels,codec,compression,live,cli]
+// npm run bench [-- --json] [-- --smoke] [-- --only kernels,codec,compression,live,live-migration,cli]
 // Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
 // same run, and to its pure-TS reference. --json prints the same rows as JSON (and writes
 // bench/results/latest.json). --smoke runs tiny sizes only, to check the benchmarks still run.
@@ -8,7 +8,7 @@ import { codecBenchmarks } from "./codec.js";
 import { compressionBenchmarks } from "./compression.js";
 import { type BenchConfig, printTable, type Row } from "./harness.js";
 import { kernelBenchmarks } from "./kernels.js";
-import { liveBenchmarks } from "./live.js";
+import { liveBenchmarks, liveMigrationBenchmarks } from "./live.js";
 
 const args = process.argv.slice(2);
 const config: BenchConfig = { smoke: args.includes("--smoke") };
@@ -29,6 +29,7 @@ if (want("codec")) sections.push({ name: "codec", rows: await codecBenchmarks(co
 if (want("compression")) sections.push({ name: "compression", rows: await compressionBenchmarks(config.smoke ? MiB : 64 * MiB, config) });
 if (want("cli")) sections.push({ name: "cli", rows: await cliBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
+if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
 
 if (json) {
   const doc = { node: process.version, date: new Date().toISOString(), smoke: config.smoke, rows: sections.flatMap((s) => s.rows) };

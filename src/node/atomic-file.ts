@@ -7,6 +7,16 @@ import { basename, dirname, join } from "node:path";
 import { MigrationError } from "../core/errors.js";
 
 const pending = new Set<AtomicFile>();
+
+/**
+ * Fault injection for tests of the storage failure paths: with MIGSTREAM_FAULT_ENOSPC_AT=<n> in
+ * the environment, writes reaching past byte n of a temporary output fail as a full disk would.
+ */
+const faultAt = ((): number | undefined => {
+  const text = typeof process === "object" ? process.env["MIGSTREAM_FAULT_ENOSPC_AT"] : undefined;
+  const n = text === undefined ? NaN : Number(text);
+  return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+})();
 const cleanups = new Set<() => void>();
 
 /**
@@ -41,11 +51,18 @@ export class AtomicFile {
     pending.add(this);
   }
 
-  /** Writes all of `data` at `position`. */
+  /** Writes all of `data` at `position`; a failure (a full disk) is EIO naming the file. */
   writeAt(data: Uint8Array, position: number): void {
     let done = 0;
-    while (done < data.length) {
-      done += writeSync(this.fd, data, done, data.length - done, position + done);
+    try {
+      if (faultAt !== undefined && position + data.length > faultAt) {
+        throw Object.assign(new Error("ENOSPC: no space left on device, write (injected by MIGSTREAM_FAULT_ENOSPC_AT)"), { code: "ENOSPC" });
+      }
+      while (done < data.length) {
+        done += writeSync(this.fd, data, done, data.length - done, position + done);
+      }
+    } catch (cause) {
+      throw ioError(`cannot write ${this.tempPath}`, cause);
     }
   }
 

@@ -22,6 +22,8 @@ import type { StreamHeader } from "../format/header.js";
 import { AtomicFile, ioError } from "./atomic-file.js";
 
 const WINDOW = 4 << 20;
+/** Granularity of FileTarget's record of which parts of a fresh output were written. */
+const WRITTEN_CHUNK = 64 * 1024;
 
 export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regions" | "size" | "baseDigest"> {
   /** Path of the previous snapshot: the stream is then incremental against it. */
@@ -31,6 +33,8 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
   signal?: AbortSignal;
   /** Called after each window with bytes of snapshot done and the total. */
   onprogress?: (done: number, total: number) => void;
+  /** Called with each window of the snapshot as read, in order (a view valid during the call). */
+  onwindow?: (view: Uint8Array) => void;
 }
 
 /** Reads exactly `view.length` bytes at `position` (files only grow short at EOF: an error). */
@@ -74,13 +78,35 @@ export function digestFile(fd: number, size: number, what: string): bigint {
   }
 }
 
+/** Output chunks handed out again once their consumer released them. */
+class ChunkPool {
+  #free: Uint8Array[] = [];
+
+  /** A copy of `view` (a view into the encoder's buffer) in reused memory where possible. */
+  take(view: Uint8Array): Uint8Array {
+    const i = this.#free.findIndex((b) => b.length >= view.length);
+    // Headroom: the encoder's chunks vary a little around its 1 MiB drain size.
+    const buffer = i >= 0 ? this.#free.splice(i, 1)[0]! : new Uint8Array(Math.max(view.length + (view.length >> 2), 2 << 20));
+    buffer.set(view);
+    return buffer.subarray(0, view.length);
+  }
+
+  give(chunk: Uint8Array): void {
+    if (this.#free.length < 32) this.#free.push(new Uint8Array(chunk.buffer, 0, chunk.buffer.byteLength));
+  }
+}
+
 /**
  * Encodes the snapshot file `input` as one stream, handing it to `write` chunk by chunk (each
  * awaited: backpressure). Memory use is a few windows, whatever the snapshot's size.
+ *
+ * A consumer that calls `release` once it is done with a chunk (a socket, once the kernel took
+ * it) gets that memory back for a later chunk: fresh memory costs its first touch, so reusing it
+ * matters at these sizes. Not calling it is fine (the chunk is then the consumer's).
  */
 export async function encodeFile(
   input: string,
-  write: (chunk: Uint8Array) => Promise<void> | void,
+  write: (chunk: Uint8Array, release: () => void) => Promise<void> | void,
   options: EncodeFileOptions = {},
 ): Promise<EncoderSummary> {
   const source = openRead(input);
@@ -95,15 +121,15 @@ export async function encodeFile(
     const window = Math.max(pageSize, Math.floor(WINDOW / pageSize) * pageSize);
     const baseDigest = base ? digestFile(base.fd, base.size, options.base!) : undefined;
     const out: Uint8Array[] = [];
-    const { base: _base, config, signal, onprogress, ...encoderOptions } = options;
-    encoder = new StreamEncoder({
-      ...encoderOptions,
-      regions: [{ name: "state", size: source.size }],
-      ...(baseDigest !== undefined ? { baseDigest } : {}),
-      ondata: (chunk) => out.push(chunk),
-    });
+    const { base: _base, config, signal, onprogress, onwindow, ...encoderOptions } = options;
+    const pool = new ChunkPool();
+    // The encoder's own views (valid during the call) are copied once, into pooled memory.
+    encoder = new StreamEncoder(
+      { ...encoderOptions, regions: [{ name: "state", size: source.size }], ...(baseDigest !== undefined ? { baseDigest } : {}) },
+      (view) => out.push(pool.take(view)),
+    );
     const flush = async (): Promise<void> => {
-      for (const chunk of out.splice(0)) await write(chunk);
+      for (const chunk of out.splice(0)) await write(chunk, () => pool.give(chunk));
     };
     const data = new CoreBuffer(Math.min(window, Math.max(source.size, 1)));
     buffers.push(data);
@@ -114,6 +140,7 @@ export async function encodeFile(
       const length = Math.min(data.length, source.size - at);
       readFully(source.fd, data.bytes.subarray(0, length), at, input);
       if (shadow) readFully(base!.fd, shadow.bytes.subarray(0, length), at, options.base!);
+      onwindow?.(data.bytes.subarray(0, length));
       encoder.writePages(0, at, data.bytes.subarray(0, length), shadow ? { shadow: shadow.bytes.subarray(0, length) } : {});
       await flush();
       onprogress?.(at + length, source.size);
@@ -145,6 +172,13 @@ class FileTarget implements DecodeTarget {
   #pageSize = 0;
   #scratch: CoreBuffer | undefined;
   #zeros = new Uint8Array(0);
+  /**
+   * One bit per WRITTEN_CHUNK of the file: set once anything was written there. A fresh output
+   * starts as a sparse file of zeros, so ZERO records over chunks never written need no write
+   * (a full stream's zero pages cost nothing, and repeated zero coverage costs no I/O).
+   * Undefined when the file starts as a copy of a base: then every ZERO record is written.
+   */
+  #written: Uint8Array | undefined;
 
   constructor(path: string, base: string | undefined) {
     this.#path = path;
@@ -160,6 +194,7 @@ class FileTarget implements DecodeTarget {
       at += r.size;
       return bounds;
     });
+    if (this.#base === undefined) this.#written = new Uint8Array(Math.ceil(header.totalSize / WRITTEN_CHUNK / 8));
     try {
       // Sized up front, so positional writes can land anywhere (and a base of another size
       // never leaves a tail behind).
@@ -179,14 +214,34 @@ class FileTarget implements DecodeTarget {
     // A region's last page may be partial: a record never covers bytes past its region's end.
     const covered = Math.min(record.pages * this.#pageSize, end - at);
     if (record.tag === TAG_PAGES) {
+      this.#mark(at, record.payload.length);
       file.writeAt(record.payload, at);
     } else if (record.tag === TAG_ZERO) {
-      if (this.#zeros.length < Math.min(covered, WINDOW)) this.#zeros = new Uint8Array(Math.min(Math.max(covered, 65536), WINDOW));
-      for (let done = 0; done < covered; done += this.#zeros.length) {
-        file.writeAt(this.#zeros.subarray(0, Math.min(this.#zeros.length, covered - done)), at + done);
-      }
+      this.#writeZeros(at, covered);
     } else if (record.tag === TAG_DELTA) {
+      this.#mark(at, covered);
       this.#applyDelta(record, at, covered);
+    }
+  }
+
+  #mark(at: number, length: number): void {
+    const written = this.#written;
+    if (!written || length === 0) return;
+    for (let c = Math.floor(at / WRITTEN_CHUNK), last = Math.floor((at + length - 1) / WRITTEN_CHUNK); c <= last; c++) written[c >>> 3]! |= 1 << (c & 7);
+  }
+
+  /** Zeros over [at, at + length): written only where the file may hold something else. */
+  #writeZeros(at: number, length: number): void {
+    const written = this.#written;
+    const end = at + length;
+    for (let from = at; from < end; ) {
+      const chunk = Math.floor(from / WRITTEN_CHUNK);
+      const to = Math.min(end, (chunk + 1) * WRITTEN_CHUNK);
+      if (!written || written[chunk >>> 3]! & (1 << (chunk & 7))) {
+        if (this.#zeros.length < to - from) this.#zeros = new Uint8Array(WRITTEN_CHUNK);
+        this.#file!.writeAt(this.#zeros.subarray(0, to - from), from);
+      }
+      from = to;
     }
   }
 
@@ -287,6 +342,14 @@ export async function decodeToFile(
   } finally {
     if (baseFile) closeSync(baseFile.fd);
   }
+}
+
+/**
+ * A push decoder that applies verified records into a temporary file beside `output`; `end()`
+ * verifies the whole stream, then fsyncs and renames the file over `output` (receive).
+ */
+export function createFileDecoder(output: string, options: Omit<DecoderOptions, "base" | "baseDigest"> = {}): StreamDecoder {
+  return new StreamDecoder(new FileTarget(output, undefined), options);
 }
 
 export interface InspectReport {

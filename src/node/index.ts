@@ -15,4 +15,31 @@ export {
 } from "./streams.js";
 export { encodeFile, decodeToFile, inspectStream, digestFile, type EncodeFileOptions, type DecodeFileOptions, type InspectReport } from "./files.js";
 export { AtomicFile, abortPendingFiles } from "./atomic-file.js";
-export { sendDevice, receiveDevice, type SendOptions, type SendResult, type ReceiveOptions, type ReceiveResult } from "./tcp.js";
+export {
+  sendDevice,
+  sendFile,
+  sendStream,
+  receiveDevice,
+  receiveFile,
+  receiveStream,
+  parsePskKeys,
+  DEFAULT_TIMEOUT_MS,
+  PROGRESS_BYTES,
+  type DialTarget,
+  type ListenOptions,
+  type Peer,
+  type PskKey,
+  type Received,
+  type ReceiveFileOptions,
+  type ReceiveFileResult,
+  type ReceiveOptions,
+  type ReceiveResult,
+  type SendFileOptions,
+  type SendFileResult,
+  type SendOptions,
+  type SendResult,
+  type StreamSink,
+  type TlsCertificates,
+  type TlsPsk,
+  type TransportSecurity,
+} from "./tcp.js";

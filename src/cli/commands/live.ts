@@ -1,15 +1,31 @@
-// demo, send, receive: live migration of a running device over TCP, with the v2 state machine
-// on both ends (pre-copy rounds while a workload keeps writing, stop-copy, RESUMING validated on
-// the target before anything is written).
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+// demo, send, receive: live migration over TCP or TLS. The demo and `send --demo` run the v2
+// state machine (pre-copy rounds while a workload keeps writing, stop-copy, RESUMING validated on
+// the target); `send <snapshot>` streams a file in one pass and `receive` decodes straight into
+// its output file, answering the sender only once that file is stored.
+import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
 import type { DirtyTracking } from "../../device/device-model.js";
 import type { PrecopyRoundReport } from "../../migration/precopy.js";
 import { MigrationDevice } from "../../migration/v2/migration-device.js";
-import { ioError } from "../../node/atomic-file.js";
-import { receiveDevice, type ReceiveResult, sendDevice, type SendOptions, type SendResult } from "../../node/tcp.js";
-import { formatBytes, openOutput, parseSize, type ReaderFlags, readerLimits, readerOptions, report } from "../common.js";
+import { AtomicFile, ioError, onInterruptCleanup } from "../../node/atomic-file.js";
+import { digestFile } from "../../node/files.js";
+import {
+  isLoopback,
+  loadSecurity,
+  receiveDevice,
+  receiveFile,
+  type ReceiveResult,
+  type SecurityFiles,
+  sendDevice,
+  sendFile,
+  type SendOptions,
+  type SendResult,
+  type TransportSecurity,
+} from "../../node/tcp.js";
+import { errorJson, formatBytes, openOutput, parseSize, type ReaderFlags, readerLimits, readerOptions, report } from "../common.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -47,8 +63,31 @@ function parseCount(text: string, what: string): number {
   return n;
 }
 
+/** --timeout <seconds>: a positive number (fractions allowed), in milliseconds. */
+export function parseTimeout(text: string): number {
+  const seconds = Number(text);
+  if (!/^\s*\d+(\.\d+)?\s*$/.test(text) || !(seconds > 0) || seconds * 1000 > 2 ** 31 - 1) {
+    throw new MigrationError("EINVAL", `invalid timeout ${JSON.stringify(text)} (expected seconds, e.g. 60 or 0.5)`);
+  }
+  return Math.max(1, Math.round(seconds * 1000));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reports
+
+/**
+ * This process's peak resident set. On Linux getrusage's maxrss carries the parent's peak over
+ * fork and exec, so the kernel's per-process high-water mark (VmHWM) is read where it exists.
+ */
+function peakRss(): number {
+  try {
+    const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync("/proc/self/status", "utf8"));
+    if (match) return Number(match[1]) * 1024;
+  } catch {
+    // not Linux: fall through
+  }
+  return process.resourceUsage().maxRSS * 1024;
+}
 
 const hex = (v: bigint): string => `0x${v.toString(16).padStart(16, "0")}`;
 
@@ -121,12 +160,16 @@ interface DemoFlags extends MigrateFlags {
   deviceId?: string;
 }
 
-interface SendFlags extends DemoFlags {
+interface TransportFlags extends SecurityFiles {
+  timeout: string;
+}
+
+interface SendFlags extends DemoFlags, TransportFlags {
   to: string;
   demo?: boolean;
 }
 
-interface ReceiveFlags extends ReaderFlags {
+interface ReceiveFlags extends ReaderFlags, TransportFlags {
   listen: string;
   output: string;
   force?: boolean;
@@ -151,6 +194,22 @@ function demoOptions(command: Command, sizeDefault: string): Command {
     .option("--dirty-rate <rate>", "workload writes: pages/s (4096, 4096p) or bytes/s (16M, 16MiB/s); 0 for none", "4096")
     .option("--seed <n>", "seed of the synthetic content and workload", "1")
     .option("--page-size <bytes>", "page size", "4096");
+}
+
+/** --timeout and the TLS options, shared by send and receive. */
+function transportOptions(command: Command): Command {
+  return command
+    .option("--timeout <seconds>", "give up after this long without progress (at least 64 KiB moving)", "60")
+    .option("--tls-cert <pem>", "this end's certificate (TLS with --tls-key and --tls-ca; the peer must present one signed by the CA)")
+    .option("--tls-key <pem>", "this end's private key")
+    .option("--tls-ca <pem>", "the CA that signed the peer's certificate")
+    .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)");
+}
+
+function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportSecurity } {
+  const timeoutMs = parseTimeout(flags.timeout);
+  const tls = loadSecurity(flags);
+  return { timeoutMs, ...(tls ? { tls } : {}) };
 }
 
 const DEMO_DEVICE_ID = "migstream-demo";
@@ -230,56 +289,24 @@ async function runDemo(flags: DemoFlags): Promise<void> {
   }
 }
 
-/** Loads a snapshot file into a one-region device ("state"), read straight into core memory. */
-function snapshotDevice(path: string, flags: SendFlags): MigrationDevice {
-  let fd: number;
-  let size: number;
-  try {
-    fd = openSync(path, "r");
-    size = fstatSync(fd).size;
-  } catch (cause) {
-    throw ioError(`cannot open ${path}`, cause);
-  }
-  try {
-    if (size === 0) throw new MigrationError("EINVAL", `${path} is empty: nothing to migrate`);
-    const device = new MigrationDevice({
-      regions: [{ name: "state", size }],
-      pageSize: parseSize(flags.pageSize),
-      tracking: flags.tracking,
-      deviceId: flags.deviceId ?? "",
-    });
-    try {
-      const view = device.model.view(0);
-      for (let at = 0; at < size; ) {
-        const n = readSync(fd, view, at, Math.min(size - at, 4 << 20), at);
-        if (n === 0) throw new MigrationError("EIO", `${path} ended early at byte ${at} (changed while reading?)`);
-        at += n;
-      }
-    } catch (error) {
-      device.free();
-      throw error instanceof MigrationError ? error : ioError(`cannot read ${path}`, error);
-    }
-    device.model.resetTracking();
-    return device;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<void> {
   if ((snapshot === undefined) === (flags.demo !== true)) {
     throw new MigrationError("EINVAL", "send needs a snapshot file or --demo (not both)");
   }
   const { host, port } = parseEndpoint(flags.to);
-  const demo = flags.demo ? demoDevice(flags) : undefined;
-  const device = demo?.device ?? snapshotDevice(snapshot!, flags);
+  const security = transport(flags);
+  if (snapshot !== undefined) return sendSnapshot(snapshot, host, port, security, flags);
+  const started = performance.now();
+  const demo = demoDevice(flags);
+  const device = demo.device;
   try {
     device.compress = flags.compress;
-    demo?.workload.start();
+    demo.workload.start();
     let sent: SendResult;
     try {
       sent = await sendDevice(device, {
         ...sendOptions(flags),
+        ...security,
         host,
         port,
         onRound: (r) => {
@@ -289,20 +316,22 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
         },
       });
     } finally {
-      demo?.workload.stop();
+      demo.workload.stop();
     }
     const value = {
       to: `${host}:${port}`,
+      tls: tlsKind(security.tls),
       device: deviceJson(device),
-      ...(demo ? { workload: { pagesPerSecond: demo.rate, writes: demo.workload.stats.writes, bytes: demo.workload.stats.bytes } } : {}),
+      workload: { pagesPerSecond: demo.rate, writes: demo.workload.stats.writes, bytes: demo.workload.stats.bytes },
       ...migrationJson(sent),
       digest: hex(sent.digest),
       accepted: true,
+      resources: resources(started),
     };
     const text = [
-      `sent ${demo ? "demo device" : snapshot} ${deviceText(device)} to ${host}:${port}`,
+      `sent demo device ${deviceText(device)} to ${host}:${port}`,
       ...migrationText(sent),
-      `accepted    the receiver validated the state (xxh3 ${hex(sent.digest)})`,
+      `accepted    the receiver stored the state (xxh3 ${hex(sent.digest)})`,
     ].join("\n");
     report(value, text, flags);
   } finally {
@@ -310,20 +339,82 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
   }
 }
 
-async function runReceive(flags: ReceiveFlags): Promise<void> {
-  const { host, port } = parseEndpoint(flags.listen);
-  const toStdout = flags.output === "-";
-  // Created before listening: an unwritable output fails now, not after the whole transfer.
-  // It stays a temporary file until the migrated state validated.
-  const output = openOutput(flags.output, flags.force === true);
-  let received: ReceiveResult | undefined;
+const tlsKind = (tls: TransportSecurity | undefined): string => (!tls ? "none" : "psk" in tls ? "psk" : "certificates");
+
+function resources(started: number): { elapsedMs: number; maxRssBytes: number } {
+  return { elapsedMs: Math.round(performance.now() - started), maxRssBytes: peakRss() };
+}
+
+/**
+ * A snapshot file goes out as one full stream read with positional I/O, window by window: no
+ * device is built, memory stays a few windows. Connecting comes first, so nobody listening
+ * fails before the file is read.
+ */
+async function sendSnapshot(snapshot: string, host: string, port: number, security: ReturnType<typeof transport>, flags: SendFlags): Promise<void> {
+  const started = performance.now();
+  let size: number;
   try {
-    received = await receiveDevice({
+    size = statSync(snapshot).size;
+  } catch (cause) {
+    throw ioError(`cannot open ${snapshot}`, cause);
+  }
+  if (size === 0) throw new MigrationError("EINVAL", `${snapshot} is empty: nothing to migrate`);
+  const pageSize = parseSize(flags.pageSize);
+  const sent = await sendFile(snapshot, { host, port, ...security, pageSize, deviceId: flags.deviceId ?? "", ...(flags.compress ? { compress: flags.compress } : {}) });
+  const { summary, digest, durationMs } = sent;
+  const pages = Math.ceil(size / pageSize);
+  const throughput = summary.bytes / Math.max(durationMs / 1000, 1e-6);
+  const value = {
+    to: `${host}:${port}`,
+    tls: tlsKind(security.tls),
+    device: { size, pageSize, tracking: null, deviceId: flags.deviceId ?? "", regions: [{ name: "state", size }] },
+    // A snapshot does not change: one pass, no rounds to converge, no downtime to measure.
+    rounds: [{ round: 0, pages, bytes: summary.bytes, dirtyBytes: 0, dirtyRate: 0, expectedDowntimeMs: 0, durationMs: round3(durationMs) }],
+    converged: "snapshot",
+    bytes: summary.bytes,
+    stopCopyBytes: 0,
+    downtimeMs: 0,
+    durationMs: round3(durationMs),
+    throughput: Math.round(throughput),
+    digest: hex(digest),
+    accepted: true,
+    resources: resources(started),
+  };
+  const text = [
+    `sent ${snapshot} (${formatBytes(size)}, page size ${pageSize}) to ${host}:${port}${security.tls ? ` over TLS (${tlsKind(security.tls)})` : ""}`,
+    `total       ${formatBytes(summary.bytes)} in ${(durationMs / 1000).toFixed(2)} s (${formatBytes(throughput)}/s)`,
+    `accepted    the receiver stored the state (xxh3 ${hex(digest)})`,
+  ].join("\n");
+  report(value, text, flags);
+}
+
+async function runReceive(flags: ReceiveFlags): Promise<void> {
+  const started = performance.now();
+  const { host, port } = parseEndpoint(flags.listen);
+  const security = transport(flags);
+  const toStdout = flags.output === "-";
+  if (toStdout && process.stdout.isTTY && !flags.force) {
+    throw new MigrationError("EINVAL", "refusing to write binary data to a terminal (use -o FILE, a pipe, or --force)");
+  }
+  if (!security.tls && !isLoopback(host)) {
+    process.stderr.write(
+      `migstream: warning: listening on ${host} without TLS: anyone who can reach the port can push a state, and the state crosses the network in clear (use --tls-cert/--tls-key/--tls-ca or --tls-psk)\n`,
+    );
+  }
+  // An unwritable output fails now, not after a whole transfer: create and drop a temporary
+  // file beside it. For stdout the state is staged in a private temporary directory and copied
+  // out once stored, before the verdict.
+  const staging = toStdout ? stagingDir() : undefined;
+  const path = staging ? join(staging.dir, "received.state") : flags.output;
+  try {
+    new AtomicFile(path).abort();
+    const received = await receiveFile(path, {
       host,
       port,
-      final: "STOP",
+      ...security,
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
       ...readerLimits(flags),
+      ...(toStdout ? { deliver: (stored: string) => copyToStdout(stored, flags.force === true) } : {}),
       onListening: (a) => {
         // Always said (tests and scripts read the port when listening on port 0).
         if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
@@ -331,31 +422,58 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       onConnection: (peer) => {
         if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
       },
+      onDropped: (peer, reason) => {
+        if (!flags.quiet) process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${reason.message}\n`);
+      },
     });
-    const device = received.device;
-    for (let i = 0; i < device.model.regions.length; i++) {
-      // The views are into core memory and only valid until the next allocation: take each
-      // right before writing it (output.write allocates nothing in core memory).
-      await output.write(device.model.view(i));
-    }
-    await output.commit();
     const h = received.header;
+    // For the report: the stored file's identity (the stream's own checks already passed).
+    const digest = fileDigest(path, h.totalSize);
     const value = {
       output: flags.output,
+      from: `${received.peer.host}:${received.peer.port}`,
+      tls: tlsKind(security.tls),
       bytes: received.bytes,
       durationMs: round3(received.durationMs),
       throughput: Math.round(received.bytes / Math.max(received.durationMs / 1000, 1e-6)),
       header: { deviceId: h.deviceId, pageSize: h.pageSize, totalSize: h.totalSize, checksum: h.checksum, regions: h.regions },
-      state: device.state,
-      digest: hex(received.digest),
+      digest: hex(digest),
+      resources: resources(started),
     };
-    const text = `received ${formatBytes(h.totalSize)} of state (${formatBytes(received.bytes)} of stream in ${(received.durationMs / 1000).toFixed(2)} s) -> ${toStdout ? "stdout" : flags.output}: validated (xxh3 ${hex(received.digest)})`;
+    const text = `received ${formatBytes(h.totalSize)} of state (${formatBytes(received.bytes)} of stream in ${(received.durationMs / 1000).toFixed(2)} s) -> ${toStdout ? "stdout" : flags.output}: validated and stored (xxh3 ${hex(digest)})`;
     report(value, text, { ...flags, dataOnStdout: toStdout });
   } catch (error) {
-    output.abort();
+    // With --json a failure is reported too (with this process's peak memory), then exits.
+    if (flags.json && error instanceof MigrationError) {
+      report({ output: flags.output, error: errorJson(error), resources: resources(started) }, "", { ...flags, dataOnStdout: toStdout });
+    }
     throw error;
   } finally {
-    received?.device.free();
+    staging?.cleanup();
+  }
+}
+
+function stagingDir(): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), "migstream-"));
+  return { dir, cleanup: onInterruptCleanup(() => rmSync(dir, { recursive: true, force: true })) };
+}
+
+async function copyToStdout(path: string, force: boolean): Promise<void> {
+  const out = openOutput("-", force);
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) await out.write(chunk as Buffer);
+}
+
+function fileDigest(path: string, size: number): bigint {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (cause) {
+    throw ioError(`cannot read ${path}`, cause);
+  }
+  try {
+    return digestFile(fd, size, path);
+  } finally {
+    closeSync(fd);
   }
 }
 
@@ -376,38 +494,38 @@ export function registerLiveCommands(program: Command): void {
     )
     .action(runDemo);
 
-  migrateOptions(
+  transportOptions(migrateOptions(
     demoOptions(
       program
         .command("send")
         .description("live-migrate a device to a receiver over TCP: a snapshot file (one region \"state\"), or --demo for the synthetic device with its workload")
-        .argument("[snapshot]", "snapshot file to load into the source device")
+        .argument("[snapshot]", "snapshot file to send (one region \"state\", read in one pass after connecting)")
         .requiredOption("--to <host:port>", "the receiver (migstream receive --listen)")
         .option("--demo", "send the synthetic demo device, written to by its workload during the migration")
         .option("--device-id <id>", `compatibility id the receiver may require (default: "" for a snapshot, "${DEMO_DEVICE_ID}" with --demo)`),
       "256M",
     ),
-  )
+  ))
     .addHelpText(
       "after",
-      "\nThe receiver validates the whole state before answering; the exit code says what it answered\n(2: corrupt or incomplete, 3: incompatible, 4: connection problem).\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send --demo --size 64M --dirty-rate 8M/s --to 127.0.0.1:7400 --json",
+      "\nExit 0 only once the receiver answered that it validated and stored the whole state; otherwise\nthe exit code says what went wrong (2: corrupt or incomplete, 3: incompatible, 4: connection,\ntimeout or the receiver's storage). A snapshot is read in one pass after connecting.\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send vm.state --to target:7400 --tls-cert src.pem --tls-key src.key --tls-ca ca.pem\n  migstream send --demo --size 64M --dirty-rate 8M/s --to 127.0.0.1:7400 --json",
     )
     .action(runSend);
 
-  readerOptions(
+  transportOptions(readerOptions(
     program
       .command("receive")
       .description("receive one live migration over TCP, validate it, and write the migrated state as a snapshot")
       .requiredOption("--listen <[host:]port>", "where to listen (loopback unless a host is given; port 0 picks a free port, printed on stderr)")
       .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout"),
     "refuse streams for another device compatibility id (default: accept the stream's)",
-  )
+  ))
     .option("-f, --force", "write binary data even to a terminal")
     .option("--json", "print the report as JSON")
     .option("-q, --quiet", "print nothing but errors")
     .addHelpText(
       "after",
-      "\nNothing is written unless the whole stream arrived and validated: a dropped connection exits 2,\na stream for another device 3, and the output file is left as it was.\n\nExamples:\n  migstream receive --listen 7400 -o vm.state --device-id nic-v2\n  migstream receive --listen 0.0.0.0:7400 -o - --json | sha256sum",
+      "\nNothing is written unless the whole stream arrived and validated: a dropped connection exits 2,\na stream for another device 3, and the output file is left as it was. Peers that do not\nauthenticate and send a valid header within --timeout are dropped while receive keeps listening.\n\nExamples:\n  migstream receive --listen 7400 -o vm.state --device-id nic-v2\n  migstream receive --listen 0.0.0.0:7400 -o vm.state --tls-psk keys.psk\n  migstream receive --listen 7400 -o - | sha256sum",
     )
     .action(runReceive);
 }

@@ -1,0 +1,419 @@
+// The receiving end: listen, let peers prove themselves, give the migration to the first that
+// does, and answer it with the verdict once the state is durably where it was asked to go.
+//
+// Connections are accepted concurrently. Each must complete its TLS handshake (when TLS is on)
+// and deliver a verified stream header within `timeoutMs` of connecting, or it is dropped while
+// the server keeps listening: a silent, dripping or garbage-sending peer cannot lock the real
+// sender out. The first peer with a verified header owns the migration; the server then stops
+// listening and the owner's outcome is the result. From then on the transfer must keep making
+// progress (PROGRESS_BYTES within each `timeoutMs`). Nothing is allocated or written for a peer
+// before it owns the migration, and then only as its stream delivers data.
+import { createServer as netCreateServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createServer as tlsCreateServer } from "node:tls";
+import { MigrationError } from "../../core/errors.js";
+import type { DecoderSummary } from "../../codec/decoder.js";
+import type { DirtyTracking } from "../../device/device-model.js";
+import { DEFAULT_LIMITS, HEADER_PREFIX } from "../../format/constants.js";
+import { checkMagic, parseHeader, parseHeaderPrefix, type StreamHeader } from "../../format/header.js";
+import type { ResumingSession } from "../../migration/resuming-session.js";
+import { MigrationDevice } from "../../migration/v2/migration-device.js";
+import { createFileDecoder } from "../files.js";
+import { checkTimeout, ProgressDeadline, PROGRESS_BYTES } from "./deadline.js";
+import { serverTlsOptions, type TransportSecurity } from "./tls.js";
+import { ioError, verdictLine } from "./verdict.js";
+
+/** Connections still proving themselves at once; more are refused until some are dropped. */
+const MAX_PENDING = 32;
+
+export interface Peer {
+  host: string;
+  port: number;
+}
+
+export interface ListenOptions {
+  port: number;
+  /** Interface to listen on. Default 127.0.0.1: exposing a device's state is a deliberate choice. */
+  host?: string;
+  /** TLS with certificates (client certificates required) or pre-shared keys; plain TCP when absent. */
+  tls?: TransportSecurity;
+  /**
+   * The longest a peer may take to authenticate and deliver its header, and then the longest
+   * the transfer may go without progress (ms; PROGRESS_BYTES must arrive within each period).
+   * Default 60 s.
+   */
+  timeoutMs?: number;
+  /** Largest state a stream may declare (checked on the header, before anything is allocated). Default 1 GiB. */
+  maxStateSize?: number;
+  /** Largest record payload accepted. Default 16 MiB. */
+  maxRecordPayload?: number;
+  signal?: AbortSignal;
+  /** Called once the server listens, with the bound address (port 0 picks a free port). */
+  onListening?: (address: Peer) => void;
+  /** Called when a peer delivered a verified header and owns the migration. */
+  onConnection?: (peer: Peer) => void;
+  /** Called when a peer was dropped before owning the migration. */
+  onDropped?: (peer: Peer, reason: Error) => void;
+  /** Called with stream bytes received so far. */
+  onProgress?: (bytes: number) => void;
+}
+
+/** Where the owner's stream goes. */
+export interface StreamSink<R> {
+  write(chunk: Uint8Array): void | Promise<void>;
+  /** The stream ended: validate and store it. The verdict "OK" goes out once this resolved. */
+  finish(): R | Promise<R>;
+  /** Gives up: nothing may remain of the stream. */
+  abort(): void;
+}
+
+export interface Received<R> {
+  result: R;
+  header: StreamHeader;
+  peer: Peer;
+  /** Stream bytes received. */
+  bytes: number;
+  durationMs: number;
+}
+
+interface Owner {
+  socket: Socket;
+  chunks: AsyncIterator<Buffer>;
+  header: StreamHeader;
+  /** The header and whatever followed it in the same read. */
+  first: Uint8Array[];
+  peer: Peer;
+}
+
+/**
+ * Listens, hands the first peer that authenticates and delivers a verified header to `open`,
+ * feeds its stream to the sink, and answers "OK" once the sink finished (or "ERR code message").
+ * Resolves with the sink's result or rejects with the owner's error.
+ */
+export async function receiveStream<R>(options: ListenOptions, open: (header: StreamHeader, peer: Peer) => StreamSink<R> | Promise<StreamSink<R>>): Promise<Received<R>> {
+  const { signal } = options;
+  const timeoutMs = checkTimeout(options.timeoutMs);
+  const limits = {
+    maxStateSize: options.maxStateSize ?? DEFAULT_LIMITS.maxStateSize,
+    maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
+  };
+  if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted before it started");
+  const owner = await acceptOwner(options, timeoutMs, limits);
+  const { socket, chunks, header, peer } = owner;
+  const started = performance.now();
+  options.onConnection?.(peer);
+
+  let bytes = 0;
+  let sink: StreamSink<R> | undefined;
+  let result: R | undefined;
+  let error: MigrationError | undefined;
+  const deadline = new ProgressDeadline(timeoutMs, () => {
+    socket.destroy(new MigrationError("ETIMEDOUT", `no progress from ${peer.host}:${peer.port} for ${timeoutMs} ms (at least ${PROGRESS_BYTES / 1024} KiB must arrive in each such period)`));
+  });
+  const onAbort = (): void => {
+    socket.destroy(new MigrationError("ECANCELED", "receive aborted"));
+  };
+  signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    sink = await open(header, peer);
+    const take = async (chunk: Uint8Array): Promise<void> => {
+      bytes += chunk.length;
+      deadline.moved(chunk.length);
+      await sink!.write(chunk);
+      options.onProgress?.(bytes);
+    };
+    for (const chunk of owner.first) await take(chunk);
+    // Pulling chunk by chunk gives backpressure: the socket is read no faster than the sink
+    // takes it, while the kernel keeps receiving into its buffer (reads overlap decoding).
+    for (;;) {
+      const next = await chunks.next();
+      if (next.done) break;
+      await take(next.value);
+    }
+    // The end of the stream is progress; storing it (fsync, rename, commit) gets a full period.
+    deadline.restart();
+    result = await sink.finish();
+  } catch (caught) {
+    error = asReceiveError(caught, bytes);
+    sink?.abort();
+  } finally {
+    deadline.stop();
+    signal?.removeEventListener("abort", onAbort);
+  }
+  await reply(socket, error);
+  if (error) {
+    if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted");
+    throw error;
+  }
+  return { result: result as R, header, peer, bytes, durationMs: performance.now() - started };
+}
+
+/** Our own errors are the verdict; anything else on the socket means the stream was cut. */
+function asReceiveError(caught: unknown, bytes: number): MigrationError {
+  if (caught instanceof MigrationError) return caught;
+  const reason = caught instanceof Error ? caught.message : String(caught);
+  return new MigrationError("ENODATA", `incomplete stream: connection dropped after ${bytes} bytes (${reason})`, { byteOffset: bytes });
+}
+
+/** Listens until one peer authenticates and delivers a verified header; drops the others. */
+function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxStateSize: number; maxRecordPayload: number }): Promise<Owner> {
+  const { signal, host = "127.0.0.1", port } = options;
+  const pending = new Set<Socket>();
+  /**
+   * A TLS server's raw connections until they close, by peer address (how their TLS sockets
+   * are matched to them), with their arrival time: the header deadline runs from there.
+   */
+  const raws = new Map<string, { raw: Socket; at: number }>();
+  const keyOf = (s: Socket): string => `${s.remoteAddress}|${s.remotePort}`;
+  let server: Server;
+  return new Promise<Owner>((resolve, reject) => {
+    let decided = false;
+    const finish = (): void => {
+      decided = true;
+      signal?.removeEventListener("abort", onAbort);
+      server.close();
+      for (const s of pending) s.destroy();
+      pending.clear();
+      // Handshakes still under way would otherwise hold the process until their timeout.
+      for (const { raw } of raws.values()) raw.destroy();
+      raws.clear();
+    };
+    const onAbort = (): void => {
+      if (decided) return;
+      finish();
+      reject(new MigrationError("ECANCELED", "receive aborted while waiting for a connection"));
+    };
+
+    const candidate = async (socket: Socket, arrived: number): Promise<void> => {
+      const peer = { host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 };
+      if (decided || pending.size >= MAX_PENDING) {
+        socket.destroy();
+        return;
+      }
+      pending.add(socket);
+      socket.setNoDelay(true);
+      socket.on("error", () => undefined);
+      const left = Math.max(0, timeoutMs - (performance.now() - arrived));
+      const timer = setTimeout(() => {
+        socket.destroy(new MigrationError("ETIMEDOUT", `no verified header within ${timeoutMs} ms of connecting`));
+      }, left);
+      const chunks = socket.iterator({ destroyOnReturn: false })[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+      let headerBytes = new Uint8Array(HEADER_PREFIX);
+      let have = 0;
+      try {
+        for (;;) {
+          const next = await chunks.next();
+          if (next.done) throw new MigrationError("ENODATA", `incomplete stream: the connection ended inside the header, after ${have} bytes`, { recordIndex: 0, byteOffset: have });
+          const chunk = next.value;
+          let at = 0;
+          let header: StreamHeader | undefined;
+          while (!header && at < chunk.length) {
+            const n = Math.min(headerBytes.length - have, chunk.length - at);
+            headerBytes.set(chunk.subarray(at, at + n), have);
+            have += n;
+            at += n;
+            // Garbage (a port scan, a plaintext HTTP probe) is refused on its first bytes.
+            if (headerBytes.length === HEADER_PREFIX) checkMagic(headerBytes.subarray(0, have));
+            if (have < headerBytes.length) break;
+            if (headerBytes.length === HEADER_PREFIX) {
+              const full = new Uint8Array(parseHeaderPrefix(headerBytes, DEFAULT_LIMITS.maxHeaderSize));
+              full.set(headerBytes);
+              headerBytes = full;
+            } else {
+              header = parseHeader(headerBytes, limits);
+            }
+          }
+          if (!header) continue;
+          clearTimeout(timer);
+          if (decided) {
+            socket.destroy();
+            return;
+          }
+          pending.delete(socket);
+          raws.delete(keyOf(socket));
+          finish();
+          resolve({ socket, chunks, header, first: at < chunk.length ? [headerBytes, chunk.subarray(at)] : [headerBytes], peer });
+          return;
+        }
+      } catch (caught) {
+        clearTimeout(timer);
+        pending.delete(socket);
+        const reason = caught instanceof Error ? caught : new Error(String(caught));
+        if (!decided) options.onDropped?.(peer, reason);
+        // A refused header is worth telling (an honest sender with a bad stream learns why); a
+        // timed-out or broken connection just goes.
+        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, caught);
+        else socket.destroy();
+      }
+    };
+
+    if (options.tls) {
+      server = tlsCreateServer({ ...serverTlsOptions(options.tls), allowHalfOpen: true, handshakeTimeout: timeoutMs });
+      server.on("connection", (raw: Socket) => {
+        if (decided || raws.size >= MAX_PENDING) {
+          raw.destroy();
+          return;
+        }
+        const key = keyOf(raw);
+        raws.set(key, { raw, at: performance.now() });
+        raw.once("close", () => {
+          if (raws.get(key)?.raw === raw) raws.delete(key);
+        });
+      });
+      server.on("secureConnection", (socket: Socket) => void candidate(socket, raws.get(keyOf(socket))?.at ?? performance.now()));
+      server.on("tlsClientError", (error, socket) => {
+        if (!decided) options.onDropped?.({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 }, error);
+        socket.destroy();
+      });
+    } else {
+      server = netCreateServer({ allowHalfOpen: true });
+      server.on("connection", (socket: Socket) => void candidate(socket, performance.now()));
+    }
+    signal?.addEventListener("abort", onAbort, { once: true });
+    server.once("error", (error) => {
+      if (decided) return;
+      finish();
+      reject(ioError(`cannot listen on ${host}:${port}`, error));
+    });
+    server.listen({ host, port }, () => {
+      const address = server.address() as AddressInfo;
+      options.onListening?.({ host: address.address, port: address.port });
+    });
+  });
+}
+
+/**
+ * Sends the verdict and closes. After a refusal the sender may still be writing: keep reading
+ * (and discarding) briefly so it gets the verdict instead of a reset.
+ */
+function reply(socket: Socket, error: MigrationError | undefined): Promise<void> {
+  if (socket.destroyed) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => socket.destroy(), error ? 2_000 : 10_000);
+    socket.once("close", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.on("error", () => undefined);
+    socket.on("data", () => undefined);
+    socket.end(verdictLine(error));
+    socket.resume();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Into a device, into a file
+
+export interface ReceiveOptions extends ListenOptions {
+  /** Compatibility id the stream must carry. Default: accept the stream's own id. */
+  deviceId?: string;
+  /** Dirty tracking of the receiving device (it may migrate on later). Default "explicit". */
+  tracking?: DirtyTracking;
+  /** State to enter after RESUMING validated. Default "RUNNING", as a migrated device resumes. */
+  final?: "RUNNING" | "STOP";
+}
+
+export interface ReceiveResult {
+  /** The device, resumed with the migrated state (the caller frees it). */
+  device: MigrationDevice;
+  header: StreamHeader;
+  peer: Peer;
+  /** Stream bytes received. */
+  bytes: number;
+  durationMs: number;
+  digest: bigint;
+}
+
+function checkDeviceId(expected: string | undefined, header: StreamHeader): void {
+  if (expected !== undefined && expected !== header.deviceId) {
+    // Refused before allocating anything for a stream that would be refused anyway.
+    throw new MigrationError("ENODEV", `stream is for device ${JSON.stringify(header.deviceId)}, expected ${JSON.stringify(expected)}`, {
+      recordIndex: 0,
+      byteOffset: 48,
+    });
+  }
+}
+
+/**
+ * Receives one migration into a new device laid out as the stream's header says: RESUMING
+ * takes every byte and is left when the stream ends, which validates it; "OK" goes out only
+ * once the device reached `final`. Resolves with the device or rejects with the error.
+ */
+export async function receiveDevice(options: ReceiveOptions): Promise<ReceiveResult> {
+  const received = await receiveStream<MigrationDevice>(options, async (header) => {
+    checkDeviceId(options.deviceId, header);
+    const device = new MigrationDevice({
+      regions: header.regions,
+      pageSize: header.pageSize,
+      deviceId: options.deviceId ?? header.deviceId,
+      ...(options.tracking ? { tracking: options.tracking } : {}),
+      limits: {
+        maxStateSize: options.maxStateSize ?? DEFAULT_LIMITS.maxStateSize,
+        maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
+        maxHeaderSize: DEFAULT_LIMITS.maxHeaderSize,
+      },
+    });
+    let session: ResumingSession;
+    try {
+      await device.setState("STOP");
+      session = (await device.setState("RESUMING")) as ResumingSession;
+    } catch (error) {
+      device.free();
+      throw error;
+    }
+    return {
+      write: (chunk) => {
+        session.write(chunk);
+      },
+      // Leaving RESUMING is the validation point: a bad stream fails here (the device is then
+      // in ERROR with its previous content) and is freed by abort().
+      finish: async () => {
+        await device.setState(options.final ?? "RUNNING");
+        return device;
+      },
+      abort: () => device.free(),
+    };
+  });
+  const device = received.result;
+  return { device, header: received.header, peer: received.peer, bytes: received.bytes, durationMs: received.durationMs, digest: device.model.digest() };
+}
+
+export interface ReceiveFileOptions extends ListenOptions {
+  /** Compatibility id the stream must carry. Default: accept the stream's own id. */
+  deviceId?: string;
+  /**
+   * Runs after the file was stored and before the verdict, with its path: a failure here is
+   * the verdict (e.g. copying it on to stdout).
+   */
+  deliver?: (path: string) => Promise<void>;
+}
+
+export interface ReceiveFileResult extends Omit<Received<DecoderSummary>, "result"> {
+  summary: DecoderSummary;
+}
+
+/**
+ * Receives one migration straight into the snapshot file `output`: records are applied to a
+ * temporary file as they verify, and it is fsynced and renamed over `output` once the whole
+ * stream verified. "OK" goes out only after that; nothing is left behind on failure.
+ */
+export async function receiveFile(output: string, options: ReceiveFileOptions): Promise<ReceiveFileResult> {
+  const received = await receiveStream<DecoderSummary>(options, (header) => {
+    checkDeviceId(options.deviceId, header);
+    const decoder = createFileDecoder(output, {
+      ...(options.deviceId !== undefined ? { deviceId: options.deviceId } : {}),
+      ...(options.maxStateSize !== undefined ? { maxStateSize: options.maxStateSize } : {}),
+      ...(options.maxRecordPayload !== undefined ? { maxRecordPayload: options.maxRecordPayload } : {}),
+    });
+    return {
+      write: (chunk) => decoder.push(chunk),
+      finish: async () => {
+        decoder.end();
+        await options.deliver?.(output);
+        return decoder.summary();
+      },
+      abort: () => decoder.abort(),
+    };
+  });
+  const { result, ...rest } = received;
+  return { ...rest, summary: result };
+}

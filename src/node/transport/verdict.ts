@@ -1,0 +1,43 @@
+// The receiver's one-line answer: "OK\n" once the state is durably where it was asked to go, or
+// "ERR <code> <message>\n". Its framing and parsing, shared by both ends.
+import { MigrationError, type MigrationErrorCode } from "../../core/errors.js";
+
+const CODES: ReadonlySet<string> = new Set<MigrationErrorCode>([
+  "EINVAL",
+  "EBADMSG",
+  "ENODATA",
+  "EPROTONOSUPPORT",
+  "ENODEV",
+  "ESTALE",
+  "E2BIG",
+  "ENOMSG",
+  "ETIMEDOUT",
+  "EBUSY",
+  "EIO",
+  "ENOMEM",
+  "EFAULT",
+  "ECANCELED",
+]);
+
+/** A verdict line longer than this is not a verdict: the peer is not a migstream receiver. */
+export const MAX_VERDICT = 4096;
+
+/** Parses "OK" / "ERR <code> <message>" into undefined (accepted) or the receiver's error. */
+export function verdictError(line: string): MigrationError | undefined {
+  if (line === "OK") return undefined;
+  const match = /^ERR (\S+) ?(.*)$/.exec(line);
+  if (!match) return new MigrationError("EIO", `unexpected reply from the receiver: ${JSON.stringify(line.slice(0, 200))}`);
+  const code = CODES.has(match[1]!) ? (match[1] as MigrationErrorCode) : "EIO";
+  return new MigrationError(code, `receiver refused the migration: ${match[2] ?? ""}`);
+}
+
+/** The one line a receiver sends back; newlines in messages would break the framing. */
+export function verdictLine(error: MigrationError | undefined): string {
+  if (!error) return "OK\n";
+  return `ERR ${error.code} ${error.message.replace(/[\r\n]+/g, " ").slice(0, MAX_VERDICT - 64)}\n`;
+}
+
+export function ioError(message: string, cause?: unknown): MigrationError {
+  const detail = cause instanceof Error ? `: ${cause.message}` : "";
+  return new MigrationError("EIO", `${message}${detail}`, cause === undefined ? {} : { cause });
+}
