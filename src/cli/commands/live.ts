@@ -7,9 +7,24 @@ import { MigrationError } from "../../core/errors.js";
 import type { DirtyTracking } from "../../device/device-model.js";
 import type { PrecopyRoundReport } from "../../migration/precopy.js";
 import { MigrationDevice } from "../../migration/v2/migration-device.js";
-import { ioError } from "../../node/atomic-file.js";
+import { AtomicFile, ioError } from "../../node/atomic-file.js";
 import { receiveDevice, type ReceiveResult, sendDevice, type SendOptions, type SendResult } from "../../node/tcp.js";
-import { formatBytes, openOutput, parseSize, type ReaderFlags, readerLimits, readerOptions, report } from "../common.js";
+import {
+  context,
+  formatBytes,
+  OUTPUT_HELP,
+  openOutput,
+  parseSize,
+  planOutput,
+  Progress,
+  type ReaderFlags,
+  readerLimits,
+  readerOptions,
+  report,
+  snapshotPath,
+  toJson,
+} from "../common.js";
+import { migrationReportHtml } from "../report.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -85,6 +100,42 @@ function migrationText(sent: SendResult): string[] {
 
 const round3 = (n: number): number => Math.round(n * 1000) / 1000;
 
+/** Writes the HTML picture of a migration (--report), atomically like every output. */
+function writeReport(path: string, sent: SendResult, flags: MigrateFlags, title: string, facts: (readonly [string, string])[]): void {
+  const file = new AtomicFile(path);
+  try {
+    file.writeAt(new TextEncoder().encode(migrationReportHtml(sent, { title, thresholdBytes: parseSize(flags.threshold), facts })), 0);
+    file.commit();
+  } catch (error) {
+    file.abort();
+    throw error;
+  }
+}
+
+/**
+ * The progress line of a migration: its phase (pre-copy round N, stop-copy), what is dirty
+ * against the threshold, and the time, redrawn while the rounds run.
+ */
+function migrationProgress(label: string, flags: MigrateFlags): { progress: Progress; onRound: (r: PrecopyRoundReport) => void } {
+  const progress = new Progress(label, flags).tick();
+  const threshold = parseSize(flags.threshold);
+  const maxRounds = Math.max(1, parseCount(flags.maxRounds, "round count"));
+  let previous = Infinity;
+  let count = 0;
+  progress.phase("pre-copy round 0");
+  return {
+    progress,
+    onRound: (r) => {
+      count++;
+      // The same rules as pre-copy's end (threshold, max rounds, no progress): the next phase.
+      const last = r.dirtyBytes <= threshold || count >= maxRounds || r.dirtyBytes > previous * 0.95;
+      previous = r.dirtyBytes;
+      progress.phase(last ? "stop-copy" : `pre-copy round ${r.round + 1}`);
+      progress.note(`${formatBytes(r.dirtyBytes)} dirty (threshold ${formatBytes(threshold)})`);
+    },
+  };
+}
+
 function deviceJson(device: MigrationDevice): Record<string, unknown> {
   return {
     size: device.model.size,
@@ -110,6 +161,8 @@ interface MigrateFlags {
   bandwidth?: string;
   json?: boolean;
   quiet?: boolean;
+  progress?: boolean;
+  report?: string;
 }
 
 interface DemoFlags extends MigrateFlags {
@@ -131,6 +184,7 @@ interface ReceiveFlags extends ReaderFlags {
   force?: boolean;
   json?: boolean;
   quiet?: boolean;
+  progress?: boolean;
 }
 
 function migrateOptions(command: Command): Command {
@@ -140,7 +194,9 @@ function migrateOptions(command: Command): Command {
     .option("--max-rounds <n>", "at most this many pre-copy rounds", "30")
     .option("--bandwidth <bytes/s>", "link speed for the expected downtime (default: measured)")
     .option("--json", "print the report as JSON on stdout")
-    .option("-q, --quiet", "print nothing but errors");
+    .option("-q, --quiet", "print nothing but errors")
+    .option("--report <file.html>", "write the migration as an HTML page: rounds charted, summary table (self-contained, no network)")
+    .option("--no-progress", "no progress line on stderr (also: NO_PROGRESS=1)");
 }
 
 function demoOptions(command: Command, sizeDefault: string): Command {
@@ -188,9 +244,11 @@ async function runDemo(flags: DemoFlags): Promise<void> {
     const port = await Promise.race([bound, receiving.then(() => -1)]);
     workload.start();
     let sent: SendResult;
+    const { progress, onRound } = migrationProgress("demo", flags);
     try {
-      sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port });
+      sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port, onRound });
     } finally {
+      progress.done();
       workload.stop();
     }
     target = await receiving;
@@ -217,6 +275,13 @@ async function runDemo(flags: DemoFlags): Promise<void> {
         : `MISMATCH    source ${hex(sourceDigest)} != target ${hex(target.digest)}`,
       `time        ${(totalMs / 1000).toFixed(2)} s in all (${(createdMs / 1000).toFixed(2)} s creating the device)`,
     ].join("\n");
+    if (flags.report !== undefined) {
+      writeReport(flags.report, sent, flags, `migstream demo: ${deviceText(device)}`, [
+        ["device", deviceText(device)],
+        ["workload", `${Math.round(rate)} pages/s, ${workload.stats.writes} writes`],
+        ["verified", identical ? "source and target identical" : "MISMATCH"],
+      ]);
+    }
     report(value, text, flags);
     if (!identical) throw new MigrationError("EBADMSG", "the migrated state differs from the source's");
   } finally {
@@ -269,22 +334,22 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
   }
   const { host, port } = parseEndpoint(flags.to);
   const demo = flags.demo ? demoDevice(flags) : undefined;
-  const device = demo?.device ?? snapshotDevice(snapshot!, flags);
+  // "-": the snapshot comes on stdin (spooled to a private temporary file, removed at once).
+  const spooled = snapshot === undefined ? undefined : await snapshotPath(snapshot, "snapshot");
+  let device: MigrationDevice;
+  try {
+    device = demo?.device ?? snapshotDevice(spooled!.path, flags);
+  } finally {
+    spooled?.cleanup();
+  }
   try {
     demo?.workload.start();
     let sent: SendResult;
+    const { progress, onRound } = migrationProgress("send", flags);
     try {
-      sent = await sendDevice(device, {
-        ...sendOptions(flags),
-        host,
-        port,
-        onRound: (r) => {
-          if (!flags.json && !flags.quiet && process.stderr.isTTY) {
-            process.stderr.write(`round ${r.round}: ${r.pages} pages, ${formatBytes(r.bytes)}, ${formatBytes(r.dirtyBytes)} dirty left\n`);
-          }
-        },
-      });
+      sent = await sendDevice(device, { ...sendOptions(flags), host, port, onRound });
     } finally {
+      progress.done();
       demo?.workload.stop();
     }
     const value = {
@@ -300,6 +365,12 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
       ...migrationText(sent),
       `accepted    the receiver validated the state (xxh3 ${hex(sent.digest)})`,
     ].join("\n");
+    if (flags.report !== undefined) {
+      writeReport(flags.report, sent, flags, `migstream send ${demo ? "--demo" : snapshot} to ${host}:${port}`, [
+        ["device", deviceText(device)],
+        ["receiver", `${host}:${port}, validated (xxh3 ${hex(sent.digest)})`],
+      ]);
+    }
     report(value, text, flags);
   } finally {
     device.free();
@@ -311,7 +382,9 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
   const toStdout = flags.output === "-";
   // Created before listening: an unwritable output fails now, not after the whole transfer.
   // It stays a temporary file until the migrated state validated.
-  const output = openOutput(flags.output, flags.force === true);
+  const plan = planOutput(flags.output, { force: flags.force === true });
+  const output = plan.kind === "file" ? await openOutput(plan) : undefined;
+  const progress = new Progress("receive", flags);
   let received: ReceiveResult | undefined;
   try {
     received = await receiveDevice({
@@ -321,20 +394,31 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
       ...readerLimits(flags),
       onListening: (a) => {
-        // Always said (tests and scripts read the port when listening on port 0).
-        if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
+        // Always said (scripts read the port when listening on port 0). When the --json report
+        // goes to stderr too (-o -), stderr is JSON Lines: this is its first line.
+        if (flags.json && toStdout) process.stderr.write(`${toJson({ command: context.command, event: "listening", host: a.host, port: a.port }, false)}\n`);
+        else if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
       },
       onConnection: (peer) => {
-        if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
+        if (!flags.quiet && !flags.json && !progress.enabled) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
       },
+      onProgress: (bytes, total) => progress.update(bytes, total),
     });
+    progress.done();
     const device = received.device;
-    for (let i = 0; i < device.model.regions.length; i++) {
-      // The views are into core memory and only valid until the next allocation: take each
-      // right before writing it (output.write allocates nothing in core memory).
-      await output.write(device.model.view(i));
+    // A stream output (stdout, device, FIFO) is opened only now: a FIFO's reader gets the state.
+    const out = output ?? (await openOutput(plan));
+    try {
+      for (let i = 0; i < device.model.regions.length; i++) {
+        // The views are into core memory and only valid until the next allocation: take each
+        // right before writing it (out.write allocates nothing in core memory).
+        await out.write(device.model.view(i));
+      }
+      await out.commit();
+    } catch (error) {
+      out.abort();
+      throw error;
     }
-    await output.commit();
     const h = received.header;
     const value = {
       output: flags.output,
@@ -348,9 +432,10 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
     const text = `received ${formatBytes(h.totalSize)} of state (${formatBytes(received.bytes)} of stream in ${(received.durationMs / 1000).toFixed(2)} s) -> ${toStdout ? "stdout" : flags.output}: validated (xxh3 ${hex(received.digest)})`;
     report(value, text, { ...flags, dataOnStdout: toStdout });
   } catch (error) {
-    output.abort();
+    output?.abort();
     throw error;
   } finally {
+    progress.done();
     received?.device.free();
   }
 }
@@ -377,7 +462,7 @@ export function registerLiveCommands(program: Command): void {
       program
         .command("send")
         .description("live-migrate a device to a receiver over TCP: a snapshot file (one region \"state\"), or --demo for the synthetic device with its workload")
-        .argument("[snapshot]", "snapshot file to load into the source device")
+        .argument("[snapshot]", "snapshot file to load into the source device, or - for stdin")
         .requiredOption("--to <host:port>", "the receiver (migstream receive --listen)")
         .option("--demo", "send the synthetic demo device, written to by its workload during the migration")
         .option("--device-id <id>", `compatibility id the receiver may require (default: "" for a snapshot, "${DEMO_DEVICE_ID}" with --demo)`),
@@ -398,9 +483,11 @@ export function registerLiveCommands(program: Command): void {
       .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout"),
     "refuse streams for another device compatibility id (default: accept the stream's)",
   )
-    .option("-f, --force", "write binary data even to a terminal")
-    .option("--json", "print the report as JSON")
+    .option("-f, --force", "replace an existing output file; write binary data even to a terminal")
+    .option("--json", "print the report as JSON (on stderr as JSON Lines with -o -)")
     .option("-q, --quiet", "print nothing but errors")
+    .option("--no-progress", "no progress line on stderr (also: NO_PROGRESS=1)")
+    .addHelpText("after", OUTPUT_HELP)
     .addHelpText(
       "after",
       "\nNothing is written unless the whole stream arrived and validated: a dropped connection exits 2,\na stream for another device 3, and the output file is left as it was.\n\nExamples:\n  migstream receive --listen 7400 -o vm.state --device-id nic-v2\n  migstream receive --listen 0.0.0.0:7400 -o - --json | sha256sum",
