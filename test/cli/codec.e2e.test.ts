@@ -193,7 +193,7 @@ describe("interruption", () => {
   it("SIGINT during a decode from a slow stdin leaves the existing output untouched and no temporary file", async () => {
     writeFileSync(at("live.state"), "the previous snapshot");
     const bytes = stream();
-    const child = start(["decode", "-", "-o", at("live.state")]);
+    const child = start(["decode", "-", "-o", at("live.state"), "-f"]);
     const done = finished(child);
     child.stdin!.on("error", () => undefined);
     // Half the stream, then nothing: the decoder has opened its temporary output and waits.

@@ -23,15 +23,17 @@ export interface RunOptions {
   input?: Uint8Array;
   /** Kill the process after this long (a hung CLI fails the test instead of the suite). */
   timeoutMs?: number;
+  /** Extra environment (over the test's, with NO_PROGRESS=1). */
+  env?: Record<string, string | undefined>;
 }
 
 /** Starts the CLI; stdin, stdout and stderr are pipes. */
-export function start(args: readonly string[], options: { cwd?: string } = {}): ChildProcess {
+export function start(args: readonly string[], options: { cwd?: string; env?: Record<string, string | undefined> } = {}): ChildProcess {
   return spawn(process.execPath, [CLI, ...args], {
     cwd: options.cwd ?? ROOT,
     stdio: ["pipe", "pipe", "pipe"],
     // No progress line: stderr must hold only messages the tests look at.
-    env: { ...process.env, NO_PROGRESS: "1" },
+    env: { ...process.env, NO_PROGRESS: "1", ...options.env },
   });
 }
 
@@ -59,7 +61,7 @@ export function finished(child: ChildProcess, timeoutMs = 45_000): Promise<RunRe
 
 /** Runs the CLI to completion. */
 export function run(args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-  const child = start(args, options.cwd !== undefined ? { cwd: options.cwd } : {});
+  const child = start(args, { ...(options.cwd !== undefined ? { cwd: options.cwd } : {}), ...(options.env ? { env: options.env } : {}) });
   const done = finished(child, options.timeoutMs);
   // The CLI may exit before reading all of stdin (a usage error): that is not the test's error.
   child.stdin?.on("error", () => undefined);
