@@ -19,11 +19,16 @@ const W = 560;
 const H = 220;
 const PAD = { left: 70, right: 16, top: 28, bottom: 34 };
 
-/** A round axis maximum for `max` (1, 2 or 5 times a power of ten), and its ticks. */
-function niceScale(max: number): { top: number; ticks: number[] } {
+/**
+ * A round axis maximum for `max` (1, 2, 4, 5 or 8 times a power of ten, in units of `unit`: 1024^k
+ * for bytes, so that ticks read 8 MiB rather than 7.6 MiB), and its ticks.
+ */
+function niceScale(max: number, binary: boolean): { top: number; ticks: number[] } {
   if (!(max > 0)) return { top: 1, ticks: [0, 1] };
-  const power = 10 ** Math.floor(Math.log10(max));
-  const top = [1, 2, 5, 10].map((m) => m * power).find((v) => v >= max)!;
+  const unit = binary ? 1024 ** Math.max(0, Math.floor(Math.log(max) / Math.log(1024))) : 1;
+  const scaled = max / unit;
+  const power = 10 ** Math.floor(Math.log10(scaled));
+  const top = [1, 2, 4, 5, 8, 10].map((m) => m * power).find((v) => v >= scaled)! * unit;
   return { top, ticks: [0, 0.25, 0.5, 0.75, 1].map((f) => f * top) };
 }
 
@@ -35,10 +40,10 @@ interface Series {
 }
 
 /** One chart: rounds along x, bars and lines against one y axis, horizontal rules for limits. */
-function chart(id: string, title: string, labels: readonly string[], series: readonly Series[], format: (v: number) => string): string {
+function chart(id: string, title: string, labels: readonly string[], series: readonly Series[], format: (v: number) => string, binary = true): string {
   const innerW = W - PAD.left - PAD.right;
   const innerH = H - PAD.top - PAD.bottom;
-  const { top, ticks } = niceScale(Math.max(0, ...series.flatMap((s) => s.values)));
+  const { top, ticks } = niceScale(Math.max(0, ...series.flatMap((s) => s.values)), binary);
   const n = Math.max(labels.length, 1);
   const slot = innerW / n;
   const x = (i: number): number => PAD.left + slot * (i + 0.5);
@@ -84,7 +89,7 @@ export function migrationReportHtml(report: MigrationReport, context: ReportCont
     chart("chart-bytes", "Stream bytes per round", labels, [{ name: "bytes sent", kind: "bars", values: [...rounds.map((r) => r.bytes), report.stopCopyBytes], color: "#3b6fb6" }], bytes),
     chart(
       "chart-dirty",
-      "Dirty bytes left after each round, against the stop-copy threshold",
+      "Dirty bytes left vs the stop-copy threshold",
       labels.slice(0, -1),
       [
         { name: "dirty bytes left", kind: "line", values: rounds.map((r) => r.dirtyBytes), color: "#c2571a" },
@@ -95,13 +100,14 @@ export function migrationReportHtml(report: MigrationReport, context: ReportCont
     chart("chart-rate", "Dirty rate during each round", labels.slice(0, -1), [{ name: "dirty rate", kind: "line", values: rounds.map((r) => r.dirtyRate), color: "#8a4fb0" }], rate),
     chart(
       "chart-downtime",
-      "Expected downtime after each round, and the measured downtime",
+      "Expected downtime vs the measured downtime",
       labels.slice(0, -1),
       [
         { name: "expected downtime", kind: "line", values: rounds.map((r) => r.expectedDowntimeMs), color: "#b03a48" },
         { name: `measured downtime (${ms(report.downtimeMs)})`, kind: "rule", values: [report.downtimeMs], color: "#222" },
       ],
       ms,
+      false,
     ),
   ];
   const summary: (readonly [string, string])[] = [
