@@ -116,13 +116,27 @@ function writeReport(path: string, sent: SendResult, flags: MigrateFlags, title:
  * The progress line of a migration: its phase (pre-copy round N, stop-copy), what is dirty
  * against the threshold, and the time, redrawn while the rounds run.
  */
-function migrationProgress(label: string, flags: MigrateFlags): { progress: Progress; onRound: (r: PrecopyRoundReport) => void } {
+function migrationProgress(label: string, flags: MigrateFlags, device: MigrationDevice): { progress: Progress; onRound: (r: PrecopyRoundReport) => void } {
   const progress = new Progress(label, flags).tick();
   const threshold = parseSize(flags.threshold);
   const maxRounds = Math.max(1, parseCount(flags.maxRounds, "round count"));
   let previous = Infinity;
   let count = 0;
-  progress.phase("pre-copy round 0");
+  progress.phase("pre-copy round 0", device.model.size);
+  if (progress.enabled) {
+    // The first pass's progress, as VFIO_MIG_GET_PRECOPY_INFO tells a VMM: its initial bytes
+    // not read yet (asked only while a progress line is drawn).
+    const poll = setInterval(() => {
+      if (count > 0 || !device.state.startsWith("PRE_COPY")) return clearInterval(poll);
+      try {
+        const { initialBytes } = device.precopyInfo();
+        progress.update(Math.max(0, device.model.size - initialBytes), device.model.size);
+      } catch {
+        clearInterval(poll); // the device left PRE_COPY between the check and the call
+      }
+    }, 250);
+    poll.unref();
+  }
   return {
     progress,
     onRound: (r) => {
@@ -244,7 +258,7 @@ async function runDemo(flags: DemoFlags): Promise<void> {
     const port = await Promise.race([bound, receiving.then(() => -1)]);
     workload.start();
     let sent: SendResult;
-    const { progress, onRound } = migrationProgress("demo", flags);
+    const { progress, onRound } = migrationProgress("demo", flags, device);
     try {
       sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port, onRound });
     } finally {
@@ -345,7 +359,7 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
   try {
     demo?.workload.start();
     let sent: SendResult;
-    const { progress, onRound } = migrationProgress("send", flags);
+    const { progress, onRound } = migrationProgress("send", flags, device);
     try {
       sent = await sendDevice(device, { ...sendOptions(flags), host, port, onRound });
     } finally {
