@@ -118,9 +118,13 @@ export interface ErrorJson {
 export function errorJson(error: unknown): ErrorJson {
   if (error instanceof Reported) return errorJson(error.error);
   const isMigration = error instanceof MigrationError;
+  // A system error from Node (a missing input, say) keeps its errno code: ENOENT says more than EIO.
+  const errno = (error as NodeJS.ErrnoException | undefined)?.code;
+  const systemCode = typeof errno === "string" && /^E[A-Z0-9]+$/.test(errno) ? errno : undefined;
+  const message = error instanceof Error ? error.message : String(error);
   return {
-    code: isMigration || error instanceof CliError ? error.code : "EIO",
-    message: error instanceof Error ? error.message : String(error),
+    code: isMigration || error instanceof CliError ? error.code : (systemCode ?? "EIO"),
+    message: systemCode !== undefined && !isMigration && !(error instanceof CliError) ? message.replace(`${systemCode}: `, "") : message,
     recordIndex: isMigration ? (error.recordIndex ?? null) : null,
     byteOffset: isMigration ? (error.byteOffset ?? null) : null,
     hint: hintFor(error) ?? null,
