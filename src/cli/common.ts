@@ -1,13 +1,12 @@
 // What every command shares: exit codes, errors (one style, with a hint when there is a known way
 // out), inputs ("-" is stdin), outputs (atomic files, written-through devices and FIFOs, stdout),
 // and reports on stdout (--json) or stderr.
-import { accessSync, constants, createWriteStream, mkdtempSync, rmSync, type Stats, statSync } from "node:fs";
+import { accessSync, constants, createReadStream, createWriteStream, mkdtempSync, rmSync, type Stats, statSync } from "node:fs";
 import { once } from "node:events";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { createReadStream } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { isatty } from "node:tty";
 import type { Writable } from "node:stream";
@@ -461,7 +460,7 @@ a symlink is followed (its target is replaced, the link stays). Character device
 sockets are written through as they are. An output that is also an input is refused, even with
 -f. -f also allows binary data on a terminal.`;
 
-/** --no-progress, and the progress line's other switches (--json, --quiet), as flags. */
+/** --no-progress (the line is also off with --json, --quiet, NO_PROGRESS, or no terminal). */
 export function progressOption(command: Command): Command {
   return command.option("--no-progress", "no progress line on stderr (also: NO_PROGRESS=1)");
 }

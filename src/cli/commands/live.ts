@@ -241,7 +241,13 @@ function demoDevice(flags: DemoFlags): { device: MigrationDevice; workload: Work
   return { device, workload: new Workload(device, rate, seed), rate };
 }
 
+/** --report's file is checked before the migration (its directory exists, it is no directory). */
+function checkReport(flags: MigrateFlags): void {
+  if (flags.report !== undefined) planOutput(flags.report, { force: true });
+}
+
 async function runDemo(flags: DemoFlags): Promise<void> {
+  checkReport(flags);
   const started = performance.now();
   const { device, workload, rate } = demoDevice(flags);
   const createdMs = performance.now() - started;
@@ -347,6 +353,7 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
     throw new MigrationError("EINVAL", "send needs a snapshot file or --demo (not both)");
   }
   const { host, port } = parseEndpoint(flags.to);
+  checkReport(flags);
   const demo = flags.demo ? demoDevice(flags) : undefined;
   // "-": the snapshot comes on stdin (spooled to a private temporary file, removed at once).
   const spooled = snapshot === undefined ? undefined : await snapshotPath(snapshot, "snapshot");
