@@ -256,6 +256,31 @@ describe("4. errors with the way out", () => {
   });
 });
 
+describe("on a real terminal (script -qc)", () => {
+  const hasScript = ((): boolean => {
+    try {
+      execFileSync("script", ["--version"], { stdio: "ignore" });
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  const inTerminal = (command: string): string =>
+    execFileSync("script", ["-qc", command, "/dev/null"], { env: { ...process.env, NO_PROGRESS: "", COLUMNS: "60" }, timeout: 60_000, input: "" }).toString();
+
+  it.skipIf(!hasScript)("binary data to a terminal needs -f; the progress line is drawn and cleared", () => {
+    const cli = `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)}`;
+    const refused = inTerminal(`${cli} encode ${JSON.stringify(at("a.state"))} -o -; echo "status=$?"`);
+    expect(refused).toMatch(/refusing to write binary data to a terminal/);
+    expect(refused).toMatch(/hint: .*-f/);
+    expect(refused).toMatch(/status=1/);
+    const shown = inTerminal(`${cli} encode ${JSON.stringify(at("a.state"))} -o ${JSON.stringify(at("tty.mig"))}; echo "status=$?"`);
+    expect(shown).toMatch(/status=0/);
+    expect(shown).toMatch(/\rencode {2}[\d.]+ [KM]iB\/2\.0 MiB +\d+%/);
+    expect(shown).toMatch(/\r\x1b\[Kencoded/);
+  });
+});
+
 describe("5. --json errors", () => {
   it("are one object on stdout with the exit code's meaning", async () => {
     writeFileSync(at("garbage.mig"), "not a stream at all, definitely not");

@@ -116,17 +116,18 @@ function writeReport(path: string, sent: SendResult, flags: MigrateFlags, title:
  * The progress line of a migration: its phase (pre-copy round N, stop-copy), what is dirty
  * against the threshold, and the time, redrawn while the rounds run.
  */
-function migrationProgress(label: string, flags: MigrateFlags, device: MigrationDevice): { progress: Progress; onRound: (r: PrecopyRoundReport) => void } {
+function migrationProgress(label: string, flags: MigrateFlags, device: MigrationDevice): { onRound: (r: PrecopyRoundReport) => void; done: () => void } {
   const progress = new Progress(label, flags).tick();
   const threshold = parseSize(flags.threshold);
   const maxRounds = Math.max(1, parseCount(flags.maxRounds, "round count"));
   let previous = Infinity;
   let count = 0;
   progress.phase("pre-copy round 0", device.model.size);
+  let poll: ReturnType<typeof setInterval> | undefined;
   if (progress.enabled) {
     // The first pass's progress, as VFIO_MIG_GET_PRECOPY_INFO tells a VMM: its initial bytes
     // not read yet (asked only while a progress line is drawn).
-    const poll = setInterval(() => {
+    poll = setInterval(() => {
       if (count > 0 || !device.state.startsWith("PRE_COPY")) return clearInterval(poll);
       try {
         const { initialBytes } = device.precopyInfo();
@@ -138,7 +139,10 @@ function migrationProgress(label: string, flags: MigrateFlags, device: Migration
     poll.unref();
   }
   return {
-    progress,
+    done: () => {
+      if (poll) clearInterval(poll);
+      progress.done();
+    },
     onRound: (r) => {
       count++;
       // The same rules as pre-copy's end (threshold, max rounds, no progress): the next phase.
@@ -264,9 +268,9 @@ async function runDemo(flags: DemoFlags): Promise<void> {
     const port = await Promise.race([bound, receiving.then(() => -1)]);
     workload.start();
     let sent: SendResult;
-    const { progress, onRound } = migrationProgress("demo", flags, device);
+    const progress = migrationProgress("demo", flags, device);
     try {
-      sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port, onRound });
+      sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port, onRound: progress.onRound });
     } finally {
       progress.done();
       workload.stop();
@@ -366,9 +370,9 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
   try {
     demo?.workload.start();
     let sent: SendResult;
-    const { progress, onRound } = migrationProgress("send", flags, device);
+    const progress = migrationProgress("send", flags, device);
     try {
-      sent = await sendDevice(device, { ...sendOptions(flags), host, port, onRound });
+      sent = await sendDevice(device, { ...sendOptions(flags), host, port, onRound: progress.onRound });
     } finally {
       progress.done();
       demo?.workload.stop();
