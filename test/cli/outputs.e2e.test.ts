@@ -294,6 +294,26 @@ describe("5. --json errors", () => {
     }
   });
 
+  it("successes share one shape: command, records with a total, rounds as an array, durationMs", async () => {
+    const docs = await Promise.all([
+      run(["encode", at("a.state"), "-o", at("schema.mig"), "--json"]),
+      run(["decode", at("a.mig"), "-o", at("schema.state"), "--json"]),
+      run(["verify", at("a.mig"), "--json"]),
+      run(["inspect", at("a.mig"), "--json"]),
+      run(["demo", "--size", "4M", "--json"]),
+    ]);
+    for (const [i, command] of ["encode", "decode", "verify", "inspect", "demo"].entries()) {
+      expect(docs[i]!.code, docs[i]!.stderr).toBe(0);
+      const doc = JSON.parse(docs[i]!.stdout.toString()) as Record<string, unknown>;
+      expect(doc["command"]).toBe(command);
+      expect(Array.isArray(doc["rounds"])).toBe(true);
+      expect(typeof doc["bytes"]).toBe("number");
+      expect(typeof doc["durationMs"]).toBe("number");
+      if (command !== "demo") expect(doc["records"]).toMatchObject({ total: expect.any(Number), end: 1 });
+      expect(doc).not.toHaveProperty("elapsedMs");
+    }
+  });
+
   it("send to nobody: an EIO error object on stdout, exit 4", async () => {
     const result = await run(["send", at("a.state"), "--to", "127.0.0.1:1", "--json"]);
     expect(result.code).toBe(4);

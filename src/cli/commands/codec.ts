@@ -256,6 +256,7 @@ function headerKeeper(source: AsyncIterable<Uint8Array>): { source: AsyncIterabl
 }
 
 async function runInspect(stream: string, flags: CommonFlags & { maxRecord: string; maxState: string }): Promise<void> {
+  const started = performance.now();
   const progress = new Progress("inspect", flags);
   const total = inputSize(stream);
   let bytes = 0;
@@ -281,6 +282,7 @@ async function runInspect(stream: string, flags: CommonFlags & { maxRecord: stri
       valid: problem === undefined,
       ...(h?.baseDigest !== undefined ? { needsBase: true } : {}),
       ...(problem ? { error: errorJson(problem) } : {}),
+      ...resources(started, h?.totalSize ?? 0),
     };
     report(value, "", flags);
   } else {
