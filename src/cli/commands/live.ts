@@ -425,7 +425,9 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
         else if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
       },
       onConnection: (peer) => {
-        if (!flags.quiet && !flags.json && !progress.enabled) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
+        // The line's clock starts with the sender, not with the wait for it.
+        if (progress.enabled) progress.phase(`from ${peer.host}:${peer.port}`);
+        else if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
       },
       onProgress: (bytes, total) => progress.update(bytes, total),
     });
