@@ -10,10 +10,10 @@ import { type BenchConfig, randomBytes, type Row } from "./harness.js";
 
 const cli = fileURLToPath(new URL("../dist/cli/main.js", import.meta.url));
 
-function run(args: string[]): { elapsedMs: number; maxRssBytes: number; throughputBytesPerSecond: number } {
+function run(args: string[]): { durationMs: number; maxRssBytes: number; throughput: number } {
   const result = spawnSync(process.execPath, [cli, ...args, "--json"], { encoding: "utf8", maxBuffer: 1 << 24 });
   if (result.status !== 0) throw new Error(`migstream ${args.join(" ")} failed (${result.status}): ${result.stderr}`);
-  return (JSON.parse(result.stdout) as { resources: { elapsedMs: number; maxRssBytes: number; throughputBytesPerSecond: number } }).resources;
+  return JSON.parse(result.stdout) as { durationMs: number; maxRssBytes: number; throughput: number };
 }
 
 export async function cliBenchmarks(size: number, _config: BenchConfig): Promise<Row[]> {
@@ -35,7 +35,7 @@ export async function cliBenchmarks(size: number, _config: BenchConfig): Promise
       section: "cli",
       size,
       task,
-      gbps: r.throughputBytesPerSecond / 1e9,
+      gbps: r.throughput / 1e9,
       vsCopy: Number.NaN,
       vs: { "peak RSS MiB": r.maxRssBytes / (1 << 20) },
       target: "peak RSS < 256 MiB",

@@ -23,6 +23,41 @@ export interface Row {
   /** Throughput over the comparison named in `vsName` (the pure-TS reference, or a library). */
   vs?: Record<string, number>;
   target?: string;
+  /** Whether this run met the target (undefined: no target, or none that can be checked). */
+  met?: boolean;
+}
+
+/**
+ * Checks a row against its target, written as clauses joined by ", ": ">= 1.4x copy",
+ * ">= 3x hash-wasm" (a comparison in `vs`), "peak RSS < 256 MiB", "cost <= 0.03 of a full round";
+ * parenthesised notes ("(stretch 0.5x)") are not targets. Undefined when nothing can be checked.
+ */
+export function targetMet(row: Row): boolean | undefined {
+  if (!row.target) return undefined;
+  const clauses = row.target
+    .replace(/\([^)]*\)/g, "")
+    .split(",")
+    .map((c) => c.trim())
+    .filter((c) => c.length > 0);
+  const results: boolean[] = [];
+  const compare = (value: number | undefined, op: string, limit: number): boolean | undefined => {
+    if (value === undefined || Number.isNaN(value)) return undefined;
+    return op === ">=" ? value >= limit : op === ">" ? value > limit : op === "<=" ? value <= limit : value < limit;
+  };
+  for (const clause of clauses) {
+    let m: RegExpExecArray | null;
+    let result: boolean | undefined;
+    if ((m = /^(>=|>|<=|<) ([\d.]+)x (.+)$/.exec(clause))) {
+      const name = m[3]!;
+      result = compare(name === "copy" ? row.vsCopy : name === "TS ref" ? row.vs?.["TS ref"] : row.vs?.[name], m[1]!, Number(m[2]));
+    } else if ((m = /^peak RSS (<=|<) ([\d.]+) MiB$/.exec(clause))) {
+      result = compare(row.vs?.["peak RSS MiB"], m[1]!, Number(m[2]));
+    } else if ((m = /^cost (<=|<) ([\d.]+) of a full round$/.exec(clause))) {
+      result = compare(row.vs?.["cost of full"], m[1]!, Number(m[2]));
+    }
+    if (result !== undefined) results.push(result);
+  }
+  return results.length === 0 ? undefined : results.every(Boolean);
 }
 
 /** Runs `tasks` (each processing `bytes` per call) plus a Buffer.copy baseline of `bytes`. */
@@ -88,14 +123,18 @@ export function randomBytes(into: Uint8Array, seed = 1): Uint8Array {
 export function printTable(title: string, rows: Row[]): void {
   console.log(`\n${title}`);
   console.log(
-    `${"task".padEnd(54)} ${"size".padStart(8)} ${"GB/s".padStart(8)} ${"x copy".padStart(8)}  comparisons${" ".repeat(14)}target`,
+    `${"task".padEnd(54)} ${"size".padStart(8)} ${"GB/s".padStart(8)} ${"x copy".padStart(8)}  comparisons${" ".repeat(14)}target (met?)`,
   );
   for (const row of rows) {
     const vs = Object.entries(row.vs ?? {})
       .map(([name, r]) => `${r.toFixed(2)}x ${name}`)
       .join(", ");
     console.log(
-      `${row.task.padEnd(54)} ${sizeName(row.size).padStart(8)} ${row.gbps.toFixed(2).padStart(8)} ${(Number.isNaN(row.vsCopy) ? "-" : row.vsCopy.toFixed(2)).padStart(8)}  ${vs.padEnd(24)} ${row.target ?? ""}`,
+      `${row.task.padEnd(54)} ${sizeName(row.size).padStart(8)} ${row.gbps.toFixed(2).padStart(8)} ${(Number.isNaN(row.vsCopy) ? "-" : row.vsCopy.toFixed(2)).padStart(8)}  ${vs.padEnd(24)} ${row.target ?? ""}${row.target ? metLabel(targetMet(row)) : ""}`,
     );
   }
+}
+
+function metLabel(met: boolean | undefined): string {
+  return met === undefined ? "" : met ? "  [met]" : "  [NOT MET]";
 }

@@ -1,18 +1,22 @@
-// npm run bench [-- --json] [-- --smoke] [-- --only kernels,codec,compression,live,live-migration,cli]
+// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,live-migration,cli]
 // Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
-// same run, and to its pure-TS reference. --json prints the same rows as JSON (and writes
-// bench/results/latest.json). --smoke runs tiny sizes only, to check the benchmarks still run.
+// same run, and to its pure-TS reference, and whether each target was met. --json prints the same
+// rows as JSON only (npm's -s keeps npm's own banner off stdout), or with a file name writes the
+// JSON there and prints the table; both also write bench/results/latest.json. --smoke runs tiny
+// sizes only, to check the benchmarks still run.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cliBenchmarks } from "./cli.js";
 import { codecBenchmarks } from "./codec.js";
 import { compressionBenchmarks } from "./compression.js";
-import { type BenchConfig, printTable, type Row } from "./harness.js";
+import { type BenchConfig, printTable, type Row, targetMet } from "./harness.js";
 import { kernelBenchmarks } from "./kernels.js";
 import { liveBenchmarks, liveMigrationBenchmarks } from "./live.js";
 
 const args = process.argv.slice(2);
 const config: BenchConfig = { smoke: args.includes("--smoke") };
 const json = args.includes("--json");
+const jsonArg = args[args.indexOf("--json") + 1];
+const jsonFile = json && jsonArg !== undefined && !jsonArg.startsWith("--") ? jsonArg : undefined;
 const onlyArg = args[args.indexOf("--only") + 1];
 const only = args.includes("--only") && onlyArg ? new Set(onlyArg.split(",")) : undefined;
 const want = (section: string): boolean => !only || only.has(section);
@@ -32,11 +36,15 @@ if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(confi
 if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
 
 if (json) {
-  const doc = { node: process.version, date: new Date().toISOString(), smoke: config.smoke, rows: sections.flatMap((s) => s.rows) };
+  const rows = sections.flatMap((s) => s.rows).map((row) => ({ ...row, met: targetMet(row) ?? null }));
+  const doc = { node: process.version, date: new Date().toISOString(), smoke: config.smoke, rows };
+  const text = `${JSON.stringify(doc, null, 2)}\n`;
   mkdirSync(new URL("./results/", import.meta.url), { recursive: true });
-  writeFileSync(new URL("./results/latest.json", import.meta.url), `${JSON.stringify(doc, null, 2)}\n`);
-  console.log(JSON.stringify(doc, null, 2));
-} else {
+  writeFileSync(new URL("./results/latest.json", import.meta.url), text);
+  if (jsonFile) writeFileSync(jsonFile, text);
+  else process.stdout.write(text);
+}
+if (!json || jsonFile) {
   console.log(`migstream benchmarks: node ${process.version}${config.smoke ? " (smoke: tiny sizes, numbers meaningless)" : ""}`);
   console.log("GB/s = 1e9 bytes of input per second (median); 'x copy' = over Buffer.copy of the same size, same run");
   for (const s of sections) printTable(s.name, s.rows);

@@ -1,18 +1,68 @@
-// What every command shares: exit codes, inputs and outputs ("-" is stdin/stdout), reports on
-// stdout (--json) or stderr, and progress on stderr when it is a terminal.
-import { createReadStream, createWriteStream, mkdtempSync, rmSync } from "node:fs";
+// What every command shares: exit codes, errors (one style, with a hint when there is a known way
+// out), inputs ("-" is stdin), outputs (atomic files, written-through devices and FIFOs, stdout),
+// and reports on stdout (--json) or stderr.
+import { accessSync, constants, createReadStream, createWriteStream, mkdtempSync, rmSync, type Stats, statSync } from "node:fs";
 import { once } from "node:events";
+import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
+import { type FileHandle, open } from "node:fs/promises";
+import { isatty } from "node:tty";
+import type { Writable } from "node:stream";
 import type { Command } from "commander";
 import { MigrationError } from "../core/errors.js";
-import { AtomicFile, onInterruptCleanup } from "../node/atomic-file.js";
+import { AtomicFile, onInterruptCleanup, resolveOutputPath } from "../node/atomic-file.js";
+import { parseSize, sizeFlag } from "./format.js";
+import { peakRss } from "./json.js";
 
-export const EXIT = { ok: 0, usage: 1, corrupt: 2, incompatible: 3, io: 4, interrupted: 130 } as const;
+export { formatBytes, parseSize } from "./format.js";
+export { Progress } from "./progress.js";
 
-/** The exit code for an error: the CLI contract of DESIGN.md. */
+/** Exit codes: the CLI contract. A signal ends a command with 128 + its number. */
+export const EXIT = { ok: 0, usage: 1, corrupt: 2, incompatible: 3, io: 4 } as const;
+export const SIGNAL_EXIT = { SIGHUP: 129, SIGINT: 130, SIGPIPE: 141, SIGTERM: 143 } as const;
+
+/**
+ * An error of the command line itself (not of a stream): an output that exists, a terminal
+ * where data would go, a usage mistake. `code` is errno-like, like MigrationError's.
+ */
+export class CliError extends Error {
+  readonly code: string;
+  readonly exitCode: number;
+  readonly hint: string | undefined;
+  constructor(code: string, message: string, options: { exitCode?: number; hint?: string } = {}) {
+    super(message);
+    this.name = "CliError";
+    this.code = code;
+    this.exitCode = options.exitCode ?? EXIT.usage;
+    this.hint = options.hint;
+  }
+}
+
+/** stdout was closed by its reader (`| head`): the command ends quietly, like one killed by SIGPIPE. */
+export class BrokenPipe extends Error {
+  constructor() {
+    super("stdout closed by its reader");
+    this.name = "BrokenPipe";
+  }
+}
+
+/** An error the command already put in its --json report: main.ts prints only its text. */
+export class Reported extends Error {
+  readonly error: unknown;
+  constructor(error: unknown) {
+    super(error instanceof Error ? error.message : String(error));
+    this.name = "Reported";
+    this.error = error;
+  }
+}
+
+/** The exit code for an error. */
 export function exitCodeFor(error: unknown): number {
+  if (error instanceof Reported) return exitCodeFor(error.error);
+  if (error instanceof CliError) return error.exitCode;
+  if (error instanceof BrokenPipe) return SIGNAL_EXIT.SIGPIPE;
   if (error instanceof MigrationError) {
     switch (error.code) {
       case "EBADMSG":
@@ -26,7 +76,7 @@ export function exitCodeFor(error: unknown): number {
       case "EINVAL":
         return EXIT.usage;
       case "ECANCELED":
-        return EXIT.interrupted;
+        return SIGNAL_EXIT.SIGINT;
       default:
         return EXIT.io;
     }
@@ -34,46 +84,150 @@ export function exitCodeFor(error: unknown): number {
   return EXIT.io;
 }
 
-/** One line for stderr: the problem, with its record index and byte offset when known. */
-export function describeError(error: unknown): string {
-  if (error instanceof MigrationError) {
-    const where: string[] = [];
-    if (error.recordIndex !== undefined) where.push(`record ${error.recordIndex}`);
-    if (error.byteOffset !== undefined) where.push(`byte offset ${error.byteOffset}`);
-    const suffix = where.length > 0 && !error.message.includes("byte") ? ` (${where.join(", ")})` : "";
-    return `migstream: ${error.code}: ${error.message}${suffix}`;
+/** The known way out of an error, if there is one (one line, without the "hint: " prefix). */
+export function hintFor(error: unknown): string | undefined {
+  if (error instanceof Reported) return hintFor(error.error);
+  if (error instanceof CliError) return error.hint;
+  if (!(error instanceof MigrationError)) return undefined;
+  const message = error.message;
+  if (error.code === "E2BIG") {
+    const record = /records of up to (\d+) bytes/.exec(message);
+    if (record) return `if you trust this stream, accept its records with --max-record ${sizeFlag(Number(record[1]))}`;
+    const state = /state of (\d+) bytes exceeds/.exec(message);
+    if (state) return `if you trust this stream, accept its state with --max-state ${sizeFlag(Number(state[1]))}`;
   }
-  if (error instanceof Error) return `migstream: ${error.message}`;
-  return `migstream: ${String(error)}`;
+  if (error.code === "ESTALE") {
+    if (/base state is needed/.test(message)) {
+      return "this is an incremental stream: give the snapshot it was made against with --base <snapshot> (or use migstream apply <base> <stream> -o <out>)";
+    }
+    return "migstream inspect <stream> shows the base digest this stream needs";
+  }
+  return undefined;
 }
 
-/** JSON-friendly copy of an error. */
-export function errorJson(error: MigrationError): Record<string, unknown> {
+export interface ErrorJson {
+  code: string;
+  message: string;
+  recordIndex: number | null;
+  byteOffset: number | null;
+  hint: string | null;
+  exitCode: number;
+}
+
+/** The error object of the JSON schema (`{ "error": ErrorJson }`). */
+export function errorJson(error: unknown): ErrorJson {
+  if (error instanceof Reported) return errorJson(error.error);
+  const isMigration = error instanceof MigrationError;
+  // A system error from Node (a missing input, say) keeps its errno code: ENOENT says more than EIO.
+  const errno = (error as NodeJS.ErrnoException | undefined)?.code;
+  const systemCode = typeof errno === "string" && /^E[A-Z0-9]+$/.test(errno) ? errno : undefined;
+  const message = error instanceof Error ? error.message : String(error);
   return {
-    code: error.code,
-    message: error.message,
-    ...(error.recordIndex !== undefined ? { recordIndex: error.recordIndex } : {}),
-    ...(error.byteOffset !== undefined ? { byteOffset: error.byteOffset } : {}),
+    code: isMigration || error instanceof CliError ? error.code : (systemCode ?? "EIO"),
+    message: systemCode !== undefined && !isMigration && !(error instanceof CliError) ? message.replace(`${systemCode}: `, "") : message,
+    recordIndex: isMigration ? (error.recordIndex ?? null) : null,
+    byteOffset: isMigration ? (error.byteOffset ?? null) : null,
+    hint: hintFor(error) ?? null,
+    exitCode: exitCodeFor(error),
   };
 }
 
-/** Stream bytes from a file or stdin ("-"). */
-export function openSource(path: string): AsyncIterable<Uint8Array> {
-  if (path === "-") return process.stdin;
-  return createReadStream(path, { highWaterMark: 1 << 20 });
+/** The lines for stderr: `migstream: <code>: <message>`, and `hint: …` when there is a way out. */
+export function describeError(error: unknown): string {
+  const e = errorJson(error);
+  const where: string[] = [];
+  if (e.recordIndex !== null) where.push(`record ${e.recordIndex}`);
+  if (e.byteOffset !== null) where.push(`byte offset ${e.byteOffset}`);
+  const suffix = where.length > 0 && !e.message.includes("byte") ? ` (${where.join(", ")})` : "";
+  // A usage error's way out is where to read more ("see migstream encode --help"), said as such.
+  const hint = e.hint === null ? "" : e.hint.startsWith("see migstream") ? `\n${e.hint}` : `\nhint: ${e.hint}`;
+  return `migstream: ${e.code}: ${e.message}${suffix}${hint}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports
+
+/** What main.ts needs to print a failure the way the running command prints its report. */
+export const context: { command: string; json: boolean; dataOnStdout: boolean } = { command: "", json: false, dataOnStdout: false };
+
+/** JSON text: bigints (digests) as 0x-prefixed 16-digit hex. */
+export function toJson(value: unknown, pretty: boolean): string {
+  return JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? `0x${v.toString(16).padStart(16, "0")}` : v), pretty ? 2 : undefined);
 }
 
 /**
- * A path for a snapshot given as a file or "-": stdin is spooled to a temporary file first,
- * so that encoding can read it with positional I/O in bounded memory.
+ * Prints a report: with --json one JSON document on stdout, or on stderr as one line (JSON Lines)
+ * when stdout carries data; otherwise the text on stderr unless --quiet.
  */
-export async function snapshotPath(path: string): Promise<{ path: string; cleanup: () => void }> {
-  if (path !== "-") return { path, cleanup: () => undefined };
-  const dir = mkdtempSync(join(tmpdir(), "migstream-"));
-  const spooled = join(dir, "stdin.snapshot");
-  const cleanup = onInterruptCleanup(() => rmSync(dir, { recursive: true, force: true }));
+export function report(value: Record<string, unknown>, text: string, options: { json?: boolean; quiet?: boolean; dataOnStdout?: boolean }): void {
+  if (options.json) {
+    const doc = { command: context.command, ...value };
+    if (options.dataOnStdout) process.stderr.write(`${toJson(doc, false)}\n`);
+    else process.stdout.write(`${toJson(doc, true)}\n`);
+  } else if (!options.quiet) {
+    process.stderr.write(text.endsWith("\n") ? text : `${text}\n`);
+  }
+}
+
+/** A failure as the running command reports it: JSON (stdout, or stderr beside data) or text. */
+export function reportFailure(error: unknown): void {
+  if (error instanceof BrokenPipe) return;
+  if (context.json && !(error instanceof Reported)) {
+    const doc = toJson({ command: context.command, error: errorJson(error), maxRssBytes: peakRss() }, !context.dataOnStdout);
+    (context.dataOnStdout ? process.stderr : process.stdout).write(`${doc}\n`);
+  }
+  // The text goes to stderr as well (with --json too): a person watching sees what happened.
+  if (!context.json || !context.dataOnStdout) process.stderr.write(`${describeError(error)}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+let stdinClaimed: string | undefined;
+
+/** "-" stands for stdin once per command; a terminal on stdin is refused rather than waited on. */
+function claimStdin(what: string): void {
+  if (stdinClaimed !== undefined) {
+    throw new CliError("EINVAL", `stdin cannot be both the ${stdinClaimed} and the ${what}`, { hint: "give one of them as a file" });
+  }
+  stdinClaimed = what;
+  if (process.stdin.isTTY) {
+    throw new CliError("EINVAL", `stdin is a terminal: the ${what} should be piped in`, {
+      hint: `redirect it, e.g. migstream ${context.command || "<command>"} ... < file (or give a file instead of -)`,
+    });
+  }
+}
+
+/** Stream bytes from a file or stdin ("-"). */
+export function openSource(path: string, what = "stream"): AsyncIterable<Uint8Array> {
+  if (path === "-") {
+    claimStdin(what);
+    return process.stdin;
+  }
+  return createReadStream(path, { highWaterMark: 1 << 20 });
+}
+
+/** Size of an input file (undefined for stdin or anything without a size): a progress total. */
+export function inputSize(path: string): number | undefined {
+  if (path === "-") return undefined;
   try {
-    await pipeline(process.stdin, createWriteStream(spooled));
+    const stats = statSync(path);
+    return stats.isFile() ? stats.size : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A path for a snapshot given as a file or "-": stdin is spooled to a private temporary file
+ * first (removed on every ending, signals included), so that it can be read with positional I/O.
+ */
+export async function snapshotPath(path: string, what = "snapshot"): Promise<{ path: string; cleanup: () => void }> {
+  if (path !== "-") return { path, cleanup: () => undefined };
+  claimStdin(what);
+  const { path: spooled, cleanup } = privateTempFile("stdin.snapshot");
+  try {
+    await pipeline(process.stdin, createWriteStream(spooled, { mode: 0o600 }));
   } catch (error) {
     cleanup();
     throw error;
@@ -81,8 +235,87 @@ export async function snapshotPath(path: string): Promise<{ path: string; cleanu
   return { path: spooled, cleanup };
 }
 
-/** A sequential output: a file written atomically, or stdout. */
+/** A file in a fresh private directory under $TMPDIR, removed by `cleanup` or on any signal. */
+export function privateTempFile(name: string): { path: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), "migstream-"));
+  return { path: join(dir, name), cleanup: onInterruptCleanup(() => rmSync(dir, { recursive: true, force: true })) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs
+
+/**
+ * Where output goes, decided before any work:
+ * - `stdout`: "-" (refused on a terminal unless -f);
+ * - `file`: a regular file, written to a temporary name and renamed when complete (an existing
+ *   one needs -f, keeps its mode; new ones are 0600); a symlink's target is what gets replaced;
+ * - `stream`: a character device, FIFO or socket, written through as it is (like gzip).
+ */
+export interface OutputPlan {
+  kind: "stdout" | "file" | "stream";
+  /** As given on the command line (for messages). */
+  path: string;
+  /** What is written: a symlink's target, or the path itself. */
+  target: string;
+  socket: boolean;
+  /** -f: replace an existing file, and write binary data even to a terminal. */
+  force: boolean;
+}
+
+function statIfAny(path: string): Stats | undefined {
+  try {
+    return statSync(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new CliError((error as NodeJS.ErrnoException).code ?? "EIO", `cannot use ${path}: ${(error as Error).message}`, { exitCode: EXIT.io });
+  }
+}
+
+/**
+ * Checks an output before any work: refuses (exit 1, nothing touched) an existing file without
+ * `force`, an output that is one of the inputs (even with `force`), a directory, and a missing
+ * or unwritable directory (exit 4).
+ */
+export function planOutput(path: string, options: { force: boolean; inputs?: readonly (string | undefined)[] }): OutputPlan {
+  if (path === "-") {
+    if (process.stdout.isTTY && !options.force) {
+      throw new CliError("EINVAL", "refusing to write binary data to a terminal", { hint: "give -o FILE, pipe the output, or add -f to write it anyway" });
+    }
+    return { kind: "stdout", path, target: path, socket: false, force: options.force };
+  }
+  const target = resolveOutputPath(path);
+  const stats = statIfAny(target);
+  if (stats) {
+    for (const input of options.inputs ?? []) {
+      if (input === undefined || input === "-") continue;
+      const inputStats = statIfAny(input);
+      if (inputStats && inputStats.dev === stats.dev && inputStats.ino === stats.ino) {
+        throw new CliError("EINVAL", `output ${path} is also an input (${input}): refusing to overwrite what is being read`);
+      }
+    }
+    if (stats.isDirectory()) throw new CliError("EISDIR", `output ${path} is a directory`, { hint: `name a file in it, e.g. -o ${join(path, "out")}` });
+    if (stats.isFile()) {
+      if (!options.force) throw new CliError("EEXIST", `output ${path} exists`, { hint: "add -f to replace it (it keeps its mode)" });
+    } else if (!stats.isCharacterDevice() && !stats.isFIFO() && !stats.isSocket()) {
+      throw new CliError("EINVAL", `output ${path} is neither a file, a device, a FIFO nor a socket`);
+    }
+    if (!stats.isFile()) return { kind: "stream", path, target, socket: stats.isSocket(), force: options.force };
+  }
+  const dir = dirname(target);
+  const dirStats = statIfAny(dir);
+  if (!dirStats) throw new CliError("ENOENT", `cannot write ${path}: directory ${dirname(path)} does not exist`, { exitCode: EXIT.io });
+  if (!dirStats.isDirectory()) throw new CliError("ENOTDIR", `cannot write ${path}: ${dirname(path)} is not a directory`, { exitCode: EXIT.io });
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch {
+    throw new CliError("EACCES", `cannot write ${path}: directory ${dirname(path)} is not writable`, { exitCode: EXIT.io });
+  }
+  return { kind: "file", path, target, socket: false, force: options.force };
+}
+
+/** A sequential output: a file written atomically, or a stream (stdout, device, FIFO, socket). */
 export interface Output {
+  readonly plan: OutputPlan;
   write(chunk: Uint8Array): Promise<void>;
   /** The temporary file's path (files only), for a verification pass before commit. */
   readonly tempPath: string | undefined;
@@ -90,94 +323,111 @@ export interface Output {
   abort(): void;
 }
 
-export function openOutput(path: string, force: boolean): Output {
-  if (path === "-") {
-    if (process.stdout.isTTY && !force) {
-      throw new MigrationError("EINVAL", "refusing to write binary data to a terminal (use -o FILE, a pipe, or --force)");
-    }
+/** Opens a planned output. A FIFO's open waits (off the main thread) for its reader. */
+export async function openOutput(plan: OutputPlan): Promise<Output> {
+  if (plan.kind === "file") {
+    const file = new AtomicFile(plan.target);
+    let position = 0;
     return {
-      tempPath: undefined,
+      plan,
+      tempPath: file.tempPath,
       async write(chunk) {
-        if (!process.stdout.write(chunk)) await once(process.stdout, "drain");
+        file.writeAt(chunk, position);
+        position += chunk.length;
       },
-      async commit() {},
-      abort() {},
+      async commit() {
+        file.commit();
+      },
+      abort() {
+        file.abort();
+      },
     };
   }
-  const file = new AtomicFile(path);
-  let position = 0;
+  let sink: Writable;
+  if (plan.kind === "stdout") {
+    sink = process.stdout;
+  } else if (plan.socket) {
+    const socket = createConnection({ path: plan.target });
+    await Promise.race([once(socket, "connect"), once(socket, "error").then(([e]) => Promise.reject(streamError(plan, e as Error)))]);
+    sink = socket;
+  } else {
+    let handle: FileHandle;
+    try {
+      handle = await open(plan.target, "w");
+    } catch (error) {
+      throw streamError(plan, error as Error);
+    }
+    if (isatty(handle.fd) && !plan.force) {
+      await handle.close();
+      throw new CliError("EINVAL", `refusing to write binary data to a terminal (${plan.path})`, { hint: "add -f to write it anyway" });
+    }
+    sink = handle.createWriteStream();
+  }
+  return streamOutput(plan, sink);
+}
+
+function streamError(plan: OutputPlan, error: Error): Error {
+  if ((error as NodeJS.ErrnoException).code === "EPIPE" && plan.kind === "stdout") return new BrokenPipe();
+  const where = plan.kind === "stdout" ? "stdout" : plan.path;
+  return new MigrationError("EIO", `cannot write ${where}: ${error.message}`, { cause: error });
+}
+
+function streamOutput(plan: OutputPlan, sink: Writable): Output {
+  let failure: Error | undefined;
+  const onError = (error: Error): void => {
+    failure ??= error;
+  };
+  sink.on("error", onError);
+  const check = (): void => {
+    if (failure) throw streamError(plan, failure);
+  };
+  /** Resolves once everything written so far is handed to the system (or fails). */
+  const flushed = (): Promise<void> =>
+    new Promise((resolve) => {
+      sink.write(new Uint8Array(0), (error) => {
+        if (error) failure ??= error;
+        resolve();
+      });
+    });
   return {
-    tempPath: file.tempPath,
+    plan,
+    tempPath: undefined,
     async write(chunk) {
-      file.writeAt(chunk, position);
-      position += chunk.length;
+      check();
+      const ok = sink.write(chunk, (error) => {
+        if (error) failure ??= error;
+      });
+      if (!ok) {
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            sink.off("drain", done);
+            sink.off("error", done);
+            sink.off("close", done);
+            resolve();
+          };
+          sink.on("drain", done);
+          sink.on("error", done);
+          sink.on("close", done);
+        });
+      }
+      check();
     },
     async commit() {
-      file.commit();
+      await flushed();
+      check();
+      if (sink !== process.stdout) {
+        await new Promise<void>((resolve) => sink.end(resolve));
+        check();
+      }
     },
     abort() {
-      file.abort();
+      if (sink !== process.stdout) sink.destroy();
     },
   };
 }
 
-/** Prints a report: JSON on stdout with --json (or stderr when stdout carries data). */
-export function report(value: unknown, text: string, options: { json?: boolean; quiet?: boolean; dataOnStdout?: boolean }): void {
-  const sink = options.dataOnStdout ? process.stderr : process.stdout;
-  if (options.json) sink.write(`${JSON.stringify(value, jsonReplacer, 2)}\n`);
-  else if (!options.quiet) process.stderr.write(text.endsWith("\n") ? text : `${text}\n`);
-}
-
-function jsonReplacer(_key: string, value: unknown): unknown {
-  if (typeof value === "bigint") return `0x${value.toString(16).padStart(16, "0")}`;
-  return value;
-}
-
-/** A one-line progress display on stderr, only when stderr is a terminal. */
-export class Progress {
-  readonly #enabled: boolean;
-  readonly #label: string;
-  readonly #started = performance.now();
-  #last = 0;
-
-  constructor(label: string, options: { json?: boolean; quiet?: boolean }) {
-    this.#enabled = process.stderr.isTTY === true && !options.json && !options.quiet && !process.env["NO_PROGRESS"];
-    this.#label = label;
-  }
-
-  update(done: number, total?: number): void {
-    if (!this.#enabled) return;
-    const now = performance.now();
-    if (now - this.#last < 100 && (total === undefined || done < total)) return;
-    this.#last = now;
-    const rate = done / Math.max((now - this.#started) / 1000, 1e-3);
-    const percent = total ? ` ${((done / total) * 100).toFixed(0).padStart(3)}%` : "";
-    process.stderr.write(`\r${this.#label}: ${formatBytes(done)}${total ? ` / ${formatBytes(total)}` : ""}${percent}  ${formatBytes(rate)}/s   `);
-  }
-
-  done(): void {
-    if (this.#enabled) process.stderr.write("\r\x1b[K");
-  }
-}
-
-export function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let value = n;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
-}
-
-/** Parses a size like 4096, 4k, 64KiB, 1M, 256MiB, 1g. */
-export function parseSize(text: string): number {
-  const match = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
-  if (!match) throw new MigrationError("EINVAL", `invalid size ${JSON.stringify(text)}`);
-  const scale = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[match[2]!.toLowerCase()] ?? 1;
-  return Number(match[1]) * scale;
-}
+// ---------------------------------------------------------------------------------------------
+// Options shared by commands
 
 /** The flags readerLimitOptions / readerOptions add. */
 export interface ReaderFlags {
@@ -201,4 +451,17 @@ export function readerLimitOptions(command: Command): Command {
 /** readerLimitOptions, plus the device compatibility id a stream must carry. */
 export function readerOptions(command: Command, deviceIdHelp = "refuse streams for another device compatibility id"): Command {
   return readerLimitOptions(command.option("--device-id <id>", deviceIdHelp));
+}
+
+/** What -f and -o mean for every command that writes an output (for --help). */
+export const OUTPUT_HELP = `
+Outputs: a regular file is written to a temporary name beside it and renamed only when complete
+and verified; an existing file is replaced only with -f and keeps its mode (new files are 0600);
+a symlink is followed (its target is replaced, the link stays). Character devices, FIFOs and
+sockets are written through as they are. An output that is also an input is refused, even with
+-f. -f also allows binary data on a terminal.`;
+
+/** --no-progress (the line is also off with --json, --quiet, NO_PROGRESS, or no terminal). */
+export function progressOption(command: Command): Command {
+  return command.option("--no-progress", "no progress line on stderr (also: NO_PROGRESS=1)");
 }

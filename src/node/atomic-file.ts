@@ -1,9 +1,27 @@
 // Output files that appear only when complete: data goes to a temporary name beside the target
 // and is renamed over it only after everything verified. On failure or interruption the
 // temporary file is removed and an existing target is left as it was.
-import { closeSync, copyFileSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+//
+// Device state may hold a guest's secrets: a new file is created 0600, and a replaced file keeps
+// its mode (and, when running as root, its owner). A symlink is followed: its target is what
+// gets replaced, and the link itself stays.
+import {
+  closeSync,
+  copyFileSync,
+  fchmodSync,
+  fchownSync,
+  fsyncSync,
+  lstatSync,
+  openSync,
+  readlinkSync,
+  renameSync,
+  type Stats,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
 import { randomBytes } from "node:crypto";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { MigrationError } from "../core/errors.js";
 
 const pending = new Set<AtomicFile>();
@@ -32,23 +50,61 @@ export function onInterruptCleanup(cleanup: () => void): () => void {
   return once;
 }
 
+/** The path a write to `path` lands on: a symlink's target (followed to the end), or `path`. */
+export function resolveOutputPath(path: string): string {
+  let current = resolve(path);
+  for (let hops = 0; hops < 40; hops++) {
+    let stats: Stats;
+    try {
+      stats = lstatSync(current);
+    } catch {
+      return current; // does not exist (yet): this is where the file will be
+    }
+    if (!stats.isSymbolicLink()) return current;
+    current = resolve(dirname(current), readlinkSync(current));
+  }
+  throw new MigrationError("EIO", `cannot write ${path}: too many levels of symbolic links`);
+}
+
+function statOrUndefined(path: string): Stats | undefined {
+  try {
+    return statSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
 export class AtomicFile {
+  /** The file that is replaced on commit (a symlink's target when `path` was a symlink). */
   readonly path: string;
   readonly tempPath: string;
   readonly fd: number;
   #open = true;
 
-  /** Creates the temporary file; `initial` (a path) is copied into it first (a base to patch). */
+  /**
+   * Creates the temporary file; `initial` (a path) is copied into it first (a base to patch).
+   * Its mode is the existing target's, or 0600 for a new file.
+   */
   constructor(path: string, initial?: string) {
-    this.path = path;
-    this.tempPath = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}.migstream-tmp`);
+    this.path = resolveOutputPath(path);
+    this.tempPath = join(dirname(this.path), `.${basename(this.path)}.${process.pid}.${randomBytes(4).toString("hex")}.migstream-tmp`);
+    const existing = statOrUndefined(this.path);
     try {
       if (initial !== undefined) copyFileSync(initial, this.tempPath);
-      this.fd = openSync(this.tempPath, initial !== undefined ? "r+" : "w+", 0o644);
+      this.fd = openSync(this.tempPath, initial !== undefined ? "r+" : "wx+", 0o600);
     } catch (cause) {
-      throw ioError(`cannot create ${this.tempPath}`, cause);
+      this.#removeTemp();
+      // The temporary name is an implementation detail: errors name the output.
+      throw ioError(`cannot write ${path}`, cause, this.tempPath, path);
     }
     pending.add(this);
+    try {
+      fchmodSync(this.fd, existing ? existing.mode & 0o7777 : 0o600);
+      if (existing && typeof process.getuid === "function" && process.getuid() === 0) fchownSync(this.fd, existing.uid, existing.gid);
+    } catch (cause) {
+      this.abort();
+      throw ioError(`cannot set the mode of ${path}`, cause, this.tempPath, path);
+    }
   }
 
   /** Writes all of `data` at `position`; a failure (a full disk) is EIO naming the file. */
@@ -62,7 +118,7 @@ export class AtomicFile {
         done += writeSync(this.fd, data, done, data.length - done, position + done);
       }
     } catch (cause) {
-      throw ioError(`cannot write ${this.tempPath}`, cause);
+      throw ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);
     }
   }
 
@@ -76,7 +132,7 @@ export class AtomicFile {
       renameSync(this.tempPath, this.path);
     } catch (cause) {
       this.abort();
-      throw ioError(`cannot write ${this.path}`, cause);
+      throw ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);
     } finally {
       pending.delete(this);
     }
@@ -93,6 +149,10 @@ export class AtomicFile {
         // already closed: nothing to release
       }
     }
+    this.#removeTemp();
+  }
+
+  #removeTemp(): void {
     try {
       unlinkSync(this.tempPath);
     } catch {
@@ -101,13 +161,18 @@ export class AtomicFile {
   }
 }
 
-/** Removes every temporary file and registered temporary state (on SIGINT/SIGTERM, before exiting). */
+/** Removes every temporary file and registered temporary state (on signals, before exiting). */
 export function abortPendingFiles(): void {
   for (const file of [...pending]) file.abort();
   for (const cleanup of [...cleanups]) cleanup();
 }
 
-export function ioError(message: string, cause: unknown): MigrationError {
-  const detail = cause instanceof Error ? cause.message : String(cause);
+/**
+ * An EIO error for a failed I/O call. Node's messages carry the path they were given; when that
+ * is a temporary name, it is replaced by the output's name (`temp` -> `shown`).
+ */
+export function ioError(message: string, cause: unknown, temp?: string, shown?: string): MigrationError {
+  let detail = cause instanceof Error ? cause.message : String(cause);
+  if (temp !== undefined && shown !== undefined) detail = detail.split(temp).join(shown);
   return new MigrationError("EIO", `${message}: ${detail}`, { cause });
 }

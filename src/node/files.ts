@@ -200,7 +200,7 @@ class FileTarget implements DecodeTarget {
       // never leaves a tail behind).
       ftruncateSync(this.#file.fd, header.totalSize);
     } catch (cause) {
-      throw ioError(`cannot size ${this.#file.tempPath}`, cause);
+      throw ioError(`cannot size ${this.#file.path}`, cause);
     }
     // ZERO records arrive only over pages not already zero in the file: a new file (sized
     // sparse) starts all zeros, so repeated zero coverage never writes anything twice.
@@ -263,7 +263,7 @@ class FileTarget implements DecodeTarget {
       const offset = page * pageSize;
       const length = Math.min(count * pageSize, covered - offset);
       const pages = scratch.bytes.subarray(0, length);
-      readFully(file.fd, pages, at + offset, file.tempPath);
+      readFully(file.fd, pages, at + offset, file.path);
       const used = guarded((c) => c.exports.apply_delta_run(entries, count, scratch.ptr, Math.log2(pageSize), length));
       if (used < 0) throw new MigrationError("EBADMSG", `malformed XBZRLE delta in the record at region offset ${record.offset}`);
       entries += used;

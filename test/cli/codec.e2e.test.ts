@@ -133,7 +133,7 @@ describe("exit codes", () => {
 
   it("2 for a corrupt stream leaves an existing output file as it was", async () => {
     writeFileSync(at("keep.state"), "previous content");
-    const result = await run(["decode", at("flipped.mig"), "-o", at("keep.state")]);
+    const result = await run(["decode", at("flipped.mig"), "-o", at("keep.state"), "-f"]);
     expect(result.code).toBe(2);
     expect(readFileSync(at("keep.state"), "utf8")).toBe("previous content");
     expect(tempFiles(dir)).toEqual([]);
@@ -193,7 +193,7 @@ describe("interruption", () => {
   it("SIGINT during a decode from a slow stdin leaves the existing output untouched and no temporary file", async () => {
     writeFileSync(at("live.state"), "the previous snapshot");
     const bytes = stream();
-    const child = start(["decode", "-", "-o", at("live.state")]);
+    const child = start(["decode", "-", "-o", at("live.state"), "-f"]);
     const done = finished(child);
     child.stdin!.on("error", () => undefined);
     // Half the stream, then nothing: the decoder has opened its temporary output and waits.
@@ -214,11 +214,12 @@ interface InspectJson {
   header: { version: string; checksum: string; pageSize: number; totalSize: number; deviceId: string; incremental: boolean; regions: { name: string; size: number }[] };
   records: { pages: number; zero: number; delta: number; config: number; round: number; skipped: number; end: number };
   pages: { raw: number; zero: number; delta: number };
-  bytes: { total: number; pages: number; zero: number; delta: number };
+  bytes: number;
+  bytesByKind: { pages: number; zero: number; delta: number };
   rounds: { round: number; pages: number; bytes: number; dirtyBytes: number }[];
   ratio: number | null;
   valid: boolean;
-  problem?: { code: string; message: string; recordIndex?: number; byteOffset?: number };
+  error?: { code: string; message: string; recordIndex: number | null; byteOffset: number | null };
 }
 
 describe("inspect and verify", () => {
@@ -232,11 +233,11 @@ describe("inspect and verify", () => {
     expect(report.records.zero).toBeGreaterThan(0);
     expect(report.records.end).toBe(1);
     expect(report.pages.raw + report.pages.zero).toBe(Math.ceil(SIZE / 4096));
-    expect(report.bytes.total).toBe(readFileSync(at("v1.mig")).length);
-    expect(report.ratio).toBeCloseTo(report.bytes.total / SIZE, 6);
+    expect(report.bytes).toBe(readFileSync(at("v1.mig")).length);
+    expect(report.ratio).toBeCloseTo(report.bytes / SIZE, 6);
     expect(report.rounds).toEqual([]);
     expect(report.valid).toBe(true);
-    expect(report.problem).toBeUndefined();
+    expect(report.error).toBeUndefined();
   });
 
   it("inspect --json of an incremental stream counts delta records", async () => {
@@ -245,7 +246,7 @@ describe("inspect and verify", () => {
     const report = JSON.parse(result.stdout.toString()) as InspectJson;
     expect(report.header.incremental).toBe(true);
     expect(report.records.delta).toBeGreaterThan(0);
-    expect(report.bytes.delta).toBeGreaterThan(0);
+    expect(report.bytesByKind.delta).toBeGreaterThan(0);
   });
 
   it("inspect --json lists the pre-copy rounds of a live-migration stream", async () => {
@@ -273,13 +274,13 @@ describe("inspect and verify", () => {
     expect(result.code).toBe(2);
     const report = JSON.parse(result.stdout.toString()) as InspectJson;
     expect(report.valid).toBe(false);
-    expect(report.problem?.code).toBe("EBADMSG");
-    expect(report.problem?.recordIndex).toBeTypeOf("number");
-    expect(report.problem?.byteOffset).toBeTypeOf("number");
+    expect(report.error?.code).toBe("EBADMSG");
+    expect(report.error?.recordIndex).toBeTypeOf("number");
+    expect(report.error?.byteOffset).toBeTypeOf("number");
     // The damaged byte lies inside the record the problem names.
     const flippedAt = Math.floor(readFileSync(at("v1.mig")).length / 2);
-    expect(report.problem!.byteOffset!).toBeLessThanOrEqual(flippedAt);
-    expect(flippedAt - report.problem!.byteOffset!).toBeLessThan(1 << 21);
+    expect(report.error!.byteOffset!).toBeLessThanOrEqual(flippedAt);
+    expect(flippedAt - report.error!.byteOffset!).toBeLessThan(1 << 21);
     const text = await run(["inspect", at("flipped.mig")]);
     expect(text.code).toBe(2);
     expect(text.stdout.toString()).toMatch(/problem\s+EBADMSG/);

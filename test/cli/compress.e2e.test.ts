@@ -51,7 +51,7 @@ describe("--compress lz4 on the codec commands", () => {
     const report = JSON.parse(inspected.stdout.toString()) as {
       header: { version: string; compression: string };
       pages: { lz4: number };
-      bytes: { lz4: number };
+      bytesByKind: { lz4: number };
       compressed: { records: number; bytes: number; ratio: number };
       valid: boolean;
     };
@@ -60,7 +60,7 @@ describe("--compress lz4 on the codec commands", () => {
     expect(report.pages.lz4).toBe(c.pages.lz4);
     expect(report.compressed.records).toBe(c.compressed.records);
     expect(report.compressed.bytes).toBe(c.compressed.bytes);
-    expect(report.bytes.lz4).toBe(c.compressed.bytes + 32 * c.compressed.records);
+    expect(report.bytesByKind.lz4).toBe(c.compressed.bytes + 32 * c.compressed.records);
     expect(report.compressed.ratio).toBeGreaterThan(0);
     expect(report.compressed.ratio).toBeLessThan(1);
     const text = await run(["inspect", at("lz4.mig")]);

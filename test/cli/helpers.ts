@@ -23,12 +23,12 @@ export interface RunOptions {
   input?: Uint8Array;
   /** Kill the process after this long (a hung CLI fails the test instead of the suite). */
   timeoutMs?: number;
-  /** Added to the environment. */
-  env?: Record<string, string>;
+  /** Extra environment (over the test's, with NO_PROGRESS=1). */
+  env?: Record<string, string | undefined>;
 }
 
-/** Starts the CLI; stdin, stdout and stderr are pipes. `env` adds to the environment. */
-export function start(args: readonly string[], options: { cwd?: string; env?: Record<string, string> } = {}): ChildProcess {
+/** Starts the CLI; stdin, stdout and stderr are pipes. */
+export function start(args: readonly string[], options: { cwd?: string; env?: Record<string, string | undefined> } = {}): ChildProcess {
   return spawn(process.execPath, [CLI, ...args], {
     cwd: options.cwd ?? ROOT,
     stdio: ["pipe", "pipe", "pipe"],

@@ -84,7 +84,7 @@ describe("send and receive over loopback TCP", () => {
 
   it("a connection dropped mid-stream: the receiver exits 2 and writes nothing", async () => {
     writeFileSync(at("kept.state"), "previous state");
-    const target = await receiver(["-o", at("kept.state")]);
+    const target = await receiver(["-o", at("kept.state"), "-f"]);
     const stream = readFileSync(at("vm.mig"));
     // A fake sender: half a valid stream, then the socket is destroyed.
     await new Promise<void>((resolve, reject) => {

@@ -179,10 +179,10 @@ describe("memory follows the data, not the claim", () => {
     const received = await target.done;
     expect(received.code, received.stderr).toBe(2);
     expect(received.stderr).toMatch(/ENODATA: incomplete stream: it ends right after its header/);
-    const report = JSON.parse(received.stdout.toString()) as { error: { code: string }; resources: { maxRssBytes: number } };
+    const report = JSON.parse(received.stdout.toString()) as { error: { code: string }; maxRssBytes: number };
     expect(report.error.code).toBe("ENODATA");
-    expect(report.resources.maxRssBytes).toBeGreaterThan(0);
-    expect(report.resources.maxRssBytes).toBeLessThan(128 * 1024 * 1024);
+    expect(report.maxRssBytes).toBeGreaterThan(0);
+    expect(report.maxRssBytes).toBeLessThan(128 * 1024 * 1024);
     expect(existsSync(at("claim.state"))).toBe(false);
     expect(tempFiles(dir)).toEqual([]);
   });

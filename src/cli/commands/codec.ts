@@ -1,30 +1,41 @@
 // encode, decode, diff, apply, inspect, verify: snapshot files and streams.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync, statSync } from "node:fs";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
-import { onInterruptCleanup } from "../../node/atomic-file.js";
 import { decodeToFile, encodeFile, inspectStream } from "../../node/files.js";
-import type { DecoderSummary } from "../../codec/decoder.js";
+import { type DecoderSummary, StreamDecoder } from "../../codec/decoder.js";
 import type { EncoderSummary } from "../../codec/encoder.js";
-import { tagName } from "../../format/constants.js";
+import { HEADER_PREFIX, tagName } from "../../format/constants.js";
+import { parseHeader, parseHeaderPrefix, type StreamHeader } from "../../format/header.js";
 import {
-  errorJson,
   formatBytes,
+  inputSize,
+  OUTPUT_HELP,
   openOutput,
   openSource,
   parseSize,
+  planOutput,
+  privateTempFile,
   Progress,
+  progressOption,
   type ReaderFlags,
+  Reported,
   readerLimitOptions,
   readerLimits,
   readerOptions,
   report,
   snapshotPath,
+  errorJson,
 } from "../common.js";
+import { headerJson, recordsJson, resources } from "../json.js";
 
-interface EncodeFlags {
+interface CommonFlags {
+  json?: boolean;
+  quiet?: boolean;
+  progress?: boolean;
+}
+
+interface EncodeFlags extends CommonFlags {
   output: string;
   base?: string;
   pageSize: string;
@@ -35,137 +46,163 @@ interface EncodeFlags {
   config?: string;
   verify: boolean;
   force?: boolean;
-  json?: boolean;
-  quiet?: boolean;
 }
 
-interface DecodeFlags extends ReaderFlags {
+interface DecodeFlags extends ReaderFlags, CommonFlags {
   output: string;
   base?: string;
   force?: boolean;
-  json?: boolean;
-  quiet?: boolean;
 }
 
 function encodeOptions(command: Command): Command {
-  return command
-    .requiredOption("-o, --output <stream>", "output stream file, or - for stdout")
-    .option("--page-size <bytes>", "page size, a power of two from 64 to 1M", "4096")
-    .option("--max-record <bytes>", "largest record payload", "1M")
-    .addOption(new Option("--checksum <algorithm>", "record checksum").choices(["xxh3", "crc32c"]).default("xxh3"))
-    .addOption(new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)").choices(["none", "lz4"]).default("none"))
-    .option("--device-id <id>", "device compatibility id the target must match", "")
-    .option("--config <file>", "device config blob to carry in the stream")
-    .option("--no-verify", "skip re-reading the written stream before it replaces the output")
-    .option("-f, --force", "write binary data even to a terminal")
-    .option("--json", "print the summary as JSON")
-    .option("-q, --quiet", "print nothing but errors");
+  return progressOption(
+    command
+      .requiredOption("-o, --output <stream>", "output stream file, or - for stdout")
+      .option("--page-size <bytes>", "page size, a power of two from 64 to 1M", "4096")
+      .option("--max-record <bytes>", "largest record payload", "1M")
+      .addOption(new Option("--checksum <algorithm>", "record checksum").choices(["xxh3", "crc32c"]).default("xxh3"))
+      .addOption(new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)").choices(["none", "lz4"]).default("none"))
+      .option("--device-id <id>", "device compatibility id the target must match", "")
+      .option("--config <file>", "device config blob to carry in the stream")
+      .option("--no-verify", "skip re-reading the written stream before it replaces the output")
+      .option("-f, --force", "replace an existing output file; write binary data even to a terminal")
+      .option("--json", "print the summary as JSON")
+      .option("-q, --quiet", "print nothing but errors"),
+  ).addHelpText("after", OUTPUT_HELP);
 }
 
 function decodeOptions(command: Command): Command {
-  return readerOptions(command.requiredOption("-o, --output <snapshot>", "output snapshot file, or - for stdout"))
-    .option("-f, --force", "write binary data even to a terminal")
-    .option("--json", "print the summary as JSON")
-    .option("-q, --quiet", "print nothing but errors");
+  return progressOption(
+    readerOptions(command.requiredOption("-o, --output <snapshot>", "output snapshot file, or - for stdout"))
+      .option("-f, --force", "replace an existing output file; write binary data even to a terminal")
+      .option("--json", "print the summary as JSON")
+      .option("-q, --quiet", "print nothing but errors"),
+  ).addHelpText("after", OUTPUT_HELP);
 }
 
-/** Elapsed time, state throughput and this process's peak RSS, for --json reports. */
-function resources(started: number, stateBytes: number): Record<string, number> {
-  const elapsedMs = performance.now() - started;
-  return {
-    elapsedMs: Math.round(elapsedMs),
-    throughputBytesPerSecond: Math.round(stateBytes / Math.max(elapsedMs / 1000, 1e-6)),
-    maxRssBytes: peakRss(),
-  };
-}
-
-/**
- * This process's peak resident set. On Linux getrusage's maxrss carries the parent's peak over
- * fork and exec (a CLI spawned by a large process would report the parent's), so the kernel's
- * per-process high-water mark (VmHWM) is read instead where it exists.
- */
-function peakRss(): number {
-  try {
-    const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync("/proc/self/status", "utf8"));
-    if (match) return Number(match[1]) * 1024;
-  } catch {
-    // not Linux: fall through
-  }
-  return process.resourceUsage().maxRSS * 1024;
-}
-
-async function runEncode(snapshot: string, flags: EncodeFlags): Promise<void> {
+async function runEncode(command: "encode" | "diff", snapshot: string, flags: EncodeFlags): Promise<void> {
   const started = performance.now();
-  const input = await snapshotPath(snapshot);
-  const output = openOutput(flags.output, flags.force === true);
-  const progress = new Progress("encode", flags);
+  // Everything that can be refused is refused before any work.
+  const plan = planOutput(flags.output, { force: flags.force === true, inputs: [snapshot, flags.base, flags.config] });
+  const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
+  const input = await snapshotPath(snapshot, "snapshot");
+  const progress = new Progress(command, flags);
+  let output: Awaited<ReturnType<typeof openOutput>> | undefined;
   try {
-    const summary = await encodeFile(input.path, (chunk) => output.write(chunk), {
+    if (base) {
+      const [oldSize, newSize] = [statSync(base.path).size, statSync(input.path).size];
+      if (oldSize !== newSize) {
+        throw new MigrationError("ENODEV", `${flags.base} is ${oldSize} bytes and ${snapshot} ${newSize}: not the same device layout, no incremental stream between them`);
+      }
+    }
+    output = await openOutput(plan);
+    const summary = await encodeFile(input.path, (chunk) => output!.write(chunk), {
       pageSize: parseSize(flags.pageSize),
       maxRecordPayload: parseSize(flags.maxRecord),
       checksum: flags.checksum,
       compress: flags.compress,
       deviceId: flags.deviceId,
-      ...(flags.base !== undefined ? { base: flags.base } : {}),
+      ...(base ? { base: base.path } : {}),
       ...(flags.config !== undefined ? { config: readFileSync(flags.config) } : {}),
       onprogress: (done, total) => progress.update(done, total),
     });
     progress.done();
+    let verified: DecoderSummary | undefined;
     if (flags.verify && output.tempPath !== undefined) {
       // The bytes on disk, not the ones in memory, are what a reader will get.
-      const check = await inspectStream(openSource(output.tempPath), { maxStateSize: summary.stateBytes, maxRecordPayload: parseSize(flags.maxRecord) });
+      progress.phase("verify", summary.bytes);
+      const check = await inspectStream(progressSource(openSource(output.tempPath), progress), {
+        maxStateSize: summary.stateBytes,
+        maxRecordPayload: parseSize(flags.maxRecord),
+      });
+      progress.done();
       if (check.problem) throw new MigrationError("EIO", `written stream failed verification: ${check.problem.message}`);
+      verified = check.summary;
     }
     await output.commit();
-    report({ ...encodeReport(summary), resources: resources(started, summary.stateBytes) }, encodeText(summary, flags.output), {
-      ...flags,
-      dataOnStdout: flags.output === "-",
-    });
+    const value = {
+      output: flags.output,
+      ...encodeJson(summary, verified),
+      verified: verified !== undefined,
+      ...resources(started, summary.stateBytes),
+    };
+    report(value, encodeText(summary, flags.output), { ...flags, dataOnStdout: plan.kind === "stdout" });
   } catch (error) {
-    output.abort();
+    output?.abort();
     throw error;
   } finally {
     progress.done();
     input.cleanup();
+    base?.cleanup();
   }
 }
 
-async function runDecode(stream: string, flags: DecodeFlags): Promise<void> {
+/** Counts the bytes of a source into a progress line as they pass. */
+async function* progressSource(source: AsyncIterable<Uint8Array>, progress: Progress): AsyncIterable<Uint8Array> {
+  let bytes = 0;
+  for await (const chunk of source) {
+    bytes += chunk.length;
+    progress.update(bytes);
+    yield chunk;
+  }
+}
+
+async function runDecode(command: "decode" | "apply", stream: string, flags: DecodeFlags): Promise<void> {
   const started = performance.now();
-  const progress = new Progress("decode", flags);
-  const toStdout = flags.output === "-";
-  // Decoded data reaches stdout only after the stream verified: stage it in a temporary file.
-  const staged = toStdout ? snapshotPathForOutput() : undefined;
+  const plan = planOutput(flags.output, { force: flags.force === true, inputs: [stream, flags.base] });
+  const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
+  const source = openSource(stream);
+  const progress = new Progress(command, flags);
+  const total = inputSize(stream);
+  // Decoded data reaches a stream output (stdout, a device, a FIFO) only after the stream
+  // verified: it is staged in a private temporary file first.
+  const staged = plan.kind === "file" ? undefined : privateTempFile("decoded.snapshot");
   try {
-    const summary = await decodeToFile(openSource(stream), staged?.path ?? flags.output, {
-      ...(flags.base !== undefined ? { base: flags.base } : {}),
+    const summary = await decodeToFile(source, staged?.path ?? plan.target, {
+      ...(base ? { base: base.path } : {}),
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
       ...readerLimits(flags),
-      onprogress: (bytes) => progress.update(bytes),
+      onprogress: (bytes) => progress.update(bytes, total),
     });
     progress.done();
     if (staged) {
-      const out = openOutput("-", flags.force === true);
-      for await (const chunk of openSource(staged.path)) await out.write(chunk);
+      const out = await openOutput(plan);
+      try {
+        const size = statSync(staged.path).size;
+        progress.phase("write", size);
+        let done = 0;
+        for await (const chunk of openSource(staged.path)) {
+          await out.write(chunk);
+          progress.update((done += chunk.length), size);
+        }
+        progress.done();
+        await out.commit();
+      } catch (error) {
+        out.abort();
+        throw error;
+      }
     }
-    report({ ...decodeReport(summary), resources: resources(started, summary.header?.totalSize ?? 0) }, decodeText(summary, flags.output), {
-      ...flags,
-      dataOnStdout: toStdout,
-    });
+    const value = { output: flags.output, ...decodeJson(summary), ...resources(started, summary.header?.totalSize ?? 0) };
+    report(value, decodeText(summary, flags.output), { ...flags, dataOnStdout: plan.kind === "stdout" });
   } finally {
     progress.done();
     staged?.cleanup();
+    base?.cleanup();
   }
 }
 
-/** A private temporary file for a decoded state bound for stdout (removed on interruption too). */
-function snapshotPathForOutput(): { path: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), "migstream-"));
-  return { path: join(dir, "decoded.snapshot"), cleanup: onInterruptCleanup(() => rmSync(dir, { recursive: true, force: true })) };
-}
-
-function encodeReport(s: EncoderSummary): Record<string, unknown> {
-  return { ...s, ratio: s.stateBytes > 0 ? s.bytes / s.stateBytes : null };
+function encodeJson(s: EncoderSummary, verified: DecoderSummary | undefined): Record<string, unknown> {
+  return {
+    stateBytes: s.stateBytes,
+    bytes: s.bytes,
+    ratio: s.stateBytes > 0 ? s.bytes / s.stateBytes : null,
+    checksum: s.checksum,
+    pages: s.pages,
+    compressed: s.compressed,
+    records: verified ? recordsJson(verified.records) : { total: s.records },
+    rounds: verified ? verified.rounds : [],
+    config: s.config,
+  };
 }
 
 function encodeText(s: EncoderSummary, output: string): string {
@@ -173,27 +210,52 @@ function encodeText(s: EncoderSummary, output: string): string {
   return `encoded ${formatBytes(s.stateBytes)} into ${formatBytes(s.bytes)}${ratio} -> ${output === "-" ? "stdout" : output}: ${s.records} records, pages raw ${s.pages.raw}, lz4 ${s.pages.lz4}, zero ${s.pages.zero}, delta ${s.pages.delta}, unchanged ${s.pages.clean}`;
 }
 
-function decodeReport(s: DecoderSummary): Record<string, unknown> {
-  const { header, ...rest } = s;
-  return { ...rest, ...(header ? { header: headerJson(header) } : {}) };
+function decodeJson(s: DecoderSummary): Record<string, unknown> {
+  return {
+    ...(s.header ? { header: headerJson(s.header), stateBytes: s.header.totalSize } : {}),
+    bytes: s.bytes,
+    ratio: s.ratio ?? null,
+    pages: s.pages,
+    records: recordsJson(s.records),
+    rounds: s.rounds,
+    ended: s.ended,
+  };
 }
 
 function decodeText(s: DecoderSummary, output: string): string {
   return `decoded ${formatBytes(s.header?.totalSize ?? 0)} from ${formatBytes(s.bytes)} of stream -> ${output === "-" ? "stdout" : output}: verified`;
 }
 
-function headerJson(h: NonNullable<DecoderSummary["header"]>): Record<string, unknown> {
+/**
+ * Keeps the first bytes of a stream as they pass: when the decoder refuses the header (a limit),
+ * inspect still shows what the header says, parsed again without limits.
+ */
+function headerKeeper(source: AsyncIterable<Uint8Array>): { source: AsyncIterable<Uint8Array>; header: () => StreamHeader | undefined } {
+  const kept: Uint8Array[] = [];
+  let keptBytes = 0;
+  const KEEP = 1 << 16;
+  async function* pass(): AsyncIterable<Uint8Array> {
+    for await (const chunk of source) {
+      if (keptBytes < KEEP) {
+        kept.push(chunk.slice(0, KEEP - keptBytes));
+        keptBytes += Math.min(chunk.length, KEEP - keptBytes);
+      }
+      yield chunk;
+    }
+  }
   return {
-    version: `${h.major}.${h.minor}`,
-    checksum: h.checksum,
-    compression: h.compression,
-    pageSize: h.pageSize,
-    totalSize: h.totalSize,
-    maxRecordPayload: h.maxRecordPayload,
-    deviceId: h.deviceId,
-    incremental: h.baseDigest !== undefined,
-    ...(h.baseDigest !== undefined ? { baseDigest: h.baseDigest } : {}),
-    regions: h.regions,
+    source: pass(),
+    header: () => {
+      const bytes = Buffer.concat(kept);
+      try {
+        if (bytes.length < HEADER_PREFIX) return undefined;
+        const length = parseHeaderPrefix(bytes, KEEP);
+        if (bytes.length < length) return undefined;
+        return parseHeader(bytes.subarray(0, length), { maxStateSize: Number.MAX_SAFE_INTEGER, maxRecordPayload: 0xffffffff });
+      } catch {
+        return undefined;
+      }
+    },
   };
 }
 
@@ -205,22 +267,37 @@ function compressedJson(summary: DecoderSummary): { records: number; bytes: numb
   return { records: summary.records.lz4, bytes: summary.compressedBytes, stateBytes, ratio: stateBytes > 0 ? summary.compressedBytes / stateBytes : null };
 }
 
-async function runInspect(stream: string, flags: { json?: boolean; maxRecord: string; maxState: string }): Promise<boolean> {
-  const { summary, bytesByKind, problem } = await inspectStream(openSource(stream), readerLimits(flags));
-  const h = summary.header;
+async function runInspect(stream: string, flags: CommonFlags & { maxRecord: string; maxState: string }): Promise<void> {
+  const started = performance.now();
+  const progress = new Progress("inspect", flags);
+  const total = inputSize(stream);
+  let bytes = 0;
+  const keeper = headerKeeper(openSource(stream));
+  const counted = (async function* () {
+    for await (const chunk of keeper.source) {
+      progress.update((bytes += chunk.length), total);
+      yield chunk;
+    }
+  })();
+  const { summary, bytesByKind, problem } = await inspectStream(counted, readerLimits(flags)).finally(() => progress.done());
+  // The header the decoder accepted, or else the one it refused (shown so that the reason is).
+  const h = summary.header ?? (problem ? keeper.header() : undefined);
   if (flags.json) {
     const value = {
-      ...(h ? { header: headerJson(h) } : {}),
-      records: summary.records,
-      pages: summary.pages,
-      bytes: { total: summary.bytes, ...bytesByKind },
+      ...(h ? { header: headerJson(h), stateBytes: h.totalSize } : {}),
+      bytes: summary.bytes,
       compressed: compressedJson(summary),
-      rounds: summary.rounds,
       ratio: summary.ratio ?? null,
+      pages: summary.pages,
+      records: recordsJson(summary.records),
+      bytesByKind,
+      rounds: summary.rounds,
       valid: problem === undefined,
-      ...(problem ? { problem: errorJson(problem) } : {}),
+      ...(h?.baseDigest !== undefined ? { needsBase: true } : {}),
+      ...(problem ? { error: errorJson(problem) } : {}),
+      ...resources(started, h?.totalSize ?? 0),
     };
-    process.stdout.write(`${JSON.stringify(value, (_k, v: unknown) => (typeof v === "bigint" ? `0x${v.toString(16).padStart(16, "0")}` : v), 2)}\n`);
+    report(value, "", flags);
   } else {
     const lines: string[] = [];
     if (h) {
@@ -245,11 +322,67 @@ async function runInspect(stream: string, flags: { json?: boolean; maxRecord: st
       lines.push(`  round ${String(round.round).padStart(3)}  ${round.pages} pages, ${formatBytes(round.bytes)}, ${formatBytes(round.dirtyBytes)} dirty left`);
     }
     if (summary.ratio !== undefined) lines.push(`ratio       ${(summary.ratio * 100).toFixed(2)}% of the state`);
-    lines.push(problem ? `problem     ${problem.code}: ${problem.message}` : "valid       yes");
+    if (problem) lines.push(`problem     ${problem.code}: ${problem.message}`);
+    else lines.push(h?.baseDigest !== undefined ? "valid       yes (incremental: applies only onto its base)" : "valid       yes");
     process.stdout.write(`${lines.join("\n")}\n`);
   }
-  if (problem) throw problem;
-  return true;
+  if (problem) throw new Reported(problem);
+}
+
+/**
+ * verify: the whole stream, written nowhere. An incremental stream without --base is checked in
+ * everything but its base (as inspect does): it is reported valid, with needsBase, and exits 0;
+ * with --base the base is checked too (another base: exit 3).
+ */
+async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "force">): Promise<void> {
+  const started = performance.now();
+  const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
+  const progress = new Progress("verify", flags);
+  const total = inputSize(stream);
+  try {
+    const source = openSource(stream);
+    let summary: DecoderSummary;
+    if (base) {
+      summary = await decodeToFile(source, undefined, {
+        base: base.path,
+        ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
+        ...readerLimits(flags),
+        onprogress: (bytes) => progress.update(bytes, total),
+      });
+    } else {
+      const decoder = new StreamDecoder(
+        { open: () => undefined, apply: () => undefined, commit: () => undefined, abort: () => undefined },
+        {
+          ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
+          ...readerLimits(flags),
+          // Without its base, an incremental stream is checked in everything else.
+          baseDigest: (header) => header.baseDigest!,
+        },
+      );
+      let bytes = 0;
+      try {
+        for await (const chunk of source) {
+          decoder.push(chunk);
+          progress.update((bytes += chunk.length), total);
+        }
+        decoder.end();
+      } catch (error) {
+        decoder.abort();
+        throw error;
+      }
+      summary = decoder.summary();
+    }
+    progress.done();
+    const needsBase = summary.header?.baseDigest !== undefined && !base;
+    const value = { valid: true, ...(summary.header?.baseDigest !== undefined ? { needsBase, baseChecked: !needsBase } : {}), ...decodeJson(summary), ...resources(started, summary.header?.totalSize ?? 0) };
+    const text = needsBase
+      ? `valid: ${formatBytes(summary.bytes)} of stream for ${formatBytes(summary.header?.totalSize ?? 0)} of state; incremental, its base not checked\nhint: give --base <snapshot> to check it against its base too`
+      : `valid: ${formatBytes(summary.bytes)} of stream for ${formatBytes(summary.header?.totalSize ?? 0)} of state`;
+    report(value, text, flags);
+  } finally {
+    progress.done();
+    base?.cleanup();
+  }
 }
 
 export function registerCodecCommands(program: Command): void {
@@ -258,63 +391,60 @@ export function registerCodecCommands(program: Command): void {
       .command("encode")
       .description("encode a state snapshot into a migration stream")
       .argument("<snapshot>", "snapshot file, or - for stdin")
-      .option("--base <snapshot>", "previous snapshot: write an incremental stream against it"),
+      .option("--base <snapshot>", "previous snapshot (or - for stdin): write an incremental stream against it"),
   )
     .addHelpText("after", "\nExamples:\n  migstream encode vm.state -o vm.mig\n  cat vm.state | migstream encode - -o - | ssh host migstream decode - -o vm.state")
-    .action(runEncode);
+    .action((snapshot: string, flags: EncodeFlags) => runEncode("encode", snapshot, flags));
 
   decodeOptions(
     program
       .command("decode")
       .description("decode a migration stream into a snapshot; refuses a stream that does not validate")
       .argument("<stream>", "stream file, or - for stdin")
-      .option("--base <snapshot>", "the base snapshot an incremental stream was made against"),
+      .option("--base <snapshot>", "the base snapshot an incremental stream was made against (or - for stdin)"),
   )
     .addHelpText("after", "\nExamples:\n  migstream decode vm.mig -o vm.state\n  migstream decode - -o vm.state < vm.mig")
-    .action(runDecode);
+    .action((stream: string, flags: DecodeFlags) => runDecode("decode", stream, flags));
 
   encodeOptions(
     program
       .command("diff")
       .description("write an incremental stream from <old> to <new> (pages that differ, XBZRLE-coded when smaller)")
-      .argument("<old>", "base snapshot")
+      .argument("<old>", "base snapshot, or - for stdin")
       .argument("<new>", "new snapshot, or - for stdin"),
   )
-    .addHelpText("after", "\nExample:\n  migstream diff vm.v1.state vm.v2.state -o v1-to-v2.mig")
-    .action((oldPath: string, newPath: string, flags: EncodeFlags) => runEncode(newPath, { ...flags, base: oldPath }));
+    .addHelpText("after", "\nSnapshots of different sizes (another device layout) exit 3.\n\nExample:\n  migstream diff vm.v1.state vm.v2.state -o v1-to-v2.mig")
+    .action((oldPath: string, newPath: string, flags: EncodeFlags) => runEncode("diff", newPath, { ...flags, base: oldPath }));
 
   decodeOptions(
     program
       .command("apply")
       .description("apply an incremental stream to <base>, writing the new snapshot")
-      .argument("<base>", "base snapshot")
+      .argument("<base>", "base snapshot, or - for stdin")
       .argument("<stream>", "incremental stream file, or - for stdin"),
   )
     .addHelpText("after", "\nExample:\n  migstream apply vm.v1.state v1-to-v2.mig -o vm.v2.state")
-    .action((base: string, stream: string, flags: DecodeFlags) => runDecode(stream, { ...flags, base }));
+    .action((base: string, stream: string, flags: DecodeFlags) => runDecode("apply", stream, { ...flags, base }));
 
-  readerLimitOptions(program.command("inspect"))
+  progressOption(readerLimitOptions(program.command("inspect")))
     .description("show a stream's header, regions, records by kind, rounds and ratio, and the first problem found")
     .argument("<stream>", "stream file, or - for stdin")
     .option("--json", "print as JSON")
-    .addHelpText("after", "\nExample:\n  migstream inspect vm.mig --json")
-    .action(async (stream: string, flags: { json?: boolean; maxRecord: string; maxState: string }) => {
-      await runInspect(stream, flags);
-    });
+    .addHelpText(
+      "after",
+      "\nThe header is shown even when the stream is refused (a limit, say); the exit code is then the\nproblem's (2 corrupt or over a limit, 3 incompatible).\n\nExample:\n  migstream inspect vm.mig --json",
+    )
+    .action((stream: string, flags: CommonFlags & { maxRecord: string; maxState: string }) => runInspect(stream, flags));
 
-  readerOptions(program.command("verify"))
+  progressOption(readerOptions(program.command("verify")))
     .description("validate a stream completely without writing anything")
     .argument("<stream>", "stream file, or - for stdin")
-    .option("--base <snapshot>", "check an incremental stream against its base")
+    .option("--base <snapshot>", "check an incremental stream against its base too")
     .option("--json", "print the result as JSON")
     .option("-q, --quiet", "print nothing but errors")
-    .addHelpText("after", "\nExample:\n  migstream verify vm.mig && echo ok")
-    .action(async (stream: string, flags: Omit<DecodeFlags, "output" | "force">) => {
-      const summary = await decodeToFile(openSource(stream), undefined, {
-        ...(flags.base !== undefined ? { base: flags.base } : {}),
-        ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
-        ...readerLimits(flags),
-      });
-      report({ valid: true, ...decodeReport(summary) }, `valid: ${formatBytes(summary.bytes)} of stream for ${formatBytes(summary.header?.totalSize ?? 0)} of state`, flags);
-    });
+    .addHelpText(
+      "after",
+      "\nAn incremental stream without --base is checked in everything but its base: it is reported\nvalid (needsBase in --json) and exits 0; decoding it will need the base.\n\nExample:\n  migstream verify vm.mig && echo ok",
+    )
+    .action((stream: string, flags: Omit<DecodeFlags, "output" | "force">) => runVerify(stream, flags));
 }

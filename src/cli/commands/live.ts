@@ -2,9 +2,7 @@
 // state machine (pre-copy rounds while a workload keeps writing, stop-copy, RESUMING validated on
 // the target); `send <snapshot>` streams a file in one pass and `receive` decodes straight into
 // its output file, answering the sender only once that file is stored.
-import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { closeSync, createReadStream, openSync, statSync } from "node:fs";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
 import type { DirtyTracking } from "../../device/device-model.js";
@@ -25,7 +23,25 @@ import {
   type SendResult,
   type TransportSecurity,
 } from "../../node/tcp.js";
-import { errorJson, formatBytes, openOutput, parseSize, type ReaderFlags, readerLimits, readerOptions, report } from "../common.js";
+import {
+  context,
+  formatBytes,
+  OUTPUT_HELP,
+  type OutputPlan,
+  openOutput,
+  parseSize,
+  planOutput,
+  privateTempFile,
+  Progress,
+  type ReaderFlags,
+  readerLimits,
+  readerOptions,
+  report,
+  snapshotPath,
+  toJson,
+} from "../common.js";
+import { peakRss, round3 } from "../json.js";
+import { migrationReportHtml } from "../report.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -75,20 +91,6 @@ export function parseTimeout(text: string): number {
 // ---------------------------------------------------------------------------------------------
 // Reports
 
-/**
- * This process's peak resident set. On Linux getrusage's maxrss carries the parent's peak over
- * fork and exec, so the kernel's per-process high-water mark (VmHWM) is read where it exists.
- */
-function peakRss(): number {
-  try {
-    const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync("/proc/self/status", "utf8"));
-    if (match) return Number(match[1]) * 1024;
-  } catch {
-    // not Linux: fall through
-  }
-  return process.resourceUsage().maxRSS * 1024;
-}
-
 const hex = (v: bigint): string => `0x${v.toString(16).padStart(16, "0")}`;
 
 function roundsTable(rounds: readonly PrecopyRoundReport[]): string[] {
@@ -122,7 +124,60 @@ function migrationText(sent: SendResult): string[] {
   ];
 }
 
-const round3 = (n: number): number => Math.round(n * 1000) / 1000;
+
+/** Writes the HTML picture of a migration (--report), atomically like every output. */
+function writeReport(path: string, sent: SendResult, flags: MigrateFlags, title: string, facts: (readonly [string, string])[]): void {
+  const file = new AtomicFile(path);
+  try {
+    file.writeAt(new TextEncoder().encode(migrationReportHtml(sent, { title, thresholdBytes: parseSize(flags.threshold), facts })), 0);
+    file.commit();
+  } catch (error) {
+    file.abort();
+    throw error;
+  }
+}
+
+/**
+ * The progress line of a migration: its phase (pre-copy round N, stop-copy), what is dirty
+ * against the threshold, and the time, redrawn while the rounds run.
+ */
+function migrationProgress(label: string, flags: MigrateFlags, device: MigrationDevice): { onRound: (r: PrecopyRoundReport) => void; done: () => void } {
+  const progress = new Progress(label, flags).tick();
+  const threshold = parseSize(flags.threshold);
+  const maxRounds = Math.max(1, parseCount(flags.maxRounds, "round count"));
+  let previous = Infinity;
+  let count = 0;
+  progress.phase("pre-copy round 0", device.model.size);
+  let poll: ReturnType<typeof setInterval> | undefined;
+  if (progress.enabled) {
+    // The first pass's progress, as VFIO_MIG_GET_PRECOPY_INFO tells a VMM: its initial bytes
+    // not read yet (asked only while a progress line is drawn).
+    poll = setInterval(() => {
+      if (count > 0 || !device.state.startsWith("PRE_COPY")) return clearInterval(poll);
+      try {
+        const { initialBytes } = device.precopyInfo();
+        progress.update(Math.max(0, device.model.size - initialBytes), device.model.size);
+      } catch {
+        clearInterval(poll); // the device left PRE_COPY between the check and the call
+      }
+    }, 250);
+    poll.unref();
+  }
+  return {
+    done: () => {
+      if (poll) clearInterval(poll);
+      progress.done();
+    },
+    onRound: (r) => {
+      count++;
+      // The same rules as pre-copy's end (threshold, max rounds, no progress): the next phase.
+      const last = r.dirtyBytes <= threshold || count >= maxRounds || r.dirtyBytes > previous * 0.95;
+      previous = r.dirtyBytes;
+      progress.phase(last ? "stop-copy" : `pre-copy round ${r.round + 1}`);
+      progress.note(`${formatBytes(r.dirtyBytes)} dirty (threshold ${formatBytes(threshold)})`);
+    },
+  };
+}
 
 function deviceJson(device: MigrationDevice): Record<string, unknown> {
   return {
@@ -150,6 +205,8 @@ interface MigrateFlags {
   bandwidth?: string;
   json?: boolean;
   quiet?: boolean;
+  progress?: boolean;
+  report?: string;
 }
 
 interface DemoFlags extends MigrateFlags {
@@ -175,6 +232,7 @@ interface ReceiveFlags extends ReaderFlags, TransportFlags {
   force?: boolean;
   json?: boolean;
   quiet?: boolean;
+  progress?: boolean;
 }
 
 function migrateOptions(command: Command): Command {
@@ -185,7 +243,9 @@ function migrateOptions(command: Command): Command {
     .option("--bandwidth <bytes/s>", "link speed for the expected downtime (default: measured)")
     .addOption(new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)").choices(["none", "lz4"]).default("none"))
     .option("--json", "print the report as JSON on stdout")
-    .option("-q, --quiet", "print nothing but errors");
+    .option("-q, --quiet", "print nothing but errors")
+    .option("--report <file.html>", "write the migration as an HTML page: rounds charted, summary table (self-contained, no network)")
+    .option("--no-progress", "no progress line on stderr (also: NO_PROGRESS=1)");
 }
 
 function demoOptions(command: Command, sizeDefault: string): Command {
@@ -232,7 +292,13 @@ function demoDevice(flags: DemoFlags): { device: MigrationDevice; workload: Work
   return { device, workload: new Workload(device, rate, seed), rate };
 }
 
+/** --report's file is checked before the migration (its directory exists, it is no directory). */
+function checkReport(flags: MigrateFlags): void {
+  if (flags.report !== undefined) planOutput(flags.report, { force: true });
+}
+
 async function runDemo(flags: DemoFlags): Promise<void> {
+  checkReport(flags);
   const started = performance.now();
   const { device, workload, rate } = demoDevice(flags);
   const createdMs = performance.now() - started;
@@ -250,9 +316,11 @@ async function runDemo(flags: DemoFlags): Promise<void> {
     workload.start();
     device.compress = flags.compress;
     let sent: SendResult;
+    const progress = migrationProgress("demo", flags, device);
     try {
-      sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port });
+      sent = await sendDevice(device, { ...sendOptions(flags), host: "127.0.0.1", port, onRound: progress.onRound });
     } finally {
+      progress.done();
       workload.stop();
     }
     target = await receiving;
@@ -279,6 +347,13 @@ async function runDemo(flags: DemoFlags): Promise<void> {
         : `MISMATCH    source ${hex(sourceDigest)} != target ${hex(target.digest)}`,
       `time        ${(totalMs / 1000).toFixed(2)} s in all (${(createdMs / 1000).toFixed(2)} s creating the device)`,
     ].join("\n");
+    if (flags.report !== undefined) {
+      writeReport(flags.report, sent, flags, `migstream demo: ${deviceText(device)}`, [
+        ["device", deviceText(device)],
+        ["workload", `${Math.round(rate)} pages/s, ${workload.stats.writes} writes`],
+        ["verified", identical ? "source and target identical" : "MISMATCH"],
+      ]);
+    }
     report(value, text, flags);
     if (!identical) throw new MigrationError("EBADMSG", "the migrated state differs from the source's");
   } finally {
@@ -294,28 +369,28 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
     throw new MigrationError("EINVAL", "send needs a snapshot file or --demo (not both)");
   }
   const { host, port } = parseEndpoint(flags.to);
+  checkReport(flags);
   const security = transport(flags);
-  if (snapshot !== undefined) return sendSnapshot(snapshot, host, port, security, flags);
-  const started = performance.now();
+  if (snapshot !== undefined) {
+    // "-": the snapshot comes on stdin (spooled to a private temporary file, removed at the end).
+    const spooled = await snapshotPath(snapshot, "snapshot");
+    try {
+      return await sendSnapshot(spooled.path, snapshot, host, port, security, flags);
+    } finally {
+      spooled.cleanup();
+    }
+  }
   const demo = demoDevice(flags);
   const device = demo.device;
   try {
     device.compress = flags.compress;
     demo.workload.start();
     let sent: SendResult;
+    const progress = migrationProgress("send", flags, device);
     try {
-      sent = await sendDevice(device, {
-        ...sendOptions(flags),
-        ...security,
-        host,
-        port,
-        onRound: (r) => {
-          if (!flags.json && !flags.quiet && process.stderr.isTTY) {
-            process.stderr.write(`round ${r.round}: ${r.pages} pages, ${formatBytes(r.bytes)}, ${formatBytes(r.dirtyBytes)} dirty left\n`);
-          }
-        },
-      });
+      sent = await sendDevice(device, { ...sendOptions(flags), ...security, host, port, onRound: progress.onRound });
     } finally {
+      progress.done();
       demo.workload.stop();
     }
     const value = {
@@ -326,13 +401,19 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
       ...migrationJson(sent),
       digest: hex(sent.digest),
       accepted: true,
-      resources: resources(started),
+      maxRssBytes: peakRss(),
     };
     const text = [
       `sent demo device ${deviceText(device)} to ${host}:${port}`,
       ...migrationText(sent),
       `accepted    the receiver stored the state (xxh3 ${hex(sent.digest)})`,
     ].join("\n");
+    if (flags.report !== undefined) {
+      writeReport(flags.report, sent, flags, `migstream send ${demo ? "--demo" : snapshot} to ${host}:${port}`, [
+        ["device", deviceText(device)],
+        ["receiver", `${host}:${port}, validated (xxh3 ${hex(sent.digest)})`],
+      ]);
+    }
     report(value, text, flags);
   } finally {
     device.free();
@@ -341,72 +422,94 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
 
 const tlsKind = (tls: TransportSecurity | undefined): string => (!tls ? "none" : "psk" in tls ? "psk" : "certificates");
 
-function resources(started: number): { elapsedMs: number; maxRssBytes: number } {
-  return { elapsedMs: Math.round(performance.now() - started), maxRssBytes: peakRss() };
-}
-
 /**
  * A snapshot file goes out as one full stream read with positional I/O, window by window: no
  * device is built, memory stays a few windows. Connecting comes first, so nobody listening
  * fails before the file is read.
  */
-async function sendSnapshot(snapshot: string, host: string, port: number, security: ReturnType<typeof transport>, flags: SendFlags): Promise<void> {
-  const started = performance.now();
+async function sendSnapshot(snapshot: string, shown: string, host: string, port: number, security: ReturnType<typeof transport>, flags: SendFlags): Promise<void> {
   let size: number;
   try {
     size = statSync(snapshot).size;
   } catch (cause) {
-    throw ioError(`cannot open ${snapshot}`, cause);
+    throw ioError(`cannot open ${shown}`, cause);
   }
-  if (size === 0) throw new MigrationError("EINVAL", `${snapshot} is empty: nothing to migrate`);
+  if (size === 0) throw new MigrationError("EINVAL", `${shown} is empty: nothing to migrate`);
   const pageSize = parseSize(flags.pageSize);
-  const sent = await sendFile(snapshot, { host, port, ...security, pageSize, deviceId: flags.deviceId ?? "", ...(flags.compress ? { compress: flags.compress } : {}) });
+  const progress = new Progress("send", flags);
+  let sent: Awaited<ReturnType<typeof sendFile>>;
+  try {
+    sent = await sendFile(snapshot, {
+      host,
+      port,
+      ...security,
+      pageSize,
+      deviceId: flags.deviceId ?? "",
+      ...(flags.compress ? { compress: flags.compress } : {}),
+      onprogress: (done, total) => progress.update(done, total),
+    });
+  } finally {
+    progress.done();
+  }
   const { summary, digest, durationMs } = sent;
   const pages = Math.ceil(size / pageSize);
   const throughput = summary.bytes / Math.max(durationMs / 1000, 1e-6);
-  const value = {
-    to: `${host}:${port}`,
-    tls: tlsKind(security.tls),
-    device: { size, pageSize, tracking: null, deviceId: flags.deviceId ?? "", regions: [{ name: "state", size }] },
-    // A snapshot does not change: one pass, no rounds to converge, no downtime to measure.
+  // A snapshot does not change: one pass, no rounds to converge, no downtime to measure.
+  const migration: SendResult = {
     rounds: [{ round: 0, pages, bytes: summary.bytes, dirtyBytes: 0, dirtyRate: 0, expectedDowntimeMs: 0, durationMs: round3(durationMs) }],
-    converged: "snapshot",
+    converged: "no-precopy",
+    initialDataSent: true,
     bytes: summary.bytes,
     stopCopyBytes: 0,
     downtimeMs: 0,
     durationMs: round3(durationMs),
     throughput: Math.round(throughput),
+    digest,
+  };
+  const value = {
+    to: `${host}:${port}`,
+    tls: tlsKind(security.tls),
+    device: { size, pageSize, tracking: null, deviceId: flags.deviceId ?? "", regions: [{ name: "state", size }] },
+    ...migrationJson(migration),
+    converged: "snapshot",
     digest: hex(digest),
     accepted: true,
-    resources: resources(started),
+    maxRssBytes: peakRss(),
   };
   const text = [
-    `sent ${snapshot} (${formatBytes(size)}, page size ${pageSize}) to ${host}:${port}${security.tls ? ` over TLS (${tlsKind(security.tls)})` : ""}`,
+    `sent ${shown === "-" ? "stdin" : shown} (${formatBytes(size)}, page size ${pageSize}) to ${host}:${port}${security.tls ? ` over TLS (${tlsKind(security.tls)})` : ""}`,
     `total       ${formatBytes(summary.bytes)} in ${(durationMs / 1000).toFixed(2)} s (${formatBytes(throughput)}/s)`,
     `accepted    the receiver stored the state (xxh3 ${hex(digest)})`,
   ].join("\n");
+  if (flags.report !== undefined) {
+    writeReport(flags.report, migration, flags, `migstream send ${shown} to ${host}:${port}`, [
+      ["snapshot", `${shown === "-" ? "stdin" : shown}, ${formatBytes(size)}, page size ${pageSize}`],
+      ["receiver", `${host}:${port}, stored (xxh3 ${hex(digest)})`],
+    ]);
+  }
   report(value, text, flags);
 }
 
 async function runReceive(flags: ReceiveFlags): Promise<void> {
-  const started = performance.now();
   const { host, port } = parseEndpoint(flags.listen);
   const security = transport(flags);
-  const toStdout = flags.output === "-";
-  if (toStdout && process.stdout.isTTY && !flags.force) {
-    throw new MigrationError("EINVAL", "refusing to write binary data to a terminal (use -o FILE, a pipe, or --force)");
-  }
+  // Checked before listening: an existing file needs -f, a terminal takes no binary data without
+  // it, the output's directory must exist and be writable.
+  const plan = planOutput(flags.output, { force: flags.force === true });
+  const toStdout = plan.kind === "stdout";
   if (!security.tls && !isLoopback(host)) {
     process.stderr.write(
       `migstream: warning: listening on ${host} without TLS: anyone who can reach the port can push a state, and the state crosses the network in clear (use --tls-cert/--tls-key/--tls-ca or --tls-psk)\n`,
     );
   }
-  // An unwritable output fails now, not after a whole transfer: create and drop a temporary
-  // file beside it. For stdout the state is staged in a private temporary directory and copied
-  // out once stored, before the verdict.
-  const staging = toStdout ? stagingDir() : undefined;
-  const path = staging ? join(staging.dir, "received.state") : flags.output;
+  // A regular file: the stream is decoded straight into a temporary file beside it, renamed once
+  // stored. Anything else (stdout, a device, a FIFO, a socket) is written through: the state is
+  // staged in a private temporary file and copied out once stored, before the verdict.
+  const staging = plan.kind === "file" ? undefined : privateTempFile("received.state");
+  const path = staging ? staging.path : plan.target;
+  const progress = new Progress("receive", flags);
   try {
+    // An unwritable output fails now, not after a whole transfer.
     new AtomicFile(path).abort();
     const received = await receiveFile(path, {
       host,
@@ -414,53 +517,57 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       ...security,
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
       ...readerLimits(flags),
-      ...(toStdout ? { deliver: (stored: string) => copyToStdout(stored, flags.force === true) } : {}),
+      ...(staging ? { deliver: (stored: string) => copyOut(stored, plan) } : {}),
       onListening: (a) => {
-        // Always said (tests and scripts read the port when listening on port 0).
-        if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
+        // Always said (scripts read the port when listening on port 0). When the --json report
+        // goes to stderr too (-o -), stderr is JSON Lines: this is its first line.
+        if (flags.json && toStdout) process.stderr.write(`${toJson({ command: context.command, event: "listening", host: a.host, port: a.port }, false)}\n`);
+        else if (!flags.quiet) process.stderr.write(`listening on ${a.host}:${a.port}\n`);
       },
       onConnection: (peer) => {
-        if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
+        // The line's clock starts with the sender, not with the wait for it.
+        if (progress.enabled) progress.phase(`from ${peer.host}:${peer.port}`);
+        else if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
       },
       onDropped: (peer, reason) => {
         if (!flags.quiet) process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${reason.message}\n`);
       },
+      onProgress: (bytes) => progress.update(bytes),
     });
+    progress.done();
     const h = received.header;
-    // For the report: the stored file's identity (the stream's own checks already passed).
-    const digest = fileDigest(path, h.totalSize);
+    // For the report: the stored state's identity (the stream's own checks already passed).
+    const digest = fileDigest(staging ? staging.path : plan.target, h.totalSize);
     const value = {
       output: flags.output,
       from: `${received.peer.host}:${received.peer.port}`,
       tls: tlsKind(security.tls),
       bytes: received.bytes,
+      stateBytes: h.totalSize,
       durationMs: round3(received.durationMs),
       throughput: Math.round(received.bytes / Math.max(received.durationMs / 1000, 1e-6)),
-      header: { deviceId: h.deviceId, pageSize: h.pageSize, totalSize: h.totalSize, checksum: h.checksum, regions: h.regions },
+      header: { deviceId: h.deviceId, pageSize: h.pageSize, totalSize: h.totalSize, checksum: h.checksum, compression: h.compression, regions: h.regions },
       digest: hex(digest),
-      resources: resources(started),
+      maxRssBytes: peakRss(),
     };
     const text = `received ${formatBytes(h.totalSize)} of state (${formatBytes(received.bytes)} of stream in ${(received.durationMs / 1000).toFixed(2)} s) -> ${toStdout ? "stdout" : flags.output}: validated and stored (xxh3 ${hex(digest)})`;
     report(value, text, { ...flags, dataOnStdout: toStdout });
-  } catch (error) {
-    // With --json a failure is reported too (with this process's peak memory), then exits.
-    if (flags.json && error instanceof MigrationError) {
-      report({ output: flags.output, error: errorJson(error), resources: resources(started) }, "", { ...flags, dataOnStdout: toStdout });
-    }
-    throw error;
   } finally {
+    progress.done();
     staging?.cleanup();
   }
 }
 
-function stagingDir(): { dir: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), "migstream-"));
-  return { dir, cleanup: onInterruptCleanup(() => rmSync(dir, { recursive: true, force: true })) };
-}
-
-async function copyToStdout(path: string, force: boolean): Promise<void> {
-  const out = openOutput("-", force);
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) await out.write(chunk as Buffer);
+/** Copies a stored state to an output that is not a regular file (stdout, a device, a FIFO). */
+async function copyOut(path: string, plan: OutputPlan): Promise<void> {
+  const out = await openOutput(plan);
+  try {
+    for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) await out.write(chunk as Buffer);
+    await out.commit();
+  } catch (error) {
+    out.abort();
+    throw error;
+  }
 }
 
 function fileDigest(path: string, size: number): bigint {
@@ -499,7 +606,7 @@ export function registerLiveCommands(program: Command): void {
       program
         .command("send")
         .description("live-migrate a device to a receiver over TCP: a snapshot file (one region \"state\"), or --demo for the synthetic device with its workload")
-        .argument("[snapshot]", "snapshot file to send (one region \"state\", read in one pass after connecting)")
+        .argument("[snapshot]", "snapshot file to send (one region \"state\", read in one pass after connecting), or - for stdin")
         .requiredOption("--to <host:port>", "the receiver (migstream receive --listen)")
         .option("--demo", "send the synthetic demo device, written to by its workload during the migration")
         .option("--device-id <id>", `compatibility id the receiver may require (default: "" for a snapshot, "${DEMO_DEVICE_ID}" with --demo)`),
@@ -520,9 +627,11 @@ export function registerLiveCommands(program: Command): void {
       .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout"),
     "refuse streams for another device compatibility id (default: accept the stream's)",
   ))
-    .option("-f, --force", "write binary data even to a terminal")
-    .option("--json", "print the report as JSON")
+    .option("-f, --force", "replace an existing output file; write binary data even to a terminal")
+    .option("--json", "print the report as JSON (on stderr as JSON Lines with -o -)")
     .option("-q, --quiet", "print nothing but errors")
+    .option("--no-progress", "no progress line on stderr (also: NO_PROGRESS=1)")
+    .addHelpText("after", OUTPUT_HELP)
     .addHelpText(
       "after",
       "\nNothing is written unless the whole stream arrived and validated: a dropped connection exits 2,\na stream for another device 3, and the output file is left as it was. Peers that do not\nauthenticate and send a valid header within --timeout are dropped while receive keeps listening.\n\nExamples:\n  migstream receive --listen 7400 -o vm.state --device-id nic-v2\n  migstream receive --listen 0.0.0.0:7400 -o vm.state --tls-psk keys.psk\n  migstream receive --listen 7400 -o - | sha256sum",
