@@ -11,7 +11,7 @@ import { AtomicFile, onInterruptCleanup } from "../node/atomic-file.js";
 
 export const EXIT = { ok: 0, usage: 1, corrupt: 2, incompatible: 3, io: 4, interrupted: 130 } as const;
 
-/** The exit code for an error: the CLI contract of DESIGN.md. */
+/** The exit code for an error: the CLI contract (README, "Command line"; docs/ARCHITECTURE.md, "Design rules"). */
 export function exitCodeFor(error: unknown): number {
   if (error instanceof MigrationError) {
     switch (error.code) {
