@@ -39,13 +39,14 @@ try {
   // 1. The stream cancellation.
   process.stdout.write(run("streams", join(root, "test/smoke/streams.mjs")));
 
-  // 2. The README's TypeScript examples, importing the built entry by path.
-  const entry = pathToFileURL(join(root, "dist/index.js")).href;
+  // 2. The README's TypeScript examples, importing the built entries by path.
+  const entries = { migstream: "dist/index.js", "migstream/node": "dist/node/index.js" };
+  const resolve = (_, name) => `from "${pathToFileURL(join(root, entries[name])).href}"`;
   const examples = [...readFileSync(join(root, "README.md"), "utf8").matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
   if (examples.length < 2) throw new Error("README examples not found");
   examples.forEach((code, i) => {
     const file = join(work, `example-${i}.ts`);
-    writeFileSync(file, code.replaceAll(/from "migstream"/g, `from "${entry}"`));
+    writeFileSync(file, code.replaceAll(/from "(migstream(?:\/node)?)"/g, resolve));
     const out = run(`README example ${i}`, file);
     if (out.trim() === "" || /false/.test(out)) throw new Error(`README example ${i} printed: ${out}`);
     console.log(`ok  README example ${i}: ${out.trim().replaceAll("\n", " | ")}`);
