@@ -58,7 +58,7 @@ export class Reported extends Error {
   }
 }
 
-/** The exit code for an error. */
+/** The exit code for an error: the CLI contract (README, "Command line"; docs/ARCHITECTURE.md, "Design rules"). */
 export function exitCodeFor(error: unknown): number {
   if (error instanceof Reported) return exitCodeFor(error.error);
   if (error instanceof CliError) return error.exitCode;

@@ -68,10 +68,16 @@ export class EncodeStream extends Transform {
       this.push(chunk);
     });
     this.#signal = signal;
-    if (signal) {
-      if (signal.aborted) this.destroy(canceled("encode", signal));
-      else signal.addEventListener("abort", this.#onAbort, { once: true });
-    }
+  }
+
+  /**
+   * Watches the signal from here rather than from the constructor: a stream destroyed while it
+   * is being constructed is destroyed before anyone could pipe it, which `pipeline` reports as
+   * ERR_STREAM_UNABLE_TO_PIPE on Node 24+, Deno and Bun while the error itself goes unhandled.
+   * An error passed to this callback takes the normal path on every runtime.
+   */
+  override _construct(callback: (error?: Error | null) => void): void {
+    callback(watchSignal(this.#signal, "encode", this.#onAbort));
   }
 
   /** The header the stream is written with. */
@@ -136,10 +142,11 @@ export class DecodeStream extends Transform {
     this.#chunkSize = chunkSize;
     this.#decoder = createDecoder(decoderOptions);
     this.#signal = signal;
-    if (signal) {
-      if (signal.aborted) this.destroy(canceled("decode", signal));
-      else signal.addEventListener("abort", this.#onAbort, { once: true });
-    }
+  }
+
+  /** As {@link EncodeStream}'s: an already-aborted signal fails the stream once it can be piped. */
+  override _construct(callback: (error?: Error | null) => void): void {
+    callback(watchSignal(this.#signal, "decode", this.#onAbort));
   }
 
   /** The stream header, once read and verified. */
@@ -400,6 +407,14 @@ function checkSignal(signal: AbortSignal | undefined): void {
 
 function canceled(what: string, signal: AbortSignal | undefined): MigrationError {
   return new MigrationError("ECANCELED", `${what} aborted`, { cause: signal?.reason });
+}
+
+/** The ECANCELED error for a signal aborted already, or null after listening for a later abort. */
+function watchSignal(signal: AbortSignal | undefined, what: string, onAbort: () => void): MigrationError | null {
+  if (!signal) return null;
+  if (signal.aborted) return canceled(what, signal);
+  signal.addEventListener("abort", onAbort, { once: true });
+  return null;
 }
 
 function throwIfAborted(what: string, signal: AbortSignal | undefined): void {

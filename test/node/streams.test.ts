@@ -330,6 +330,28 @@ describe("createEncodeStream / createDecodeStream", () => {
     expectCode(decode, "ECANCELED");
   });
 
+  it("reports an already-aborted signal through the normal error path, after it could be piped (Node 24+, Deno, Bun)", async () => {
+    // Destroying the stream inside its constructor made pipeline() fail with
+    // ERR_STREAM_UNABLE_TO_PIPE on Node 24 and left the ECANCELED 'error' unhandled.
+    const before = core().allocatedBytes;
+    const reason = new Error("gave up before starting");
+    for (const make of [
+      () => createEncodeStream({ size: 10, signal: AbortSignal.abort(reason) }),
+      () => createDecodeStream({ signal: AbortSignal.abort(reason) }),
+    ]) {
+      const stream = make();
+      expect(stream.destroyed).toBe(false);
+      const error = await new Promise<unknown>((resolve) => stream.once("error", resolve));
+      expectCode(error, "ECANCELED");
+      expect((error as MigrationError).cause).toBe(reason);
+      expect(stream.destroyed).toBe(true);
+
+      const piped = await rejection(pipeline(Readable.from([new Uint8Array(10)]), make(), collector().writable));
+      expectCode(piped, "ECANCELED");
+    }
+    expect(core().allocatedBytes).toBe(before);
+  });
+
   it("works under pipeline(..., { signal }): completes when not aborted, frees the codec when aborted", async () => {
     const state = makeState(1 << 20, 11);
     const done = collector();
