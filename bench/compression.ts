@@ -119,12 +119,24 @@ export async function compressionBenchmarks(size: number, config: BenchConfig): 
     const copy = gbps("Buffer.copy");
     const add = (task: string, vs: Record<string, number>, target?: string): void => {
       const spread = t.get(task)!.spread;
-      rows.push({ section: "compression", size, task: `${name}: ${task} (±${(spread * 100).toFixed(1)}%)`, gbps: gbps(task), vsCopy: gbps(task) / copy, vs, ...(target ? { target } : {}) });
+      rows.push({
+        section: "compression",
+        size,
+        task: `${name}: ${task} (±${(spread * 100).toFixed(1)}%)`,
+        gbps: gbps(task),
+        vsCopy: gbps(task) / copy,
+        vs,
+        ...(target ? { target } : {}),
+      });
     };
     add("compress (wasm kernel, in core memory)", { napi: gbps("compress (wasm kernel, in core memory)") / gbps("lz4-napi compressSync") }, ">= 1.0x napi");
     add("lz4CompressBlock (API: copies in and out)", { napi: gbps("lz4CompressBlock (API: copies in and out)") / gbps("lz4-napi compressSync") });
     add("lz4-napi compressSync", {});
-    add("decompress (wasm kernel, in core memory)", { napi: gbps("decompress (wasm kernel, in core memory)") / gbps("lz4-napi uncompressSync") }, ">= 1.0x napi");
+    add(
+      "decompress (wasm kernel, in core memory)",
+      { napi: gbps("decompress (wasm kernel, in core memory)") / gbps("lz4-napi uncompressSync") },
+      ">= 1.0x napi",
+    );
     add("lz4DecompressBlock (API: copies in and out)", { napi: gbps("lz4DecompressBlock (API: copies in and out)") / gbps("lz4-napi uncompressSync") });
     add("lz4-napi uncompressSync", {});
     add("encode stream, no compression", {});

@@ -61,11 +61,7 @@ export function targetMet(row: Row): boolean | undefined {
 }
 
 /** Runs `tasks` (each processing `bytes` per call) plus a Buffer.copy baseline of `bytes`. */
-export async function measure(
-  bytes: number,
-  tasks: Record<string, () => unknown>,
-  config: BenchConfig,
-): Promise<Map<string, Measured>> {
+export async function measure(bytes: number, tasks: Record<string, () => unknown>, config: BenchConfig): Promise<Map<string, Measured>> {
   const copySource = Buffer.alloc(bytes, 7);
   const copyTarget = Buffer.alloc(bytes);
   const large = bytes >= 16 << 20;
@@ -122,9 +118,7 @@ export function randomBytes(into: Uint8Array, seed = 1): Uint8Array {
 
 export function printTable(title: string, rows: Row[]): void {
   console.log(`\n${title}`);
-  console.log(
-    `${"task".padEnd(54)} ${"size".padStart(8)} ${"GB/s".padStart(8)} ${"x copy".padStart(8)}  comparisons${" ".repeat(14)}target (met?)`,
-  );
+  console.log(`${"task".padEnd(54)} ${"size".padStart(8)} ${"GB/s".padStart(8)} ${"x copy".padStart(8)}  comparisons${" ".repeat(14)}target (met?)`);
   for (const row of rows) {
     const vs = Object.entries(row.vs ?? {})
       .map(([name, r]) => `${r.toFixed(2)}x ${name}`)

@@ -103,7 +103,11 @@ export async function kernelBenchmarks(sizes: number[], config: BenchConfig): Pr
       task,
       gbps: gb(task),
       vsCopy: ratio(results, task, "Buffer.copy"),
-      vs: Object.fromEntries(Object.entries(vs).filter(([, t]) => results.has(t)).map(([name, t]) => [name, ratio(results, task, t)])),
+      vs: Object.fromEntries(
+        Object.entries(vs)
+          .filter(([, t]) => results.has(t))
+          .map(([name, t]) => [name, ratio(results, task, t)]),
+      ),
       ...(target && big ? { target } : {}),
     });
     rows.push(

@@ -96,7 +96,10 @@ function check(what: string, r: Exited): void {
 }
 
 /** One send/receive of `snapshot`: ms from starting the sender to its exit (the OK), and both reports. */
-async function migstreamTransfer(snapshot: string, output: string): Promise<{ ms: number; sender: { resources: { maxRssBytes: number } }; receiver: { resources: { maxRssBytes: number } } }> {
+async function migstreamTransfer(
+  snapshot: string,
+  output: string,
+): Promise<{ ms: number; sender: { resources: { maxRssBytes: number } }; receiver: { resources: { maxRssBytes: number } } }> {
   const receiver = await listening([cli, "receive", "--listen", "0", "-o", output, "--json"], /listening on [^\s]+:(\d+)/);
   const started = performance.now();
   const sent = await exited(spawn(process.execPath, [cli, "send", snapshot, "--to", String(receiver.port), "--json"], { stdio: ["ignore", "pipe", "pipe"] }));

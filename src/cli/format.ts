@@ -22,7 +22,11 @@ export function parseSize(text: string): number {
 
 /** The smallest size flag value (in whole KiB, MiB or GiB) that is at least `bytes`. */
 export function sizeFlag(bytes: number): string {
-  for (const [unit, scale] of [["G", 1024 ** 3], ["M", 1024 ** 2], ["K", 1024]] as const) {
+  for (const [unit, scale] of [
+    ["G", 1024 ** 3],
+    ["M", 1024 ** 2],
+    ["K", 1024],
+  ] as const) {
     if (bytes >= scale) return `${Math.ceil(bytes / scale)}${unit}`;
   }
   return String(bytes);

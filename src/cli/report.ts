@@ -12,8 +12,7 @@ export interface ReportContext {
   facts?: readonly (readonly [string, string])[];
 }
 
-const escapeHtml = (text: string): string =>
-  text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+const escapeHtml = (text: string): string => text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 
 const W = 560;
 const H = 220;
@@ -54,7 +53,9 @@ function chart(id: string, title: string, labels: readonly string[], series: rea
     parts.push(`<line x1="${PAD.left}" x2="${W - PAD.right}" y1="${y(t).toFixed(1)}" y2="${y(t).toFixed(1)}" class="grid"/>`);
     parts.push(`<text x="${PAD.left - 6}" y="${(y(t) + 4).toFixed(1)}" class="tick" text-anchor="end">${escapeHtml(format(t))}</text>`);
   }
-  labels.forEach((label, i) => parts.push(`<text x="${x(i).toFixed(1)}" y="${H - PAD.bottom + 16}" class="tick" text-anchor="middle">${escapeHtml(label)}</text>`));
+  labels.forEach((label, i) =>
+    parts.push(`<text x="${x(i).toFixed(1)}" y="${H - PAD.bottom + 16}" class="tick" text-anchor="middle">${escapeHtml(label)}</text>`),
+  );
   const legend: string[] = [];
   for (const s of series) {
     if (s.kind === "bars") {
@@ -67,10 +68,16 @@ function chart(id: string, title: string, labels: readonly string[], series: rea
     } else if (s.kind === "line") {
       const points = s.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
       parts.push(`<polyline class="line" data-series="${escapeHtml(s.name)}" points="${points}" fill="none" stroke="${s.color}" stroke-width="2"/>`);
-      s.values.forEach((v, i) => parts.push(`<circle cx="${x(i).toFixed(1)}" cy="${y(v).toFixed(1)}" r="3" fill="${s.color}"><title>${escapeHtml(`${labels[i]}: ${format(v)}`)}</title></circle>`));
+      s.values.forEach((v, i) =>
+        parts.push(
+          `<circle cx="${x(i).toFixed(1)}" cy="${y(v).toFixed(1)}" r="3" fill="${s.color}"><title>${escapeHtml(`${labels[i]}: ${format(v)}`)}</title></circle>`,
+        ),
+      );
     } else {
       const v = s.values[0] ?? 0;
-      parts.push(`<line class="rule" data-series="${escapeHtml(s.name)}" x1="${PAD.left}" x2="${W - PAD.right}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="${s.color}" stroke-width="2" stroke-dasharray="6 4"/>`);
+      parts.push(
+        `<line class="rule" data-series="${escapeHtml(s.name)}" x1="${PAD.left}" x2="${W - PAD.right}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="${s.color}" stroke-width="2" stroke-dasharray="6 4"/>`,
+      );
     }
     legend.push(`<span><i style="background:${s.color}"></i>${escapeHtml(s.name)}</span>`);
   }
@@ -86,7 +93,13 @@ export function migrationReportHtml(report: MigrationReport, context: ReportCont
   const rounds = report.rounds;
   const labels = [...rounds.map((r) => `round ${r.round}`), "stop-copy"];
   const charts = [
-    chart("chart-bytes", "Stream bytes per round", labels, [{ name: "bytes sent", kind: "bars", values: [...rounds.map((r) => r.bytes), report.stopCopyBytes], color: "#3b6fb6" }], bytes),
+    chart(
+      "chart-bytes",
+      "Stream bytes per round",
+      labels,
+      [{ name: "bytes sent", kind: "bars", values: [...rounds.map((r) => r.bytes), report.stopCopyBytes], color: "#3b6fb6" }],
+      bytes,
+    ),
     chart(
       "chart-dirty",
       "Dirty bytes left vs the stop-copy threshold",
@@ -97,7 +110,13 @@ export function migrationReportHtml(report: MigrationReport, context: ReportCont
       ],
       bytes,
     ),
-    chart("chart-rate", "Dirty rate during each round", labels.slice(0, -1), [{ name: "dirty rate", kind: "line", values: rounds.map((r) => r.dirtyRate), color: "#8a4fb0" }], rate),
+    chart(
+      "chart-rate",
+      "Dirty rate during each round",
+      labels.slice(0, -1),
+      [{ name: "dirty rate", kind: "line", values: rounds.map((r) => r.dirtyRate), color: "#8a4fb0" }],
+      rate,
+    ),
     chart(
       "chart-downtime",
       "Expected downtime vs the measured downtime",

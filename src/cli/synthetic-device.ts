@@ -5,7 +5,6 @@ import type { DirtyTracking } from "../device/device-model.js";
 import type { RegionSpec } from "../format/header.js";
 import { MigrationDevice } from "../migration/v2/migration-device.js";
 
-
 /** A deterministic 32-bit generator (mulberry32): the same seed gives the same demo. */
 function prng(seed: number): () => number {
   let a = seed >>> 0;
@@ -206,4 +205,3 @@ export class Workload {
     }
   }
 }
-

@@ -5,14 +5,7 @@
 import { MigrationError } from "../core/errors.js";
 import { core, guarded, type Core } from "../core/instance.js";
 import { xxh3 } from "../core/xxh3.js";
-import {
-  DEFAULT_LIMITS,
-  HEADER_FIXED,
-  HEADER_PREFIX,
-  RECORD_OVERHEAD,
-  TAG_CONFIG,
-  TAG_ROUND,
-} from "../format/constants.js";
+import { DEFAULT_LIMITS, HEADER_FIXED, HEADER_PREFIX, RECORD_OVERHEAD, TAG_CONFIG, TAG_ROUND } from "../format/constants.js";
 import { checkMagic, parseHeader, parseHeaderPrefix, type RegionSpec, type StreamHeader } from "../format/header.js";
 import { kernelError } from "./decode-errors.js";
 import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_RECORD, DecMode, Region, stableView } from "./contexts.js";
@@ -231,7 +224,7 @@ export class StreamDecoder {
 
   summary(): DecoderSummary {
     const ctx = this.#ctx;
-    const n = (field: number): number => (ctx && this.#regions !== 0 ? ctx.u32(field) : this.#finalCounts?.[field] ?? 0);
+    const n = (field: number): number => (ctx && this.#regions !== 0 ? ctx.u32(field) : (this.#finalCounts?.[field] ?? 0));
     const header = this.#header;
     return {
       header,
@@ -246,14 +239,14 @@ export class StreamDecoder {
         end: this.#ended ? 1 : 0,
       },
       pages: { raw: n(Dec.PAGES_RAW), lz4: n(Dec.PAGES_LZ4), zero: n(Dec.PAGES_ZERO), delta: n(Dec.PAGES_DELTA) },
-      compressedBytes: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.LZ4_BYTES)) : this.#finalCounts?.[Dec.LZ4_BYTES] ?? 0,
+      compressedBytes: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.LZ4_BYTES)) : (this.#finalCounts?.[Dec.LZ4_BYTES] ?? 0),
       rounds: [...this.rounds],
       bytes: this.#consumed,
       ratio: header && header.totalSize > 0 ? this.#consumed / header.totalSize : undefined,
       ended: this.#ended,
       work: {
-        pagesApplied: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.APPLIED)) : this.#finalCounts?.[Dec.APPLIED] ?? 0,
-        bytesCopied: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.COPIED)) : this.#finalCounts?.[Dec.COPIED] ?? 0,
+        pagesApplied: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.APPLIED)) : (this.#finalCounts?.[Dec.APPLIED] ?? 0),
+        bytesCopied: ctx && this.#regions !== 0 ? Number(ctx.u64(Dec.COPIED)) : (this.#finalCounts?.[Dec.COPIED] ?? 0),
       },
     };
   }
@@ -302,10 +295,14 @@ export class StreamDecoder {
       });
     }
     if (options.regions && !sameLayout(options.regions, header.regions)) {
-      throw new MigrationError("ENODEV", `stream region table ${describeLayout(header.regions)} does not match the device's ${describeLayout(options.regions)}`, {
-        recordIndex: 0,
-        byteOffset: tableAt,
-      });
+      throw new MigrationError(
+        "ENODEV",
+        `stream region table ${describeLayout(header.regions)} does not match the device's ${describeLayout(options.regions)}`,
+        {
+          recordIndex: 0,
+          byteOffset: tableAt,
+        },
+      );
     }
     if (header.baseDigest !== undefined) {
       const { baseDigest } = options;
@@ -317,7 +314,7 @@ export class StreamDecoder {
     }
     const c = this.#core;
     const opened = this.#target.open(header);
-    const plan: TargetPlan = Array.isArray(opened) ? { staging: opened.map((ptr) => ({ ptr, zeroed: false })) } : opened ?? {};
+    const plan: TargetPlan = Array.isArray(opened) ? { staging: opened.map((ptr) => ({ ptr, zeroed: false })) } : (opened ?? {});
     const staging = plan.staging;
     const count = header.regions.length;
     const entry = c.exports.region_entry_size();
@@ -510,8 +507,7 @@ export class StreamDecoder {
   }
 
   #fail(error: unknown, rethrow = true): void {
-    const typed =
-      error instanceof MigrationError ? error : new MigrationError("EIO", `decode failed: ${String(error)}`, { cause: error });
+    const typed = error instanceof MigrationError ? error : new MigrationError("EIO", `decode failed: ${String(error)}`, { cause: error });
     this.#phase = "failed";
     this.#error = typed;
     this.#target.abort();
@@ -524,7 +520,17 @@ export class StreamDecoder {
     const ctx = this.#ctx;
     if (ctx) {
       this.#finalCounts = {};
-      for (const field of [Dec.REC_RAW, Dec.REC_ZERO, Dec.REC_DELTA, Dec.REC_SKIPPED, Dec.PAGES_RAW, Dec.PAGES_ZERO, Dec.PAGES_DELTA, Dec.REC_LZ4, Dec.PAGES_LZ4]) {
+      for (const field of [
+        Dec.REC_RAW,
+        Dec.REC_ZERO,
+        Dec.REC_DELTA,
+        Dec.REC_SKIPPED,
+        Dec.PAGES_RAW,
+        Dec.PAGES_ZERO,
+        Dec.PAGES_DELTA,
+        Dec.REC_LZ4,
+        Dec.PAGES_LZ4,
+      ]) {
         this.#finalCounts[field] = ctx.u32(field);
       }
       for (const field of [Dec.APPLIED, Dec.COPIED]) this.#finalCounts[field] = Number(ctx.u64(field));

@@ -201,7 +201,10 @@ export class StreamEncoder {
     const { name, size } = this.header.regions[index]!;
     const pageSize = this.header.pageSize;
     if (!Number.isSafeInteger(offset) || offset < 0 || offset % pageSize !== 0 || offset + data.length > size) {
-      throw new MigrationError("EINVAL", `range [${offset}, ${offset + data.length}) is not page-aligned inside region ${JSON.stringify(name)} of ${size} bytes`);
+      throw new MigrationError(
+        "EINVAL",
+        `range [${offset}, ${offset + data.length}) is not page-aligned inside region ${JSON.stringify(name)} of ${size} bytes`,
+      );
     }
     if (data.length % pageSize !== 0 && offset + data.length !== size) {
       throw new MigrationError("EINVAL", "only the last page of a region may be partial");

@@ -20,10 +20,7 @@ export function encodeSnapshot(state: Uint8Array, options: SnapshotEncodeOptions
 }
 
 /** {@link encodeSnapshot}, also returning the encoder's counts. */
-export function encodeSnapshotWithSummary(
-  state: Uint8Array,
-  options: SnapshotEncodeOptions = {},
-): { stream: Uint8Array; summary: EncoderSummary } {
+export function encodeSnapshotWithSummary(state: Uint8Array, options: SnapshotEncodeOptions = {}): { stream: Uint8Array; summary: EncoderSummary } {
   if (!(state instanceof Uint8Array)) throw new MigrationError("EINVAL", "state must be a Uint8Array");
   const regions = layoutOf(state.length, options.regions);
   const { base, config } = options;
@@ -35,10 +32,7 @@ export function encodeSnapshotWithSummary(
   // that lives there (a CoreBuffer's bytes) is looked up again afterwards.
   const currentState = stableView(state);
   const currentBase = base && stableView(base);
-  const encoder = new StreamEncoder(
-    { ...options, regions, ...(base ? { baseDigest: xxh3(base) } : {}) },
-    (view) => output.append(view),
-  );
+  const encoder = new StreamEncoder({ ...options, regions, ...(base ? { baseDigest: xxh3(base) } : {}) }, (view) => output.append(view));
   try {
     let at = 0;
     regions.forEach((region, i) => {

@@ -58,12 +58,7 @@ export interface ScanDirtyOptions extends ScanOptions {
  * @throws MigrationError `EINVAL` otherwise
  */
 export function validatePageSize(pageSize: number): void {
-  if (
-    !Number.isInteger(pageSize) ||
-    pageSize < MIN_PAGE_SIZE ||
-    pageSize > MAX_PAGE_SIZE ||
-    (pageSize & (pageSize - 1)) !== 0
-  ) {
+  if (!Number.isInteger(pageSize) || pageSize < MIN_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
     throw new MigrationError("EINVAL", `page size must be a power of two in 64..1048576, got ${pageSize}`);
   }
 }
@@ -110,12 +105,7 @@ export function isPageSet(bitmap: Uint8Array, page: number): boolean {
  * @param pageSize power of two in 64..1 MiB; the last page may be partial
  * @throws MigrationError `EINVAL` on a bad page size, a length mismatch or a short bitmap
  */
-export function scanDirty(
-  current: Uint8Array,
-  shadow: Uint8Array,
-  pageSize: number,
-  options: ScanDirtyOptions = {},
-): ScanResult {
+export function scanDirty(current: Uint8Array, shadow: Uint8Array, pageSize: number, options: ScanDirtyOptions = {}): ScanResult {
   checkBytes(current, "current");
   checkBytes(shadow, "shadow");
   validatePageSize(pageSize);
@@ -214,12 +204,7 @@ export function scanZero(data: Uint8Array, pageSize: number, options: ScanOption
  * @param pageSize power of two in 64..1 MiB; the last page may be partial (hashed over its length)
  * @throws MigrationError `EINVAL` on a bad page size, short `hashes` or a short bitmap
  */
-export function scanHash(
-  data: Uint8Array,
-  pageSize: number,
-  hashes: Uint8Array,
-  options: ScanOptions = {},
-): ScanResult {
+export function scanHash(data: Uint8Array, pageSize: number, hashes: Uint8Array, options: ScanOptions = {}): ScanResult {
   checkBytes(data, "data");
   checkBytes(hashes, "hashes");
   validatePageSize(pageSize);
@@ -252,8 +237,7 @@ export function scanHash(
       const firstPage = off / pageSize;
       const windowPages = Math.ceil(n / pageSize);
       const dp = dataPtr >= 0 ? dataPtr + off : stage(c, data, off, n, scratch);
-      const hp =
-        hashPtr >= 0 ? hashPtr + firstPage * 8 : stage(c, hashes, firstPage * 8, windowPages * 8, scratch + dataSize);
+      const hp = hashPtr >= 0 ? hashPtr + firstPage * 8 : stage(c, hashes, firstPage * 8, windowPages * 8, scratch + dataSize);
       const mp = mapPtr >= 0 ? mapPtr + firstPage / 8 : scratch + dataSize + hashSize;
       const changed = k.scan_hash(dp, n, pageSize, hp, mp) >>> 0;
       const u8 = c.u8;

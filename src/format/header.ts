@@ -214,11 +214,10 @@ export function parseHeader(bytes: Uint8Array, limits: HeaderLimits): StreamHead
   const maxRecordPayload = view.getUint32(32, true);
   if (maxRecordPayload < pageSize) throw corrupt(`maximum record payload ${maxRecordPayload} is below the page size`, 32);
   if (maxRecordPayload > limits.maxRecordPayload) {
-    throw new MigrationError(
-      "E2BIG",
-      `stream uses records of up to ${maxRecordPayload} bytes, above the limit of ${limits.maxRecordPayload}`,
-      { recordIndex: 0, byteOffset: 32 },
-    );
+    throw new MigrationError("E2BIG", `stream uses records of up to ${maxRecordPayload} bytes, above the limit of ${limits.maxRecordPayload}`, {
+      recordIndex: 0,
+      byteOffset: 32,
+    });
   }
   const idLength = view.getUint16(36, true);
   if (view.getUint16(38, true) !== 0) throw corrupt("reserved header field is not zero", 38);

@@ -67,8 +67,7 @@ export interface MigrationReport {
 
 // Lets the device's workload run between reads; setImmediate where it exists (Node), a macrotask
 // elsewhere, so the module stays free of Node-only globals.
-const yieldToWorkload = (): Promise<void> =>
-  new Promise((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
+const yieldToWorkload = (): Promise<void> => new Promise((resolve) => (typeof setImmediate === "function" ? setImmediate(resolve) : setTimeout(resolve, 0)));
 
 /**
  * Migrates `device` out: pre-copy rounds (when it supports PRE_COPY and runs), then stop-copy,

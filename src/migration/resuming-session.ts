@@ -12,14 +12,12 @@ export interface ResumingOptions extends DecoderLimits {
 }
 
 export class ResumingSession {
-  readonly #device: DeviceModel;
   readonly #target: MemoryTarget;
   readonly #decoder: StreamDecoder;
   #closed = false;
   #bytes = 0;
 
   constructor(device: DeviceModel, options: ResumingOptions) {
-    this.#device = device;
     // An incremental stream was made against the device's current content: staging copies it
     // on write, chunk by chunk, and commit copies back only what changed. A full stream never
     // reads it (it must deliver every page): its staging is swapped in whole at commit.

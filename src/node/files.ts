@@ -364,10 +364,7 @@ export interface InspectReport {
  * Reads a whole stream, keeping nothing, and reports what it holds and the first problem found
  * (with its record index and byte offset) instead of throwing.
  */
-export async function inspectStream(
-  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
-  options: DecoderLimits = {},
-): Promise<InspectReport> {
+export async function inspectStream(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: DecoderLimits = {}): Promise<InspectReport> {
   const bytesByKind = { pages: 0, lz4: 0, zero: 0, delta: 0 };
   const kinds: Record<number, keyof typeof bytesByKind> = { [TAG_PAGES]: "pages", [TAG_ZERO]: "zero", [TAG_DELTA]: "delta" };
   const decoder = new StreamDecoder(

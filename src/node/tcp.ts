@@ -11,7 +11,16 @@
 // lacks its end record and fails as incomplete (ENODATA). The verdict is what lets the sender's
 // exit code say whether the target stored the state, not only whether the bytes left. The
 // pieces live in ./transport/.
-export { type DialTarget, sendDevice, sendFile, sendStream, type SendFileOptions, type SendFileResult, type SendOptions, type SendResult } from "./transport/sender.js";
+export {
+  type DialTarget,
+  sendDevice,
+  sendFile,
+  sendStream,
+  type SendFileOptions,
+  type SendFileResult,
+  type SendOptions,
+  type SendResult,
+} from "./transport/sender.js";
 export {
   type ListenOptions,
   type Peer,
@@ -25,5 +34,14 @@ export {
   receiveStream,
   type StreamSink,
 } from "./transport/receiver.js";
-export { loadSecurity, parsePskKeys, type PskKey, type SecurityFiles, type TlsCertificates, type TlsPsk, type TransportSecurity, isLoopback } from "./transport/tls.js";
+export {
+  loadSecurity,
+  parsePskKeys,
+  type PskKey,
+  type SecurityFiles,
+  type TlsCertificates,
+  type TlsPsk,
+  type TransportSecurity,
+  isLoopback,
+} from "./transport/tls.js";
 export { DEFAULT_TIMEOUT_MS, PROGRESS_BYTES } from "./transport/deadline.js";

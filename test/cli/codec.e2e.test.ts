@@ -211,7 +211,15 @@ describe("interruption", () => {
 });
 
 interface InspectJson {
-  header: { version: string; checksum: string; pageSize: number; totalSize: number; deviceId: string; incremental: boolean; regions: { name: string; size: number }[] };
+  header: {
+    version: string;
+    checksum: string;
+    pageSize: number;
+    totalSize: number;
+    deviceId: string;
+    incremental: boolean;
+    regions: { name: string; size: number }[];
+  };
   records: { pages: number; zero: number; delta: number; config: number; round: number; skipped: number; end: number };
   pages: { raw: number; zero: number; delta: number };
   bytes: number;

@@ -31,7 +31,10 @@ describe("live commands, --json and stdin", () => {
     const received = await done;
     expect(received.code, received.stderr).toBe(0);
     expect(received.stdout.equals(readFileSync(at("vm.state")))).toBe(true);
-    const lines = received.stderr.trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+    const lines = received.stderr
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(lines[0]).toMatchObject({ command: "receive", event: "listening", port });
     expect(lines.at(-1)).toMatchObject({ command: "receive", output: "-", bytes: expect.any(Number), durationMs: expect.any(Number) });
   });

@@ -137,9 +137,16 @@ describe("send and receive over loopback TCP", () => {
     const first = await run(["send", dir, "--to", `127.0.0.1:${port}`]);
     expect(first.code, first.stderr).toBe(4);
     expect(first.stderr).toMatch(/ECONNREFUSED/);
-    const usage = [["send", "--to", "127.0.0.1:1"], ["send", at("vm.state"), "--demo", "--to", "1"], ["send", at("vm.state"), "--to", "nowhere"], ["receive", "-o", at("x.state")],
-      ["send", at("vm.state"), "--to", "1", "--timeout", "0"], ["receive", "--listen", "0", "-o", at("x.state"), "--timeout", "soon"],
-      ["send", at("vm.state"), "--to", "1", "--tls-cert", at("vm.state")], ["receive", "--listen", "0", "-o", at("x.state"), "--tls-psk", at("vm.state")]];
+    const usage = [
+      ["send", "--to", "127.0.0.1:1"],
+      ["send", at("vm.state"), "--demo", "--to", "1"],
+      ["send", at("vm.state"), "--to", "nowhere"],
+      ["receive", "-o", at("x.state")],
+      ["send", at("vm.state"), "--to", "1", "--timeout", "0"],
+      ["receive", "--listen", "0", "-o", at("x.state"), "--timeout", "soon"],
+      ["send", at("vm.state"), "--to", "1", "--tls-cert", at("vm.state")],
+      ["receive", "--listen", "0", "-o", at("x.state"), "--tls-psk", at("vm.state")],
+    ];
     const results = await Promise.all(usage.map((args) => run(args)));
     results.forEach((result, i) => expect(result.code, `${usage[i]!.join(" ")}: ${result.stderr}`).toBe(1));
   });
@@ -181,7 +188,9 @@ describe("demo", () => {
   });
 
   it("with shadow and hash tracking, text report on stderr", { timeout: 120_000 }, async () => {
-    const results = await Promise.all(["shadow", "hash"].map((tracking) => run(["demo", "--size", "4M", "--tracking", tracking, "--dirty-rate", "8M/s", "--seed", "3"])));
+    const results = await Promise.all(
+      ["shadow", "hash"].map((tracking) => run(["demo", "--size", "4M", "--tracking", tracking, "--dirty-rate", "8M/s", "--seed", "3"])),
+    );
     for (const result of results) {
       expect(result.code, result.stderr).toBe(0);
       expect(result.stdout.length).toBe(0);

@@ -117,7 +117,11 @@ describe("2. overwriting and modes", () => {
     const result = await run(["decode", at("a.mig"), "-o", at("link.state"), "-f"]);
     expect(result.code, result.stderr).toBe(0);
     expect(readFileSync(at("target.state")).length).toBe(SIZE);
-    expect(execFileSync("readlink", [at("link.state")]).toString().trim()).toBe("target.state");
+    expect(
+      execFileSync("readlink", [at("link.state")])
+        .toString()
+        .trim(),
+    ).toBe("target.state");
   });
 
   it("refuses an output that is an input, even with -f", async () => {
@@ -339,7 +343,7 @@ describe("6. progress on a terminal", () => {
     expect(frames.some((f) => /MiB\/2\.0 MiB +\d+%/.test(f))).toBe(true);
     expect(result.stderr).toMatch(/\r\x1b\[Kencoded/);
     const wide = await run(["verify", at("a.mig")], { env: { NO_PROGRESS: "", MIGSTREAM_FORCE_TTY: "1", COLUMNS: "120" } });
-    expect(wide.stderr).toMatch(/verify  .*%.*\/s.*ETA \d+:\d\d/);
+    expect(wide.stderr).toMatch(/verify {2}.*%.*\/s.*ETA \d+:\d\d/);
     const off = await run(["verify", at("a.mig"), "--no-progress"], { env: { NO_PROGRESS: "", MIGSTREAM_FORCE_TTY: "1" } });
     expect(off.stderr).not.toMatch(/\r/);
   });

@@ -4,11 +4,28 @@ import { describe, expect, it } from "vitest";
 import { migrationReportHtml } from "../../src/cli/report.js";
 import type { MigrationReport } from "../../src/migration/precopy.js";
 
-const base: MigrationReport = { rounds: [], converged: "no-precopy", initialDataSent: true, bytes: 4096, stopCopyBytes: 4096, downtimeMs: 1.5, durationMs: 3, throughput: 1e6 };
+const base: MigrationReport = {
+  rounds: [],
+  converged: "no-precopy",
+  initialDataSent: true,
+  bytes: 4096,
+  stopCopyBytes: 4096,
+  downtimeMs: 1.5,
+  durationMs: 3,
+  throughput: 1e6,
+};
 
 describe("migrationReportHtml", () => {
   it("charts each round and the stop-copy, with the threshold and the measured downtime as rules", () => {
-    const rounds = [0, 1, 2].map((round) => ({ round, pages: 10 - round, bytes: (10 - round) * 4096, dirtyBytes: (3 - round) << 20, durationMs: 5, dirtyRate: 1e6, expectedDowntimeMs: 3 - round }));
+    const rounds = [0, 1, 2].map((round) => ({
+      round,
+      pages: 10 - round,
+      bytes: (10 - round) * 4096,
+      dirtyBytes: (3 - round) << 20,
+      durationMs: 5,
+      dirtyRate: 1e6,
+      expectedDowntimeMs: 3 - round,
+    }));
     const html = migrationReportHtml({ ...base, rounds, converged: "threshold" }, { title: "t", thresholdBytes: 1 << 20 });
     expect(html.match(/<rect class="bar"/g)).toHaveLength(4);
     expect(html.match(/<polyline class="line"/g)).toHaveLength(3);

@@ -31,7 +31,10 @@ beforeAll(async () => {
 
 afterAll(() => cleanup?.());
 
-async function receiver(args: readonly string[], env?: Record<string, string>): Promise<{ port: number; done: Promise<RunResult>; child: ReturnType<typeof start> }> {
+async function receiver(
+  args: readonly string[],
+  env?: Record<string, string>,
+): Promise<{ port: number; done: Promise<RunResult>; child: ReturnType<typeof start> }> {
   const child = start(["receive", "--listen", "0", ...args], env ? { env } : {});
   const listening = waitForStderr(child, /listening on [^\s]+:(\d+)/);
   const done = finished(child);
@@ -104,7 +107,14 @@ describe("deadlines", () => {
 
   it("dripping, garbage and cut-off peers are dropped; a real sender after them succeeds", async () => {
     const target = await receiver(["-o", at("after-drip.state"), "--timeout", "1.5"]);
-    const stream = encodeHeader({ checksum: "xxh3", pageSize: 4096, maxRecordPayload: 1 << 20, deviceId: "", baseDigest: undefined, regions: [{ name: "state", size: SIZE }] }).bytes;
+    const stream = encodeHeader({
+      checksum: "xxh3",
+      pageSize: 4096,
+      maxRecordPayload: 1 << 20,
+      deviceId: "",
+      baseDigest: undefined,
+      regions: [{ name: "state", size: SIZE }],
+    }).bytes;
     const peers: Socket[] = [];
     const open = (): Promise<Socket> =>
       new Promise((resolve, reject) => {
@@ -169,7 +179,14 @@ describe("deadlines", () => {
 describe("memory follows the data, not the claim", () => {
   it("a header claiming 1 GiB, then EOF: exit 2, receiver peak RSS under 128 MiB", async () => {
     const target = await receiver(["-o", at("claim.state"), "--json"]);
-    const header = encodeHeader({ checksum: "xxh3", pageSize: 4096, maxRecordPayload: 1 << 20, deviceId: "", baseDigest: undefined, regions: [{ name: "state", size: 1 << 30 }] }).bytes;
+    const header = encodeHeader({
+      checksum: "xxh3",
+      pageSize: 4096,
+      maxRecordPayload: 1 << 20,
+      deviceId: "",
+      baseDigest: undefined,
+      regions: [{ name: "state", size: 1 << 30 }],
+    }).bytes;
     await new Promise<void>((resolve, reject) => {
       const socket = connect(target.port, "127.0.0.1", () => socket.end(header));
       socket.on("error", reject);
@@ -200,11 +217,43 @@ describe("TLS", () => {
     execFileSync("mkdir", ["-p", pki]);
     writeFileSync(join(pki, "san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
     for (const ca of ["ca", "other-ca"]) {
-      sh(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${ca}.key`, "-out", `${ca}.pem`, "-days", "2", "-subj", `/CN=${ca}`]);
+      sh([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        `${ca}.key`,
+        "-out",
+        `${ca}.pem`,
+        "-days",
+        "2",
+        "-subj",
+        `/CN=${ca}`,
+      ]);
     }
     const issue = (name: string, ca: string): void => {
       sh(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`]);
-      sh(["x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.pem`, "-CAkey", `${ca}.key`, "-CAcreateserial", "-out", `${name}.pem`, "-days", "2", "-extfile", "san.cnf"]);
+      sh([
+        "x509",
+        "-req",
+        "-in",
+        `${name}.csr`,
+        "-CA",
+        `${ca}.pem`,
+        "-CAkey",
+        `${ca}.key`,
+        "-CAcreateserial",
+        "-out",
+        `${name}.pem`,
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+      ]);
     };
     issue("receiver", "ca");
     // Signed by the right CA, but for another name: the sender dialled 127.0.0.1.
@@ -219,7 +268,9 @@ describe("TLS", () => {
 
   const certs = (name: string, ca = "ca"): string[] => ["--tls-cert", pem(`${name}.pem`), "--tls-key", pem(`${name}.key`), "--tls-ca", pem(`${ca}.pem`)];
 
-  it("certificates: plaintext, a client of another CA and a client not trusting the receiver are refused; the right peer succeeds", { timeout: 120_000 }, async () => {
+  it("certificates: plaintext, a client of another CA and a client not trusting the receiver are refused; the right peer succeeds", {
+    timeout: 120_000,
+  }, async () => {
     const target = await receiver(["-o", at("tls.state"), "--timeout", "5", ...certs("receiver")]);
     const to = ["--to", `127.0.0.1:${target.port}`, "--timeout", "5"];
     const attempts = [

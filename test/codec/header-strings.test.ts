@@ -25,9 +25,14 @@ describe("a leading BOM is kept", () => {
     const decoder = createDecoder({ regions });
     decoder.push(stream, true);
     expect(decoder.header!.regions.map((r) => r.name)).toEqual(["a", `${BOM}a`]);
-    expect(() => decodeSnapshot(stream, { regions: [{ name: "a", size: 64 }, { name: "a2", size: 64 }] })).toThrow(
-      expect.objectContaining({ code: "ENODEV" }),
-    );
+    expect(() =>
+      decodeSnapshot(stream, {
+        regions: [
+          { name: "a", size: 64 },
+          { name: "a2", size: 64 },
+        ],
+      }),
+    ).toThrow(expect.objectContaining({ code: "ENODEV" }));
   });
 });
 

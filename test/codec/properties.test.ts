@@ -107,10 +107,7 @@ const layoutArb = (maxRegion: number, maxRegions = 4): fc.Arbitrary<Layout> =>
       pagesPerRecord: fc.integer({ min: 1, max: 5 }),
       extra: fc.integer({ min: 0, max: 1023 }),
       checksum: fc.constantFrom("xxh3" as const, "crc32c" as const),
-      sizes: fc.array(
-        fc.oneof(fc.integer({ min: 0, max: maxRegion }), fc.constantFrom(0, 1, 63, 64, 65, 1024)),
-        { minLength: 1, maxLength: maxRegions },
-      ),
+      sizes: fc.array(fc.oneof(fc.integer({ min: 0, max: maxRegion }), fc.constantFrom(0, 1, 63, 64, 65, 1024)), { minLength: 1, maxLength: maxRegions }),
       seed: fc.integer(),
       style: fc.constantFrom(...STYLES),
     })
@@ -127,8 +124,7 @@ const layoutArb = (maxRegion: number, maxRegions = 4): fc.Arbitrary<Layout> =>
     });
 
 const totalOf = (regions: readonly RegionDef[]): number => regions.reduce((n, r) => n + r.size, 0);
-const pagesOf = (regions: readonly RegionDef[], pageSize: number): number =>
-  regions.reduce((n, r) => n + Math.ceil(r.size / pageSize), 0);
+const pagesOf = (regions: readonly RegionDef[], pageSize: number): number => regions.reduce((n, r) => n + Math.ceil(r.size / pageSize), 0);
 
 function stateFor(layout: Layout): Uint8Array {
   return makeState(totalOf(layout.regions), layout.seed, layout.style, layout.pageSize);
@@ -236,10 +232,22 @@ describe("full streams", () => {
   test("edge layouts: an empty state, empty regions, one byte, maximum-size names", () => {
     const cases: { state: Uint8Array; regions?: RegionDef[] }[] = [
       { state: new Uint8Array(0) },
-      { state: new Uint8Array(0), regions: [{ name: "a", size: 0 }, { name: "b", size: 0 }] },
+      {
+        state: new Uint8Array(0),
+        regions: [
+          { name: "a", size: 0 },
+          { name: "b", size: 0 },
+        ],
+      },
       { state: Uint8Array.of(7) },
       { state: Uint8Array.of(0) },
-      { state: makeState(130, 1, "random", 64), regions: [{ name: "x".repeat(255), size: 0 }, { name: "é".repeat(127), size: 130 }] },
+      {
+        state: makeState(130, 1, "random", 64),
+        regions: [
+          { name: "x".repeat(255), size: 0 },
+          { name: "é".repeat(127), size: 130 },
+        ],
+      },
     ];
     for (const { state, regions } of cases) {
       const options = { pageSize: 64, ...(regions ? { regions } : {}) };
@@ -249,7 +257,7 @@ describe("full streams", () => {
     }
   });
 
-  test("writer defaults: page size 4096, records up to 1 MiB, XXH3-64, region \"state\"", () => {
+  test('writer defaults: page size 4096, records up to 1 MiB, XXH3-64, region "state"', () => {
     const state = makeState(3 * 4096 + 5, 3, "mixed", 4096);
     const ref = referenceDecode(encodeSnapshot(state));
     expect(ref).toMatchObject({ pageSize: 4096, maxRecordPayload: 1 << 20, alg: "xxh3", deviceId: "", regions: [{ name: "state", size: state.length }] });
@@ -259,12 +267,18 @@ describe("full streams", () => {
   test("a large record limit merges runs of pages into one record; a one-page limit splits them", () => {
     const state = makeState(64 * 20, 9, "random", 64);
     const merged = referenceDecode(encodeSnapshot(state, { pageSize: 64, maxRecordPayload: 64 * 20 }));
-    expect(merged.records.map((r) => [r.tag, r.pages])).toEqual([[Tag.PAGES, 20], [Tag.END, 0]]);
+    expect(merged.records.map((r) => [r.tag, r.pages])).toEqual([
+      [Tag.PAGES, 20],
+      [Tag.END, 0],
+    ]);
     const split = referenceDecode(encodeSnapshot(state, { pageSize: 64, maxRecordPayload: 64 + 63 }));
     expect(split.records.filter((r) => r.tag === Tag.PAGES).map((r) => r.pages)).toEqual(new Array(20).fill(1));
     // Zero pages cost no payload: one ZERO record covers any run of them.
     const zero = referenceDecode(encodeSnapshot(new Uint8Array(64 * 50), { pageSize: 64, maxRecordPayload: 64 }));
-    expect(zero.records.map((r) => [r.tag, r.pages])).toEqual([[Tag.ZERO, 50], [Tag.END, 0]]);
+    expect(zero.records.map((r) => [r.tag, r.pages])).toEqual([
+      [Tag.ZERO, 50],
+      [Tag.END, 0],
+    ]);
   });
 
   test.prop([layoutArb(600, 3), cutsArb], { numRuns: 60 })(
@@ -309,7 +323,10 @@ describe("full streams", () => {
           finals.push(final);
         },
       });
-      const chunks = chunksOf(state, cuts.map((c) => c * 7));
+      const chunks = chunksOf(
+        state,
+        cuts.map((c) => c * 7),
+      );
       if (config) {
         for (const chunk of chunks) encoder.push(chunk);
         encoder.writeConfig(config);
@@ -412,10 +429,6 @@ describe("incremental streams", () => {
 
 // ---------------------------------------------------------------------------------------------
 
-interface RoundPlan {
-  changes: { change: Change; seed: number; dirtyOnly: boolean; dirtyBytes: number }[];
-}
-
 const roundsArb = fc.record({
   changes: fc.array(
     fc.record({
@@ -443,88 +456,84 @@ function dirtyBitmap(a: Uint8Array, b: Uint8Array, pageSize: number): Uint8Array
 describe("multi-round streams", () => {
   test.prop([layoutArb(1200, 3), roundsArb, fc.boolean(), fc.option(fc.uint8Array({ maxLength: 64 }), { nil: undefined })], {
     numRuns: 80,
-  })(
-    "pre-copy rounds with a shadow (deltas against pages sent earlier in the stream) decode to the last state",
-    (layout, plan, incremental, config) => {
-      const { regions, pageSize } = layout;
-      const base = stateFor(layout);
-      let state: Uint8Array = base.slice();
-      const shadow = base.slice(); // what the receiver holds, per the sender
-      const out: Uint8Array[] = [];
-      const encoder = createEncoder({
-        ...encoderOptions(layout),
-        ...(incremental ? { baseDigest: xxh3(base) } : {}),
-        ondata: (c) => out.push(c),
-      });
-      const starts: number[] = [];
-      regions.reduce((n, r) => (starts.push(n), n + r.size), 0);
-      const each = (fn: (i: number, from: number, to: number) => void): void =>
-        regions.forEach((r, i) => fn(i, starts[i]!, starts[i]! + r.size));
+  })("pre-copy rounds with a shadow (deltas against pages sent earlier in the stream) decode to the last state", (layout, plan, incremental, config) => {
+    const { regions, pageSize } = layout;
+    const base = stateFor(layout);
+    let state: Uint8Array = base.slice();
+    const shadow = base.slice(); // what the receiver holds, per the sender
+    const out: Uint8Array[] = [];
+    const encoder = createEncoder({
+      ...encoderOptions(layout),
+      ...(incremental ? { baseDigest: xxh3(base) } : {}),
+      ondata: (c) => out.push(c),
+    });
+    const starts: number[] = [];
+    regions.reduce((n, r) => (starts.push(n), n + r.size), 0);
+    const each = (fn: (i: number, from: number, to: number) => void): void => regions.forEach((r, i) => fn(i, starts[i]!, starts[i]! + r.size));
 
-      const stats: RoundStats[] = [];
-      if (!incremental) {
-        // Round 0 of a full stream: the receiver holds nothing, every page goes as it is.
-        each((i, from, to) =>
-          encoder.writePages(i, 0, state.subarray(from, to), { shadow: shadow.subarray(from, to), updateShadow: true, delta: false, skipClean: false }),
-        );
-        stats.push(encoder.endRound(0));
-      }
-      for (const step of plan.changes) {
-        const nextState = mutate(state, step.seed, step.change, pageSize);
-        each((i, from, to) => {
-          const dirty = step.dirtyOnly ? dirtyBitmap(state.subarray(from, to), nextState.subarray(from, to), pageSize) : undefined;
-          encoder.writePages(i, 0, nextState.subarray(from, to), {
-            shadow: shadow.subarray(from, to),
-            updateShadow: true,
-            ...(dirty ? { dirty } : {}),
-          });
+    const stats: RoundStats[] = [];
+    if (!incremental) {
+      // Round 0 of a full stream: the receiver holds nothing, every page goes as it is.
+      each((i, from, to) =>
+        encoder.writePages(i, 0, state.subarray(from, to), { shadow: shadow.subarray(from, to), updateShadow: true, delta: false, skipClean: false }),
+      );
+      stats.push(encoder.endRound(0));
+    }
+    for (const step of plan.changes) {
+      const nextState = mutate(state, step.seed, step.change, pageSize);
+      each((i, from, to) => {
+        const dirty = step.dirtyOnly ? dirtyBitmap(state.subarray(from, to), nextState.subarray(from, to), pageSize) : undefined;
+        encoder.writePages(i, 0, nextState.subarray(from, to), {
+          shadow: shadow.subarray(from, to),
+          updateShadow: true,
+          ...(dirty ? { dirty } : {}),
         });
-        state = nextState;
-        expect(hex(shadow)).toBe(hex(state)); // updateShadow: the shadow now holds what was sent
-        stats.push(encoder.endRound(step.dirtyBytes));
-      }
-      if (config) encoder.writeConfig(config);
-      encoder.end();
-      const stream = concat(...out);
-      const summary: EncoderSummary = encoder.summary();
+      });
+      state = nextState;
+      expect(hex(shadow)).toBe(hex(state)); // updateShadow: the shadow now holds what was sent
+      stats.push(encoder.endRound(step.dirtyBytes));
+    }
+    if (config) encoder.writeConfig(config);
+    encoder.end();
+    const stream = concat(...out);
+    const summary: EncoderSummary = encoder.summary();
 
-      const ref = referenceDecode(stream, incremental ? base : undefined);
-      expect(hex(ref.state)).toBe(hex(state));
-      checkEncoderChoices(ref);
-      expect(ref.rounds).toEqual(stats);
-      expect(stats.map((s) => s.round)).toEqual(stats.map((_, i) => i));
-      // ROUND fields per FORMAT.md 3.5: pages of the page records since the previous ROUND, and
-      // stream bytes from the end of the previous ROUND (or of the header) to the end of this one.
-      let since = ref.headerLength;
-      let pages = 0;
-      let k = 0;
-      for (const r of ref.records) {
-        if (r.tag === Tag.PAGES || r.tag === Tag.ZERO || r.tag === Tag.DELTA) pages += r.pages;
-        if (r.tag === Tag.ROUND) {
-          const end = r.at + r.bytes.length;
-          expect(stats[k]).toMatchObject({ pages, bytes: end - since });
-          since = end;
-          pages = 0;
-          k++;
-        }
+    const ref = referenceDecode(stream, incremental ? base : undefined);
+    expect(hex(ref.state)).toBe(hex(state));
+    checkEncoderChoices(ref);
+    expect(ref.rounds).toEqual(stats);
+    expect(stats.map((s) => s.round)).toEqual(stats.map((_, i) => i));
+    // ROUND fields per FORMAT.md 3.5: pages of the page records since the previous ROUND, and
+    // stream bytes from the end of the previous ROUND (or of the header) to the end of this one.
+    let since = ref.headerLength;
+    let pages = 0;
+    let k = 0;
+    for (const r of ref.records) {
+      if (r.tag === Tag.PAGES || r.tag === Tag.ZERO || r.tag === Tag.DELTA) pages += r.pages;
+      if (r.tag === Tag.ROUND) {
+        const end = r.at + r.bytes.length;
+        expect(stats[k]).toMatchObject({ pages, bytes: end - since });
+        since = end;
+        pages = 0;
+        k++;
       }
-      expect(k).toBe(stats.length);
-      expect(summary.rounds).toBe(stats.length);
-      expect(summary.config).toBe(config !== undefined);
-      expect(summary.bytes).toBe(stream.length);
-      expect(summary.records).toBe(ref.records.length);
-      expect(ref.pages).toEqual({ raw: summary.pages.raw, lz4: summary.pages.lz4, zero: summary.pages.zero, delta: summary.pages.delta });
+    }
+    expect(k).toBe(stats.length);
+    expect(summary.rounds).toBe(stats.length);
+    expect(summary.config).toBe(config !== undefined);
+    expect(summary.bytes).toBe(stream.length);
+    expect(summary.records).toBe(ref.records.length);
+    expect(ref.pages).toEqual({ raw: summary.pages.raw, lz4: summary.pages.lz4, zero: summary.pages.zero, delta: summary.pages.delta });
 
-      const decoder = createDecoder({ ...(incremental ? { base } : {}), regions, ...(config ? { requireConfig: true } : {}) });
-      for (const chunk of chunksOf(stream, [13, 64, 1, 200])) decoder.push(chunk);
-      decoder.end();
-      expect(hex(decoder.result())).toBe(hex(state));
-      expect(decoder.rounds).toEqual(stats);
-      if (config) expect(hex(decoder.config!)).toBe(hex(config));
-      else expect(decoder.config).toBeUndefined();
-      decoderSummaryMatches(decoder, ref, stream);
-    },
-  );
+    const decoder = createDecoder({ ...(incremental ? { base } : {}), regions, ...(config ? { requireConfig: true } : {}) });
+    for (const chunk of chunksOf(stream, [13, 64, 1, 200])) decoder.push(chunk);
+    decoder.end();
+    expect(hex(decoder.result())).toBe(hex(state));
+    expect(decoder.rounds).toEqual(stats);
+    if (config) expect(hex(decoder.config!)).toBe(hex(config));
+    else expect(decoder.config).toBeUndefined();
+    decoderSummaryMatches(decoder, ref, stream);
+  });
 
   test("a page sent raw, then as a delta, then zeroed, then raw again in later rounds", () => {
     const pageSize = 64;
@@ -655,7 +664,12 @@ describe("large states and core-resident data", () => {
     ];
     // Records do not depend on where the data lived.
     for (const stream of mixed) expect(same(stream, expected)).toBe(true);
-    expect(same(atGrowth(() => decodeSnapshot(expected, { base: baseBuf.bytes })), state)).toBe(true);
+    expect(
+      same(
+        atGrowth(() => decodeSnapshot(expected, { base: baseBuf.bytes })),
+        state,
+      ),
+    ).toBe(true);
 
     // The stream itself in core memory, read in place; the decoder's allocations grow memory.
     const streamBuf = inCore(expected);

@@ -241,7 +241,10 @@ describe("header: reading order of FORMAT.md 2", () => {
   test("a 2.x header with another layout after byte 16 is still told apart as incompatible (envelope rule)", () => {
     // Bytes 0-15 as in every version, then anything, then the XXH3-64 of it all.
     const prefix = concat(Uint8Array.of(0x89, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0x1a, 0x0a), le16(2), le16(7), le32(16 + 45 + 8));
-    const body = concat(prefix, Uint8Array.from({ length: 45 }, (_, i) => (i * 37) & 0xff));
+    const body = concat(
+      prefix,
+      Uint8Array.from({ length: 45 }, (_, i) => (i * 37) & 0xff),
+    );
     const stream = concat(body, le64(xxh3(body)), Uint8Array.of(1, 2, 3));
     rejects(stream, { code: "EPROTONOSUPPORT", recordIndex: 0, byteOffset: 8 });
   });
@@ -273,7 +276,16 @@ describe("header: reading order of FORMAT.md 2", () => {
     ["region sizes beyond the total", { totalSize: 327n }, 48 + 11 + 2 + 1],
     ["bytes left over after the region table", { extra: Uint8Array.of(0) }, 48 + 22],
     ["region table overrunning the header", { regionCount: 3 }, 48 + 22],
-    ["duplicate region name", { table: regionTable([{ name: "a", size: 200 }, { name: "a", size: 128 }]) }, 48 + 11 + 2],
+    [
+      "duplicate region name",
+      {
+        table: regionTable([
+          { name: "a", size: 200 },
+          { name: "a", size: 128 },
+        ]),
+      },
+      48 + 11 + 2,
+    ],
     ["empty region name", { table: concat(le16(0), le64(200), le16(1), Uint8Array.of(0x62), le64(128)) }, 48],
     ["invalid UTF-8 in a region name", { table: concat(le16(1), Uint8Array.of(0xff), le64(200), le16(1), Uint8Array.of(0x62), le64(128)) }, 50],
     ["invalid UTF-8 in the device id", { deviceId: "", deviceIdLength: 1, table: concat(Uint8Array.of(0xc3), regionTable(REGIONS)) }, 48],
@@ -310,9 +322,36 @@ describe("header: the reader's expectations (FORMAT.md 2, step 6)", () => {
   test("region table mismatch: ENODEV at the region table", () => {
     const stream = build(steps(), { ...HEADER, deviceId: "dev" }).bytes();
     const at = { recordIndex: 0, byteOffset: 48 + 3 };
-    rejects(stream, { code: "ENODEV", ...at }, { regions: [{ name: "a", size: 200 }, { name: "b", size: 129 }] });
-    rejects(stream, { code: "ENODEV", ...at }, { regions: [{ name: "a", size: 200 }, { name: "c", size: 128 }] });
-    rejects(stream, { code: "ENODEV", ...at }, { regions: [{ name: "b", size: 128 }, { name: "a", size: 200 }] });
+    rejects(
+      stream,
+      { code: "ENODEV", ...at },
+      {
+        regions: [
+          { name: "a", size: 200 },
+          { name: "b", size: 129 },
+        ],
+      },
+    );
+    rejects(
+      stream,
+      { code: "ENODEV", ...at },
+      {
+        regions: [
+          { name: "a", size: 200 },
+          { name: "c", size: 128 },
+        ],
+      },
+    );
+    rejects(
+      stream,
+      { code: "ENODEV", ...at },
+      {
+        regions: [
+          { name: "b", size: 128 },
+          { name: "a", size: 200 },
+        ],
+      },
+    );
     rejects(stream, { code: "ENODEV", ...at }, { regions: [{ name: "a", size: 328 }] });
     expect(decodes(stream, { regions: REGIONS })).toHaveLength(328);
   });
@@ -380,14 +419,22 @@ describe("records: framing and verification (FORMAT.md 3.4)", () => {
     decoder.push(b.bytes().subarray(0, at));
     expect(fields(errorOf(() => decoder.push(b.bytes().subarray(at, at + 24))))).toEqual({ code: "E2BIG", recordIndex: 2, byteOffset: at });
     // A length field of 4 GiB - 1 with no payload at all.
-    const huge = build(replaced(0, (x) => x.record({ tag: Tag.PAGES, length: 0xffffffff, pages: 2 })), HEADER, false);
+    const huge = build(
+      replaced(0, (x) => x.record({ tag: Tag.PAGES, length: 0xffffffff, pages: 2 })),
+      HEADER,
+      false,
+    );
     rejects(huge.bytes(), { code: "E2BIG", recordIndex: 0, byteOffset: HEADER_LENGTH });
     // The limit is the header's, not the reader's (which is larger here).
     rejects(b.bytes(), { code: "E2BIG", recordIndex: 2, byteOffset: at }, { maxRecordPayload: 1 << 20 });
   });
 
   test("flags are checked before the payload length", () => {
-    const b = build(replaced(0, (x) => x.record({ tag: Tag.PAGES, flags: 0x40, length: 0xffffffff })), HEADER, false);
+    const b = build(
+      replaced(0, (x) => x.record({ tag: Tag.PAGES, flags: 0x40, length: 0xffffffff })),
+      HEADER,
+      false,
+    );
     rejects(b.bytes(), { code: "EBADMSG", recordIndex: 0, byteOffset: HEADER_LENGTH });
   });
 
@@ -498,10 +545,11 @@ describe("records: page records (FORMAT.md 3.5)", () => {
       rejects(b.bytes(), { code: "EBADMSG", recordIndex: 0, byteOffset: HEADER_LENGTH, message: /length/ });
     }
     // The last page of "a" covers 8 bytes: 64 is wrong, 8 is right.
-    const partial = (n: number): Step[] => replaced(1, (x) => {
-      x.zero(0, 128, 1);
-      x.pages(0, 192, new Uint8Array(n).fill(1), 1);
-    });
+    const partial = (n: number): Step[] =>
+      replaced(1, (x) => {
+        x.zero(0, 128, 1);
+        x.pages(0, 192, new Uint8Array(n).fill(1), 1);
+      });
     const wrong = build(partial(64));
     rejects(wrong.bytes(), { code: "EBADMSG", ...at(wrong, 2) });
     expect(decodes(build(partial(8)).bytes()).subarray(192, 200)).toEqual(new Uint8Array(8).fill(1));
@@ -538,11 +586,13 @@ describe("records: page records (FORMAT.md 3.5)", () => {
     // Two pages of which only the first is held.
     const c = build(replaced(4, (x) => x.delta(0, 64, [new Uint8Array(0), new Uint8Array(0)])));
     expect(decodes(c.bytes())).toHaveLength(328); // pages 1-2 of "a" are held
-    const d = build(replaced(1, (x) => {
-      x.zero(0, 128, 1);
-      x.delta(0, 128, [new Uint8Array(0), Uint8Array.of(0, 1, 9)]); // page 3 not held yet
-      x.zero(0, 192, 1);
-    }));
+    const d = build(
+      replaced(1, (x) => {
+        x.zero(0, 128, 1);
+        x.delta(0, 128, [new Uint8Array(0), Uint8Array.of(0, 1, 9)]); // page 3 not held yet
+        x.zero(0, 192, 1);
+      }),
+    );
     rejects(d.bytes(), { code: "EBADMSG", ...at(d, 2) });
     // In an incremental stream the base holds every page.
     const inc = new StreamBuilder({ ...HEADER, base: xxh3(STATE) });
@@ -603,7 +653,12 @@ describe("records: other kinds (FORMAT.md 3.5)", () => {
     const stream = reframe(b.header, records, "xxh3", { digest: digestWithout });
     rejects(stream, { code: "EBADMSG", recordIndex: 8, byteOffset: b.offsetOf(8), message: /digest/ });
     // Dropping it (and fixing everything else) is caught by the digest too.
-    const dropped = reframe(b.header, b.records.filter((_, i) => i !== 3 && i !== 8), "xxh3", { digest: b.digest(8) });
+    const dropped = reframe(
+      b.header,
+      b.records.filter((_, i) => i !== 3 && i !== 8),
+      "xxh3",
+      { digest: b.digest(8) },
+    );
     const kept = splitStream(dropped).records;
     rejects(dropped, { code: "EBADMSG", recordIndex: kept.length - 1, byteOffset: kept.at(-1)!.at });
   });
@@ -680,7 +735,12 @@ describe("end of stream (FORMAT.md 3.4, 3.5, 3.6)", () => {
     // A record dropped and everything else made consistent (renumbered, checksummed, the END's
     // count and byte count recomputed): only the digest still knows.
     const original = build();
-    const dropped = reframe(original.header, original.records.filter((_, i) => i !== 3), "xxh3", { digest: original.digest(6) });
+    const dropped = reframe(
+      original.header,
+      original.records.filter((_, i) => i !== 3),
+      "xxh3",
+      { digest: original.digest(6) },
+    );
     rejects(dropped, { code: "EBADMSG", recordIndex: 5, byteOffset: original.offsetOf(6) - 64, message: /digest/ });
     // Two records swapped and renumbered.
     const r = original.records;
@@ -768,7 +828,11 @@ describe("instance hygiene", () => {
 });
 
 describe("decoder options", () => {
-  test.each([["maxStateSize", Infinity], ["maxRecordPayload", 1.5], ["maxHeaderSize", -1]])("%s = %s is EINVAL", (name, value) => {
+  test.each([
+    ["maxStateSize", Infinity],
+    ["maxRecordPayload", 1.5],
+    ["maxHeaderSize", -1],
+  ])("%s = %s is EINVAL", (name, value) => {
     expect(() => decodeSnapshot(new Uint8Array(0), { [name]: value })).toThrow(expect.objectContaining({ code: "EINVAL" }));
   });
 });
@@ -778,7 +842,14 @@ describe("regions of 2^32 pages or more", () => {
     const c = core();
     const before = c.allocatedBytes;
     // A region of 2^38 bytes at 64-byte pages: 2^32 pages.
-    const header = encodeHeader({ checksum: "xxh3", pageSize: 64, maxRecordPayload: 64, deviceId: "", baseDigest: undefined, regions: [{ name: "s", size: 64 }] });
+    const header = encodeHeader({
+      checksum: "xxh3",
+      pageSize: 64,
+      maxRecordPayload: 64,
+      deviceId: "",
+      baseDigest: undefined,
+      regions: [{ name: "s", size: 64 }],
+    });
     const bytes = header.bytes.slice();
     const view = new DataView(bytes.buffer);
     view.setBigUint64(24, 1n << 38n, true); // total
@@ -789,9 +860,9 @@ describe("regions of 2^32 pages or more", () => {
   });
 
   test("an encoder refuses to write one", () => {
-    expect(() => encodeHeader({ checksum: "xxh3", pageSize: 64, maxRecordPayload: 64, deviceId: "", baseDigest: undefined, regions: [{ name: "s", size: 2 ** 38 }] })).toThrow(
-      expect.objectContaining({ code: "EINVAL" }),
-    );
+    expect(() =>
+      encodeHeader({ checksum: "xxh3", pageSize: 64, maxRecordPayload: 64, deviceId: "", baseDigest: undefined, regions: [{ name: "s", size: 2 ** 38 }] }),
+    ).toThrow(expect.objectContaining({ code: "EINVAL" }));
   });
 });
 

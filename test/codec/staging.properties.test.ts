@@ -19,7 +19,12 @@ const UNLIMITED = { maxPagesApplied: Number.MAX_SAFE_INTEGER };
 type Op = { kind: "pages" | "zero"; first: number; count: number; fill: number };
 
 const op = fc
-  .record({ kind: fc.constantFrom<"pages" | "zero">("pages", "zero"), first: fc.nat(PAGES - 1), count: fc.integer({ min: 1, max: 40 }), fill: fc.integer({ min: 1, max: 255 }) })
+  .record({
+    kind: fc.constantFrom<"pages" | "zero">("pages", "zero"),
+    first: fc.nat(PAGES - 1),
+    count: fc.integer({ min: 1, max: 40 }),
+    fill: fc.integer({ min: 1, max: 255 }),
+  })
   .map((o) => ({ ...o, count: Math.min(o.count, PAGES - o.first) }));
 
 function build(ops: readonly Op[], base: Uint8Array | undefined): { stream: Uint8Array; model: Uint8Array } {
@@ -67,9 +72,12 @@ describe("staging strategies", () => {
     },
   );
 
-  test.prop([fc.array(op, { minLength: 1, maxLength: 30 })], { numRuns: 60 })("full: twice in a row (fresh, then reused staging) gives the model's state", (ops) => {
-    const { stream, model } = build(ops, undefined);
-    expect(same(decodeSnapshot(stream, UNLIMITED), model)).toBe(true);
-    expect(same(decodeSnapshot(stream, UNLIMITED), model)).toBe(true);
-  });
+  test.prop([fc.array(op, { minLength: 1, maxLength: 30 })], { numRuns: 60 })(
+    "full: twice in a row (fresh, then reused staging) gives the model's state",
+    (ops) => {
+      const { stream, model } = build(ops, undefined);
+      expect(same(decodeSnapshot(stream, UNLIMITED), model)).toBe(true);
+      expect(same(decodeSnapshot(stream, UNLIMITED), model)).toBe(true);
+    },
+  );
 });

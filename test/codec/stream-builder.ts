@@ -258,11 +258,7 @@ export class StreamBuilder {
 
   /** The END record (3.5), right unless fields are overridden. */
   end(fields: EndFields = {}, extra: Partial<RecordSpec> = {}): this {
-    const payload = concat(
-      le64(fields.records ?? this.records.length),
-      le64(fields.bytes ?? this.offsetOf()),
-      le64(fields.digest ?? this.digest()),
-    );
+    const payload = concat(le64(fields.records ?? this.records.length), le64(fields.bytes ?? this.offsetOf()), le64(fields.digest ?? this.digest()));
     return this.record({ tag: Tag.END, payload, ...extra });
   }
 
@@ -325,12 +321,7 @@ export function splitStream(stream: Uint8Array): { header: Uint8Array; records: 
  * checksums; the END record (if `end` is not false) is rebuilt to match, except for the fields in
  * `end` (e.g. an old digest).
  */
-export function reframe(
-  header: Uint8Array,
-  records: readonly Uint8Array[],
-  alg: Alg,
-  end: EndFields | false = {},
-): Uint8Array {
+export function reframe(header: Uint8Array, records: readonly Uint8Array[], alg: Alg, end: EndFields | false = {}): Uint8Array {
   const headerChecksum = new DataView(header.buffer, header.byteOffset + header.length - 8).getBigUint64(0, true);
   const out: Uint8Array[] = [];
   let digest = headerChecksum;
@@ -338,10 +329,7 @@ export function reframe(
   for (const original of records) {
     const r = readRecord(original);
     if (r.tag === Tag.END && end !== false) continue;
-    const rebuilt = buildRecord(
-      { tag: r.tag, flags: r.flags, region: r.region, seq: out.length, pages: r.pages, offset: r.offset, payload: r.payload },
-      alg,
-    );
+    const rebuilt = buildRecord({ tag: r.tag, flags: r.flags, region: r.region, seq: out.length, pages: r.pages, offset: r.offset, payload: r.payload }, alg);
     out.push(rebuilt);
     digest = chain(digest, checksumOf(rebuilt));
     bytes += rebuilt.length;

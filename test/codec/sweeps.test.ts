@@ -7,20 +7,10 @@ import { fc, test } from "@fast-check/vitest";
 import { beforeAll, describe, expect } from "vitest";
 import { isCorruptionCode, MigrationError } from "../../src/core/errors.js";
 import { core } from "../../src/core/instance.js";
-import { type DecoderOptions } from "../../src/codec/decoder.js";
+import type { DecoderOptions } from "../../src/codec/decoder.js";
 import { createEncoder } from "../../src/codec/encoder.js";
 import { createDecoder, decodeSnapshot, encodeSnapshot } from "../../src/codec/snapshot.js";
-import {
-  concat,
-  hex,
-  OPTIONAL,
-  referenceDecode,
-  reframe,
-  splitStream,
-  StreamBuilder,
-  Tag,
-  xxh3,
-} from "./stream-builder.js";
+import { concat, hex, OPTIONAL, referenceDecode, reframe, splitStream, StreamBuilder, Tag, xxh3 } from "./stream-builder.js";
 
 // ---------------------------------------------------------------------------------------------
 // Streams under test

@@ -37,10 +37,7 @@ const u32 = fc.integer({ min: 0, max: 0xffffffff });
  * maxLength says, so ask for the whole range explicitly, half the time among short lengths.
  */
 const bytes = (max: number): fc.Arbitrary<Uint8Array> =>
-  fc.oneof(
-    fc.uint8Array({ maxLength: Math.min(max, 40), size: "max" }),
-    fc.uint8Array({ maxLength: max, size: "max" }),
-  );
+  fc.oneof(fc.uint8Array({ maxLength: Math.min(max, 40), size: "max" }), fc.uint8Array({ maxLength: max, size: "max" }));
 
 describe("crc32c known answers", () => {
   test("check value of '123456789' is 0xE3069283", () => {
@@ -78,54 +75,45 @@ describe("crc32c known answers", () => {
 });
 
 describe("crc32c differential (Wasm vs TS reference vs @node-rs/crc32)", () => {
-  test.prop([bytes(5000), u32], { numRuns: 200 })(
-    "random lengths 0..5000 with random initial crc",
-    (data, crc) => {
-      agreed(data, crc);
-    },
-  );
+  test.prop([bytes(5000), u32], { numRuns: 200 })("random lengths 0..5000 with random initial crc", (data, crc) => {
+    agreed(data, crc);
+  });
 
-  test.prop([fc.integer({ min: 5001, max: 300_000 }), fc.integer({ min: 1, max: 0xffffffff }), u32], { numRuns: 12 })(
-    "larger inputs",
-    (length, seed, crc) => {
-      agreed(noise(length, seed), crc);
-    },
-  );
+  test.prop([fc.integer({ min: 5001, max: 300_000 }), fc.integer({ min: 1, max: 0xffffffff }), u32], { numRuns: 12 })("larger inputs", (length, seed, crc) => {
+    agreed(noise(length, seed), crc);
+  });
 
-  test.prop([bytes(600), fc.integer({ min: 0, max: 31 }), u32], { numRuns: 150 })(
-    "unaligned subarrays",
-    (data, shift, crc) => {
-      // Place the data at every alignment inside a bigger buffer: the kernel loads words unaligned.
-      const backing = new Uint8Array(data.length + 64).fill(0xa5);
-      backing.set(data, shift);
-      const view = backing.subarray(shift, shift + data.length);
-      expect(crc32c(view, crc)).toBe(nativeCrc32c(data, crc) >>> 0);
-      expect(crc32cReference(view, crc)).toBe(nativeCrc32c(data, crc) >>> 0);
-    },
-  );
+  test.prop([bytes(600), fc.integer({ min: 0, max: 31 }), u32], { numRuns: 150 })("unaligned subarrays", (data, shift, crc) => {
+    // Place the data at every alignment inside a bigger buffer: the kernel loads words unaligned.
+    const backing = new Uint8Array(data.length + 64).fill(0xa5);
+    backing.set(data, shift);
+    const view = backing.subarray(shift, shift + data.length);
+    expect(crc32c(view, crc)).toBe(nativeCrc32c(data, crc) >>> 0);
+    expect(crc32cReference(view, crc)).toBe(nativeCrc32c(data, crc) >>> 0);
+  });
 
   test("lengths around the slicing block (0..48) and around 8 KiB", () => {
     const data = noise(8192 + 64, 7);
     for (let n = 0; n <= 48; n++) {
-      for (const shift of [0, 1, 3, 7]) agreed(data.subarray(shift, shift + n), n * 2654435761 >>> 0);
+      for (const shift of [0, 1, 3, 7]) agreed(data.subarray(shift, shift + n), (n * 2654435761) >>> 0);
     }
     for (const n of [8191, 8192, 8193, 8192 - 16, 8192 + 15, 8192 + 17]) agreed(data.subarray(0, n), 0x12345678);
   });
 
-  test.prop(
-    [bytes(4000), fc.array(fc.nat(), { maxLength: 6, size: "max" }), u32],
-    { numRuns: 150 },
-  )("chaining over random split points equals one pass", (data, cuts, crc) => {
-    const points = [...new Set(cuts.map((c) => c % (data.length + 1)))].sort((a, b) => a - b);
-    let running = crc;
-    let start = 0;
-    for (const point of [...points, data.length]) {
-      running = crc32c(data.subarray(start, point), running);
-      start = point;
-    }
-    expect(running).toBe(crc32c(data, crc));
-    expect(running).toBe(nativeCrc32c(data, crc) >>> 0);
-  });
+  test.prop([bytes(4000), fc.array(fc.nat(), { maxLength: 6, size: "max" }), u32], { numRuns: 150 })(
+    "chaining over random split points equals one pass",
+    (data, cuts, crc) => {
+      const points = [...new Set(cuts.map((c) => c % (data.length + 1)))].sort((a, b) => a - b);
+      let running = crc;
+      let start = 0;
+      for (const point of [...points, data.length]) {
+        running = crc32c(data.subarray(start, point), running);
+        start = point;
+      }
+      expect(running).toBe(crc32c(data, crc));
+      expect(running).toBe(nativeCrc32c(data, crc) >>> 0);
+    },
+  );
 });
 
 describe("crc32c input placement", () => {

@@ -4,16 +4,7 @@ import { allocate, type CoreBuffer } from "../../src/core/buffer.js";
 import { MigrationError } from "../../src/core/errors.js";
 import { core } from "../../src/core/instance.js";
 import { scanDirtyReference, scanHashReference, scanZeroReference } from "../../src/core/reference/scan.js";
-import {
-  bitmapBytes,
-  isPageSet,
-  pageCount,
-  scanDirty,
-  scanHash,
-  scanZero,
-  validatePageSize,
-  type ScanResult,
-} from "../../src/core/scan.js";
+import { bitmapBytes, isPageSet, pageCount, scanDirty, scanHash, scanZero, validatePageSize, type ScanResult } from "../../src/core/scan.js";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -188,16 +179,7 @@ describe("helpers", () => {
 
   test("isPageSet reads LSB-first bits and treats pages past the end as clear", () => {
     const bitmap = Uint8Array.of(0b0000_0101, 0b1000_0000);
-    expect([0, 1, 2, 3, 15, 14, 16, 1000].map((p) => isPageSet(bitmap, p))).toEqual([
-      true,
-      false,
-      true,
-      false,
-      true,
-      false,
-      false,
-      false,
-    ]);
+    expect([0, 1, 2, 3, 15, 14, 16, 1000].map((p) => isPageSet(bitmap, p))).toEqual([true, false, true, false, true, false, false, false]);
   });
 
   test("validatePageSize accepts powers of two in 64..1 MiB only", () => {

@@ -389,37 +389,34 @@ describe("xbzrle round trips (Wasm vs reference)", () => {
     }
   });
 
-  test.prop([pairSpec(4200), fc.nat()], { numRuns: 150 })(
-    "raw kernel: returns <= limit and writes nothing past out + limit + 32",
-    (spec, pick) => {
-      const [oldPage, newPage] = makePair(spec);
-      const limit = pick % (2 * spec.size + 4);
-      const expected = xbzrleEncodeReference(oldPage, newPage, limit);
-      const block = allocate(3 * spec.size + limit + 32 + 64);
-      try {
-        const k = core().exports;
-        const base = block.ptr;
-        const oldPtr = base + 1; // odd addresses on purpose
-        const newPtr = oldPtr + spec.size;
-        const outPtr = newPtr + spec.size + 1;
-        const bytes = block.bytes;
-        bytes.fill(0xa5);
-        bytes.set(oldPage, oldPtr - base);
-        bytes.set(newPage, newPtr - base);
-        const n = k.xbzrle_encode(oldPtr, newPtr, spec.size, outPtr, limit);
-        expect(n).toBe(expected === null ? -1 : expected.length);
-        const after = block.bytes;
-        if (expected !== null) expect(hex(after.subarray(outPtr - base, outPtr - base + n))).toBe(hex(expected));
-        let untouched = true;
-        for (let i = outPtr - base + limit + 32; i < after.length; i++) untouched &&= after[i] === 0xa5;
-        expect(untouched).toBe(true);
-        expect(same(after.subarray(oldPtr - base, newPtr - base), oldPage)).toBe(true);
-        expect(same(after.subarray(newPtr - base, newPtr - base + spec.size), newPage)).toBe(true);
-      } finally {
-        block.free();
-      }
-    },
-  );
+  test.prop([pairSpec(4200), fc.nat()], { numRuns: 150 })("raw kernel: returns <= limit and writes nothing past out + limit + 32", (spec, pick) => {
+    const [oldPage, newPage] = makePair(spec);
+    const limit = pick % (2 * spec.size + 4);
+    const expected = xbzrleEncodeReference(oldPage, newPage, limit);
+    const block = allocate(3 * spec.size + limit + 32 + 64);
+    try {
+      const k = core().exports;
+      const base = block.ptr;
+      const oldPtr = base + 1; // odd addresses on purpose
+      const newPtr = oldPtr + spec.size;
+      const outPtr = newPtr + spec.size + 1;
+      const bytes = block.bytes;
+      bytes.fill(0xa5);
+      bytes.set(oldPage, oldPtr - base);
+      bytes.set(newPage, newPtr - base);
+      const n = k.xbzrle_encode(oldPtr, newPtr, spec.size, outPtr, limit);
+      expect(n).toBe(expected === null ? -1 : expected.length);
+      const after = block.bytes;
+      if (expected !== null) expect(hex(after.subarray(outPtr - base, outPtr - base + n))).toBe(hex(expected));
+      let untouched = true;
+      for (let i = outPtr - base + limit + 32; i < after.length; i++) untouched &&= after[i] === 0xa5;
+      expect(untouched).toBe(true);
+      expect(same(after.subarray(oldPtr - base, newPtr - base), oldPage)).toBe(true);
+      expect(same(after.subarray(newPtr - base, newPtr - base + spec.size), newPage)).toBe(true);
+    } finally {
+      block.free();
+    }
+  });
 
   test("typical 4 KiB pages: 8 small runs, dense changes, full rewrite", () => {
     for (let seed = 1; seed <= 50; seed++) {
@@ -581,16 +578,22 @@ describe("xbzrle decoder rejects malformed deltas, leaving the page unchanged", 
       const result = decodeAll(Uint8Array.from(delta), page);
       expect(result.ok && same(result.page, want)).toBe(true);
     };
-    expectPage([0x00, 0x02, 0xaa, 0xbb], [
-      [0, 0xaa],
-      [1, 0xbb],
-    ]);
+    expectPage(
+      [0x00, 0x02, 0xaa, 0xbb],
+      [
+        [0, 0xaa],
+        [1, 0xbb],
+      ],
+    );
     expectPage([0x0f, 0x01, 0xcc], [[15, 0xcc]]);
     // QEMU's decoder accepts a 2-byte form of a small value (0x81 0x00 = 1), so do we.
-    expectPage([0x81, 0x00, 0x01, 0xdd, 0x01, 0x01, 0xee], [
-      [1, 0xdd],
-      [3, 0xee],
-    ]);
+    expectPage(
+      [0x81, 0x00, 0x01, 0xdd, 0x01, 0x01, 0xee],
+      [
+        [1, 0xdd],
+        [3, 0xee],
+      ],
+    );
     const status = (() => {
       const d = allocate(4);
       const p = allocate(16);

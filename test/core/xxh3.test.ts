@@ -158,30 +158,25 @@ function segments(data: Uint8Array, cuts: number[]): Uint8Array[] {
 }
 
 describe("xxh3 streaming", () => {
-  test.prop(
-    [
-      length,
-      u64,
-      fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 12 }),
-      fc.integer({ min: 1, max: 2 ** 31 }),
-    ],
-    { numRuns: 300 },
-  )("any segmentation gives the one-shot digest (Wasm and reference)", (len, seed, cuts, salt) => {
-    const input = randomBytes(len, salt);
-    const expected = xxh3(input, seed);
-    const hasher = createXxh3(seed);
-    const reference = new Xxh3Reference(seed);
-    try {
-      for (const piece of segments(input, cuts)) {
-        hasher.update(piece);
-        reference.update(piece);
+  test.prop([length, u64, fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 12 }), fc.integer({ min: 1, max: 2 ** 31 })], { numRuns: 300 })(
+    "any segmentation gives the one-shot digest (Wasm and reference)",
+    (len, seed, cuts, salt) => {
+      const input = randomBytes(len, salt);
+      const expected = xxh3(input, seed);
+      const hasher = createXxh3(seed);
+      const reference = new Xxh3Reference(seed);
+      try {
+        for (const piece of segments(input, cuts)) {
+          hasher.update(piece);
+          reference.update(piece);
+        }
+        expect(hasher.digest()).toBe(expected);
+        expect(reference.digest()).toBe(expected);
+      } finally {
+        hasher.free();
       }
-      expect(hasher.digest()).toBe(expected);
-      expect(reference.digest()).toBe(expected);
-    } finally {
-      hasher.free();
-    }
-  });
+    },
+  );
 
   it("byte-at-a-time and odd-sized pieces across block boundaries", () => {
     const input = randomBytes(2600, 11);

@@ -4,7 +4,7 @@ import vm from "node:vm";
 import { describe, expect, it } from "vitest";
 import { MigrationError } from "../../src/core/errors.js";
 import { migrateIn, migrateOut } from "../../src/migration/precopy.js";
-import { SavingSession, VFIO_PRECOPY_INFO_REINIT } from "../../src/migration/saving-session.js";
+import { type SavingSession, VFIO_PRECOPY_INFO_REINIT } from "../../src/migration/saving-session.js";
 import { MigrationDevice } from "../../src/migration/v2/migration-device.js";
 import type { MigrationState } from "../../src/migration/v2/states.js";
 import { v1StateToV2, v2StateToV1, VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, VFIO_MIGRATION_P2P } from "../../src/migration/uapi.js";
@@ -13,20 +13,6 @@ import { createEncoder } from "../../src/codec/encoder.js";
 import { asSaving, concat, drain, expectCode, FEATURE_SETS, fillRandom, makeDevice, PAGE } from "./helpers.js";
 
 const RUNNING_STATES = new Set<MigrationState>(["RUNNING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"]);
-
-function expectInfoMatchesRead(session: SavingSession): void {
-  const info = session.precopyInfo();
-  const zero = info.initialBytes === 0 && info.dirtyBytes === 0;
-  let enomsg = false;
-  let chunk: Uint8Array | null = null;
-  try {
-    chunk = session.read(1 << 20);
-  } catch (error) {
-    if (!(error instanceof MigrationError && error.code === "ENOMSG")) throw error;
-    enomsg = true;
-  }
-  expect(zero, `info ${JSON.stringify(info)}, read ${enomsg ? "ENOMSG" : `${chunk?.length ?? "null"} bytes`}`).toBe(enomsg || chunk === null);
-}
 
 describe("PRE_COPY info (VFIO_MIG_GET_PRECOPY_INFO)", () => {
   it("the encoder reports the bytes it holds: the header before the first drain and the record left open by flush()", () => {
@@ -131,29 +117,35 @@ describe("PRE_COPY info (VFIO_MIG_GET_PRECOPY_INFO)", () => {
 });
 
 describe("stop and start callbacks", () => {
-  it.each(FEATURE_SETS)("'STOP: the device must not generate interrupts, DMA, or any other change': every arc leaving the running states calls stop once per stop ($name)", async ({ features }) => {
-    const calls: string[] = [];
-    const device = makeDevice({
-      features,
-      callbacks: { stop: () => void calls.push("stop"), start: () => void calls.push("start"), quiesce: () => void calls.push("quiesce") },
-    });
-    const running: MigrationState[] = ["RUNNING", ...(features.p2p ? (["RUNNING_P2P"] as const) : []), ...(features.precopy ? (["PRE_COPY"] as const) : [])];
-    if (features.p2p && features.precopy) running.push("PRE_COPY_P2P");
-    for (const from of running) {
-      for (const to of ["STOP", "STOP_COPY"] as const) {
-        device.reset();
-        await device.setState(from);
-        calls.length = 0;
-        await device.setState(to);
-        expect(calls.filter((c) => c === "stop"), `${from} -> ${to}`).toHaveLength(1);
-        expect(calls).not.toContain("start");
-        calls.length = 0;
-        await device.setState("RUNNING");
-        expect(calls, `${to} -> RUNNING`).toEqual(["start"]);
+  it.each(FEATURE_SETS)(
+    "'STOP: the device must not generate interrupts, DMA, or any other change': every arc leaving the running states calls stop once per stop ($name)",
+    async ({ features }) => {
+      const calls: string[] = [];
+      const device = makeDevice({
+        features,
+        callbacks: { stop: () => void calls.push("stop"), start: () => void calls.push("start"), quiesce: () => void calls.push("quiesce") },
+      });
+      const running: MigrationState[] = ["RUNNING", ...(features.p2p ? (["RUNNING_P2P"] as const) : []), ...(features.precopy ? (["PRE_COPY"] as const) : [])];
+      if (features.p2p && features.precopy) running.push("PRE_COPY_P2P");
+      for (const from of running) {
+        for (const to of ["STOP", "STOP_COPY"] as const) {
+          device.reset();
+          await device.setState(from);
+          calls.length = 0;
+          await device.setState(to);
+          expect(
+            calls.filter((c) => c === "stop"),
+            `${from} -> ${to}`,
+          ).toHaveLength(1);
+          expect(calls).not.toContain("start");
+          calls.length = 0;
+          await device.setState("RUNNING");
+          expect(calls, `${to} -> RUNNING`).toEqual(["start"]);
+        }
       }
-    }
-    device.free();
-  });
+      device.free();
+    },
+  );
 
   it("a stop that misses the quiesce deadline fails with ETIMEDOUT and leaves the device running where it was", async () => {
     const device = makeDevice({ features: { p2p: false, precopy: true }, quiesceTimeoutMs: 20, callbacks: { stop: () => new Promise<void>(() => undefined) } });
@@ -173,33 +165,42 @@ describe("reset against late callbacks", () => {
       "a non-native thenable",
       () => {
         let ok!: (b: Uint8Array) => void;
-        return { answer: { then: (resolve: (b: Uint8Array) => void) => void (ok = resolve) } as unknown as PromiseLike<Uint8Array>, settle: () => ok(new Uint8Array(3)) };
+        return {
+          answer: { then: (resolve: (b: Uint8Array) => void) => void (ok = resolve) } as unknown as PromiseLike<Uint8Array>,
+          settle: () => ok(new Uint8Array(3)),
+        };
       },
     ],
     [
       "a promise from another realm",
       () => {
         const context = vm.createContext({});
-        const made = vm.runInContext("let ok; const p = new Promise((r) => { ok = r; }); ({ p, ok })", context) as { p: PromiseLike<Uint8Array>; ok: (b: Uint8Array) => void };
+        const made = vm.runInContext("let ok; const p = new Promise((r) => { ok = r; }); ({ p, ok })", context) as {
+          p: PromiseLike<Uint8Array>;
+          ok: (b: Uint8Array) => void;
+        };
         expect(made.p instanceof Promise).toBe(false);
         return { answer: made.p, settle: () => made.ok(new Uint8Array(3)) };
       },
     ],
   ];
-  it.each(makers)("'VFIO_DEVICE_RESET returns the device to RUNNING': saveConfig returning %s, then reset: setState settles, a late answer installs nothing", async (_name, make) => {
-    const { answer, settle } = make();
-    const device = makeDevice({ callbacks: { saveConfig: () => answer } });
-    const pending = device.setState("STOP_COPY");
-    await new Promise((r) => setTimeout(r, 5));
-    device.reset();
-    await expectCode(() => pending, "ECANCELED");
-    settle();
-    await new Promise((r) => setTimeout(r, 5));
-    expect(device.state).toBe("RUNNING");
-    expect(device.session).toBeUndefined();
-    device.write("ram", 0, new Uint8Array([1]));
-    device.free();
-  });
+  it.each(makers)(
+    "'VFIO_DEVICE_RESET returns the device to RUNNING': saveConfig returning %s, then reset: setState settles, a late answer installs nothing",
+    async (_name, make) => {
+      const { answer, settle } = make();
+      const device = makeDevice({ callbacks: { saveConfig: () => answer } });
+      const pending = device.setState("STOP_COPY");
+      await new Promise((r) => setTimeout(r, 5));
+      device.reset();
+      await expectCode(() => pending, "ECANCELED");
+      settle();
+      await new Promise((r) => setTimeout(r, 5));
+      expect(device.state).toBe("RUNNING");
+      expect(device.session).toBeUndefined();
+      device.write("ram", 0, new Uint8Array([1]));
+      device.free();
+    },
+  );
 });
 
 describe("migrateOut (QEMU's save_setup)", () => {

@@ -474,10 +474,22 @@ describe.each(TRACKINGS)("PRE_COPY info and ENOMSG (%s tracking)", (tracking) =>
     expect(session.rounds.length).toBe(1);
 
     // Two pages dirtied (one of them the partial last page of "ram"), then a third.
-    device.write("bar0", 3 * PAGE + 5, new Uint8Array([1, 2, 3]).map((v) => v ^ device.model.view("bar0")[3 * PAGE + 5]!));
-    device.write("ram", 40 * PAGE + 100, new Uint8Array([7]).map((v) => v ^ device.model.view("ram")[40 * PAGE + 100]!));
+    device.write(
+      "bar0",
+      3 * PAGE + 5,
+      new Uint8Array([1, 2, 3]).map((v) => v ^ device.model.view("bar0")[3 * PAGE + 5]!),
+    );
+    device.write(
+      "ram",
+      40 * PAGE + 100,
+      new Uint8Array([7]).map((v) => v ^ device.model.view("ram")[40 * PAGE + 100]!),
+    );
     expect(device.precopyInfo()).toEqual({ initialBytes: 0, dirtyBytes: 2 * PAGE });
-    device.write("config-space", 0, new Uint8Array([0xaa]).map((v) => v ^ device.model.view("config-space")[0]!));
+    device.write(
+      "config-space",
+      0,
+      new Uint8Array([0xaa]).map((v) => v ^ device.model.view("config-space")[0]!),
+    );
     expect(device.precopyInfo()).toEqual({ initialBytes: 0, dirtyBytes: 3 * PAGE });
     // Asking again does not change the answer (hash/shadow scans are idempotent).
     expect(device.precopyInfo()).toEqual({ initialBytes: 0, dirtyBytes: 3 * PAGE });

@@ -33,8 +33,20 @@ describe("DMA logging", () => {
   it("'overlapping ranges: EINVAL' (and empty, unaligned or no ranges, or a page size that is not a power of two)", async () => {
     const device = makeDevice();
     const bad = [
-      { ranges: [{ iova: 0, length: 4 * KiB4 }, { iova: 3 * KiB4, length: 2 * KiB4 }], pageSize: KiB4 },
-      { ranges: [{ iova: 8 * KiB4, length: KiB4 }, { iova: 0, length: 9 * KiB4 }], pageSize: KiB4 },
+      {
+        ranges: [
+          { iova: 0, length: 4 * KiB4 },
+          { iova: 3 * KiB4, length: 2 * KiB4 },
+        ],
+        pageSize: KiB4,
+      },
+      {
+        ranges: [
+          { iova: 8 * KiB4, length: KiB4 },
+          { iova: 0, length: 9 * KiB4 },
+        ],
+        pageSize: KiB4,
+      },
       { ranges: [], pageSize: KiB4 },
       { ranges: [{ iova: 0, length: 0 }], pageSize: KiB4 },
       { ranges: [{ iova: 100, length: KiB4 }], pageSize: KiB4 },
@@ -44,7 +56,13 @@ describe("DMA logging", () => {
     for (const request of bad) await expectCode(() => device.startDmaLogging(request), "EINVAL");
     expect(device.model.dma.active).toBe(false);
     // Touching is not overlapping.
-    device.startDmaLogging({ ranges: [{ iova: 0, length: 4 * KiB4 }, { iova: 4 * KiB4, length: 4 * KiB4 }], pageSize: KiB4 });
+    device.startDmaLogging({
+      ranges: [
+        { iova: 0, length: 4 * KiB4 },
+        { iova: 4 * KiB4, length: 4 * KiB4 },
+      ],
+      pageSize: KiB4,
+    });
     device.free();
   });
 

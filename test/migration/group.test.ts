@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest";
 import { DeviceGroup } from "../../src/migration/group.js";
 import { SavingSession } from "../../src/migration/saving-session.js";
-import { MigrationDevice, type DeviceCallbacks } from "../../src/migration/v2/migration-device.js";
+import type { MigrationDevice, DeviceCallbacks } from "../../src/migration/v2/migration-device.js";
 import type { MigrationFeatures, MigrationState } from "../../src/migration/v2/states.js";
 import { asResuming, asSaving, concat, drain, expectCode, fillRandom, makeDevice, PAGE } from "./helpers.js";
 
@@ -19,9 +19,10 @@ interface Event {
 }
 
 /** Devices whose callbacks and state changes are logged with everyone's state at the time. */
-function observedGroup(
-  specs: ReadonlyArray<{ id: string; features?: MigrationFeatures; quiesce?: DeviceCallbacks["quiesce"]; quiesceTimeoutMs?: number }>,
-): { devices: MigrationDevice[]; events: Event[] } {
+function observedGroup(specs: ReadonlyArray<{ id: string; features?: MigrationFeatures; quiesce?: DeviceCallbacks["quiesce"]; quiesceTimeoutMs?: number }>): {
+  devices: MigrationDevice[];
+  events: Event[];
+} {
   const events: Event[] = [];
   const devices: MigrationDevice[] = [];
   const all = (): Record<string, MigrationState> => Object.fromEntries(devices.map((d) => [d.deviceId, d.state]));
@@ -184,10 +185,7 @@ describe("refusals and rollback", () => {
   });
 
   it("rollback returns pre-copy devices to PRE_COPY with their sessions open", async () => {
-    const { devices } = observedGroup([
-      { id: "a" },
-      { id: "b", quiesceTimeoutMs: 25, quiesce: () => new Promise<void>(() => undefined) },
-    ]);
+    const { devices } = observedGroup([{ id: "a" }, { id: "b", quiesceTimeoutMs: 25, quiesce: () => new Promise<void>(() => undefined) }]);
     const group = new DeviceGroup(devices);
     const sessions = await group.setState("PRE_COPY");
     await expectCode(() => group.setState("STOP"), "ETIMEDOUT");

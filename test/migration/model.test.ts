@@ -13,14 +13,7 @@ import type { DirtyTracking } from "../../src/device/device-model.js";
 import { ResumingSession } from "../../src/migration/resuming-session.js";
 import { SavingSession } from "../../src/migration/saving-session.js";
 import { MigrationDevice } from "../../src/migration/v2/migration-device.js";
-import {
-  isSavingState,
-  MIGRATION_STATES,
-  migrationPath,
-  stateSupported,
-  type MigrationFeatures,
-  type MigrationState,
-} from "../../src/migration/v2/states.js";
+import { isSavingState, MIGRATION_STATES, migrationPath, stateSupported, type MigrationFeatures, type MigrationState } from "../../src/migration/v2/states.js";
 import { concat, TRACKINGS } from "./helpers.js";
 
 const PAGE_SIZE = 1024;
@@ -364,13 +357,17 @@ const targets = fc.constantFrom<MigrationState>(
 );
 
 const commandArbs = [
-  fc.tuple(fc.nat(LAYOUT.length - 1), fc.nat(4000), fc.uint8Array({ minLength: 1, maxLength: 300 })).map(([region, at, bytes]) => new WriteCommand(region, at, bytes)),
+  fc
+    .tuple(fc.nat(LAYOUT.length - 1), fc.nat(4000), fc.uint8Array({ minLength: 1, maxLength: 300 }))
+    .map(([region, at, bytes]) => new WriteCommand(region, at, bytes)),
   // Migration-relevant targets more often than invalid ones.
   targets.map((t) => new SetStateCommand(t)),
   fc.constantFrom<MigrationState>("PRE_COPY", "STOP_COPY", "RESUMING", "RUNNING", "STOP").map((t) => new SetStateCommand(t)),
   fc.integer({ min: 1, max: 6000 }).map((n) => new ReadCommand(n)),
   fc.constant(new DrainCommand()),
-  fc.tuple(fc.constantFrom("device-stream", "device-stream", "encoded", "truncated", "corrupt" as const), fc.nat(100000)).map(([k, s]) => new ResumeWriteCommand(k, s)),
+  fc
+    .tuple(fc.constantFrom("device-stream", "device-stream", "encoded", "truncated", "corrupt" as const), fc.nat(100000))
+    .map(([k, s]) => new ResumeWriteCommand(k, s)),
   fc.constant(new PrecopyInfoCommand()),
   fc.constant(new ResetCommand()),
 ];
@@ -386,7 +383,15 @@ describe("PRE_COPY info against read() over random workloads", () => {
     await fc.assert(
       fc.asyncProperty(fc.boolean(), fc.constantFrom<DirtyTracking>(...TRACKINGS), fc.array(step, { maxLength: 40 }), async (p2p, tracking, steps) => {
         const pageSize = 4096;
-        const device = new MigrationDevice({ regions: [{ name: "r", size: 600 * pageSize }, { name: "s", size: 3000 }], pageSize, tracking, features: { p2p, precopy: true } });
+        const device = new MigrationDevice({
+          regions: [
+            { name: "r", size: 600 * pageSize },
+            { name: "s", size: 3000 },
+          ],
+          pageSize,
+          tracking,
+          features: { p2p, precopy: true },
+        });
         try {
           const session = (await device.setState(p2p ? "PRE_COPY_P2P" : "PRE_COPY")) as SavingSession;
           for (const st of steps) {

@@ -65,8 +65,7 @@ function modelStates(f: MigrationFeatures): Set<MigrationState> {
  */
 function modelArcs(f: MigrationFeatures): Map<string, ArcEffect> {
   const arcs = new Map<string, ArcEffect>();
-  const merge = (s: MigrationState): MigrationState =>
-    f.p2p === true ? s : s === "RUNNING_P2P" ? "RUNNING" : s === "PRE_COPY_P2P" ? "PRE_COPY" : s;
+  const merge = (s: MigrationState): MigrationState => (f.p2p === true ? s : s === "RUNNING_P2P" ? "RUNNING" : s === "PRE_COPY_P2P" ? "PRE_COPY" : s);
   for (const [a, b, effect] of HEADER_ARCS) {
     const touchesPrecopy = [a, b].some((s) => s === "PRE_COPY" || s === "PRE_COPY_P2P");
     if (touchesPrecopy && f.precopy !== true) continue;
@@ -83,16 +82,10 @@ function modelArcs(f: MigrationFeatures): Map<string, ArcEffect> {
  * see "PRE_COPY -> PRE_COPY_P2P -> STOP_COPY" below). `strict` forbids interior saving states
  * outright, as the header's prose literally says.
  */
-function shortestPaths(
-  from: MigrationState,
-  to: MigrationState,
-  f: MigrationFeatures,
-  strict = false,
-): MigrationState[][] {
+function shortestPaths(from: MigrationState, to: MigrationState, f: MigrationFeatures, strict = false): MigrationState[][] {
   const arcs = modelArcs(f);
   const states = [...modelStates(f)];
-  const interiorOk = (s: MigrationState): boolean =>
-    !isSavingModel(s) || (!strict && isSavingModel(from) && isSavingModel(to));
+  const interiorOk = (s: MigrationState): boolean => !isSavingModel(s) || (!strict && isSavingModel(from) && isSavingModel(to));
   let frontier: MigrationState[][] = [[from]];
   const seen = new Set<MigrationState>([from]);
   while (frontier.length > 0) {
@@ -161,14 +154,7 @@ const KERNEL_LISTED_PATHS = [
 
 /** The "driver must implement" arc lists of the same comment, per feature set. */
 const KERNEL_REQUIRED_ARCS: Record<string, string[]> = {
-  STOP_COPY: [
-    "RESUMING -> STOP",
-    "STOP -> RESUMING",
-    "STOP -> STOP_COPY",
-    "STOP_COPY -> STOP",
-    "RUNNING -> STOP",
-    "STOP -> RUNNING",
-  ],
+  STOP_COPY: ["RESUMING -> STOP", "STOP -> RESUMING", "STOP -> STOP_COPY", "STOP_COPY -> STOP", "RUNNING -> STOP", "STOP -> RUNNING"],
   "STOP_COPY|P2P": [
     "RESUMING -> STOP",
     "STOP -> RESUMING",
@@ -210,8 +196,7 @@ const KERNEL_REQUIRED_ARCS: Record<string, string[]> = {
 };
 
 const parse = (line: string): MigrationState[] => line.split(" -> ") as MigrationState[];
-const show = (from: MigrationState, path: readonly MigrationState[]): string =>
-  [from, ...path].join(" -> ");
+const show = (from: MigrationState, path: readonly MigrationState[]): string => [from, ...path].join(" -> ");
 
 function expectEinval(fn: () => unknown, from: string, to: string): MigrationError {
   let caught: unknown;
@@ -279,12 +264,8 @@ describe("direct arcs", () => {
   });
 
   it("open a saving session on exactly the three header arcs", () => {
-    const opening = HEADER_ARCS.filter(([f, t]) => arcEffect(f, t) === "open-saving").map(
-      ([f, t]) => `${f} -> ${t}`,
-    );
-    expect(opening.sort()).toEqual(
-      ["RUNNING -> PRE_COPY", "RUNNING_P2P -> PRE_COPY_P2P", "STOP -> STOP_COPY"].sort(),
-    );
+    const opening = HEADER_ARCS.filter(([f, t]) => arcEffect(f, t) === "open-saving").map(([f, t]) => `${f} -> ${t}`);
+    expect(opening.sort()).toEqual(["RUNNING -> PRE_COPY", "RUNNING_P2P -> PRE_COPY_P2P", "STOP -> STOP_COPY"].sort());
   });
 
   it("refuse an effect for anything that is not a direct arc", () => {
@@ -305,9 +286,7 @@ describe("direct arcs", () => {
         expect(isDirectArc(from, to, features), `${from} -> ${to}`).toBe(model.has(`${from}>${to}`));
         if (model.has(`${from}>${to}`)) expect(arcEffect(from, to)).toBe(model.get(`${from}>${to}`));
       }
-      expect(directArcsFrom(from, features).sort()).toEqual(
-        MIGRATION_STATES.filter((to) => model.has(`${from}>${to}`)).sort(),
-      );
+      expect(directArcsFrom(from, features).sort()).toEqual(MIGRATION_STATES.filter((to) => model.has(`${from}>${to}`)).sort());
     }
   });
 
@@ -350,7 +329,10 @@ describe("nextState / migrationPath against the independent shortest-path model"
         expect(expected.length, `${from} -> ${to} reachable`).toBeGreaterThan(0);
         // Equal-length alternatives: the kernel's table decides; for the full feature set the
         // vfio_main.c listing pins every multi-step path, checked literally below.
-        expect(expected.map((p) => show(from, p)), `${from} -> ${to}`).toContain(show(from, path));
+        expect(
+          expected.map((p) => show(from, p)),
+          `${from} -> ${to}`,
+        ).toContain(show(from, path));
         if (expected.length > 1) {
           expect(features).toEqual(ALL);
           expect(KERNEL_LISTED_PATHS).toContain(show(from, path));
@@ -384,9 +366,7 @@ describe("nextState / migrationPath against the independent shortest-path model"
     // The kernel table goes through PRE_COPY_P2P (a saving state) so the pre-copy data session
     // carries on; the literal header rule would close it and open a new one via STOP.
     expect(migrationPath("PRE_COPY", "STOP_COPY", ALL)).toEqual(["PRE_COPY_P2P", "STOP_COPY"]);
-    expect(shortestPaths("PRE_COPY", "STOP_COPY", ALL, true)).toEqual([
-      ["RUNNING", "RUNNING_P2P", "STOP", "STOP_COPY"],
-    ]);
+    expect(shortestPaths("PRE_COPY", "STOP_COPY", ALL, true)).toEqual([["RUNNING", "RUNNING_P2P", "STOP", "STOP_COPY"]]);
   });
 
   it("matches the strict 'no interior saving state' rule everywhere else", () => {
@@ -458,33 +438,30 @@ const stateArb = fc.constantFrom(...MIGRATION_STATES);
 const featuresArb = fc.constantFrom(...FEATURE_SETS.map((s) => s.features));
 
 describe("properties", () => {
-  test.prop([stateArb, stateArb, featuresArb])(
-    "a path ends at the target, uses direct arcs, opens a session only on its last arc",
-    (from, to, features) => {
-      if (modelRefuses(from, to, features)) {
-        expect(() => migrationPath(from, to, features)).toThrow(MigrationError);
-        return;
-      }
-      const path = migrationPath(from, to, features);
-      if (from === to) {
-        expect(path).toEqual([]);
-        return;
-      }
-      expect(path[path.length - 1]).toBe(to);
-      let cur = from;
-      path.forEach((step, i) => {
-        expect(isDirectArc(cur, step, features)).toBe(true);
-        const effect = arcEffect(cur, step);
-        if (effect === "open-saving" || effect === "open-resuming") expect(i).toBe(path.length - 1);
-        cur = step;
-      });
-      // A saving state is interior only while the whole request stays in the saving group
-      // (PRE_COPY -> PRE_COPY_P2P -> STOP_COPY); otherwise never.
-      const interior = path.slice(0, -1);
-      if (interior.some(isSavingState)) {
-        expect([from, ...path].every(isSavingState)).toBe(true);
-      }
-      expect(new Set([from, ...path]).size).toBe(path.length + 1);
-    },
-  );
+  test.prop([stateArb, stateArb, featuresArb])("a path ends at the target, uses direct arcs, opens a session only on its last arc", (from, to, features) => {
+    if (modelRefuses(from, to, features)) {
+      expect(() => migrationPath(from, to, features)).toThrow(MigrationError);
+      return;
+    }
+    const path = migrationPath(from, to, features);
+    if (from === to) {
+      expect(path).toEqual([]);
+      return;
+    }
+    expect(path[path.length - 1]).toBe(to);
+    let cur = from;
+    path.forEach((step, i) => {
+      expect(isDirectArc(cur, step, features)).toBe(true);
+      const effect = arcEffect(cur, step);
+      if (effect === "open-saving" || effect === "open-resuming") expect(i).toBe(path.length - 1);
+      cur = step;
+    });
+    // A saving state is interior only while the whole request stays in the saving group
+    // (PRE_COPY -> PRE_COPY_P2P -> STOP_COPY); otherwise never.
+    const interior = path.slice(0, -1);
+    if (interior.some(isSavingState)) {
+      expect([from, ...path].every(isSavingState)).toBe(true);
+    }
+    expect(new Set([from, ...path]).size).toBe(path.length + 1);
+  });
 });

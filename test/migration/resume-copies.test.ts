@@ -19,7 +19,9 @@ const SIZE = REGIONS.reduce((n, r) => n + r.size, 0);
 /** Byte equality without a deep diff of a megabyte (slow in the test runner). */
 function expectSame(actual: Uint8Array, expected: Uint8Array): void {
   expect(actual.length).toBe(expected.length);
-  expect(Buffer.compare(Buffer.from(actual.buffer, actual.byteOffset, actual.length), Buffer.from(expected.buffer, expected.byteOffset, expected.length))).toBe(0);
+  expect(Buffer.compare(Buffer.from(actual.buffer, actual.byteOffset, actual.length), Buffer.from(expected.buffer, expected.byteOffset, expected.length))).toBe(
+    0,
+  );
 }
 
 function content(seed: number): Uint8Array {

@@ -59,10 +59,24 @@ describe("classifyDeviceState: the 16 combinations (reference section 1.7)", () 
     expect(classifyDeviceState(0x1)).toMatchObject({ name: "_RUNNING", valid: true, isError: false, v1IsError: false, v2: "RUNNING" });
   });
   it("0x2 stop-and-copy", () => {
-    expect(classifyDeviceState(0x2)).toMatchObject({ name: "_SAVING", meaning: "stop-and-copy", valid: true, isError: false, v1IsError: false, v2: "STOP_COPY" });
+    expect(classifyDeviceState(0x2)).toMatchObject({
+      name: "_SAVING",
+      meaning: "stop-and-copy",
+      valid: true,
+      isError: false,
+      v1IsError: false,
+      v2: "STOP_COPY",
+    });
   });
   it("0x3 pre-copy", () => {
-    expect(classifyDeviceState(0x3)).toMatchObject({ name: "_RUNNING|_SAVING", meaning: "pre-copy", valid: true, isError: false, v1IsError: false, v2: "PRE_COPY" });
+    expect(classifyDeviceState(0x3)).toMatchObject({
+      name: "_RUNNING|_SAVING",
+      meaning: "pre-copy",
+      valid: true,
+      isError: false,
+      v1IsError: false,
+      v2: "PRE_COPY",
+    });
   });
   it("0x4 RESUMING", () => {
     expect(classifyDeviceState(0x4)).toMatchObject({ name: "_RESUMING", valid: true, isError: false, v1IsError: false, v2: "RESUMING" });
@@ -162,8 +176,7 @@ const WRITES_WITHOUT_NDMA: ReadonlyArray<readonly [number, string]> = [
 ];
 
 describe("validateDeviceStateWrite", () => {
-  const hex = (rows: ReadonlyArray<readonly [number, string]>) =>
-    rows.map(([c, e]) => [`0x${c.toString(16)}`, c, e] as const);
+  const hex = (rows: ReadonlyArray<readonly [number, string]>) => rows.map(([c, e]) => [`0x${c.toString(16)}`, c, e] as const);
 
   it.each(hex(WRITES_WITH_NDMA))("with NDMA, from %s", (_label, current, expected) => {
     for (let v = 0; v < 16; v++) {
@@ -231,7 +244,14 @@ describe("validateDeviceStateWrite", () => {
   });
 
   it("a device should support the writes between valid states libvfio-user's table refused: 0->3, 2->3, 2->4, 3->4, 4->2, 4->3 and their NDMA variants", () => {
-    const pairs: [number, number][] = [[0, 3], [2, 3], [2, 4], [3, 4], [4, 2], [4, 3]];
+    const pairs: [number, number][] = [
+      [0, 3],
+      [2, 3],
+      [2, 4],
+      [3, 4],
+      [4, 2],
+      [4, 3],
+    ];
     for (const [from, to] of pairs) {
       validateDeviceStateWrite(from, to, NO_NDMA);
       for (const n of [0, 8]) for (const m of [0, 8]) validateDeviceStateWrite(from | n, to | m, WITH_NDMA);

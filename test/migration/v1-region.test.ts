@@ -243,7 +243,11 @@ async function driveTo(region: MigrationRegion, source: number, stream: Uint8Arr
   } else if (source !== 1) {
     await writeState(region, source);
   }
-  if ((source & 4) !== 0 && source !== 6) await feed(region, rechunk(stream, () => 3000));
+  if ((source & 4) !== 0 && source !== 6)
+    await feed(
+      region,
+      rechunk(stream, () => 3000),
+    );
   expectConsistent(region, source);
 }
 
@@ -495,8 +499,28 @@ describe("save loop and resume loop", () => {
   const chunkings: [string, (segments: Uint8Array[], window: number) => Uint8Array[]][] = [
     ["the source's segments", (s) => s],
     ["fixed 1000-byte writes", (s) => rechunk(concat(s), () => 1000)],
-    ["random sizes up to the window", (s, w) => rechunk(concat(s), ((r) => () => 1 + Math.floor(r() * w))(prng(3)))],
-    ["single bytes at the start, then whole windows", (s, w) => rechunk(concat(s), ((n) => () => (n++ < 40 ? 1 : w))(0))],
+    [
+      "random sizes up to the window",
+      (s, w) =>
+        rechunk(
+          concat(s),
+          (
+            (r) => () =>
+              1 + Math.floor(r() * w)
+          )(prng(3)),
+        ),
+    ],
+    [
+      "single bytes at the start, then whole windows",
+      (s, w) =>
+        rechunk(
+          concat(s),
+          (
+            (n) => () =>
+              n++ < 40 ? 1 : w
+          )(0),
+        ),
+    ],
   ];
 
   it.each(chunkings)("pre-copy + stop-and-copy, resumed with %s", async (_name, chunking) => {
@@ -608,8 +632,25 @@ describe("invalid accesses", () => {
   it("wrong widths, misaligned offsets, gaps", async () => {
     const region = makeRegion();
     const bad: [number, number][] = [
-      [0, 8], [0, 2], [0, 1], [2, 4], [4, 8], [8, 4], [12, 4], [9, 8], [16, 4], [20, 4], [24, 4], [28, 4],
-      [32, 4], [32, 8], [DATA_WINDOW_OFFSET, 8], [-8, 8], [1.5, 4], [0, 16], [Number.NaN, 4],
+      [0, 8],
+      [0, 2],
+      [0, 1],
+      [2, 4],
+      [4, 8],
+      [8, 4],
+      [12, 4],
+      [9, 8],
+      [16, 4],
+      [20, 4],
+      [24, 4],
+      [28, 4],
+      [32, 4],
+      [32, 8],
+      [DATA_WINDOW_OFFSET, 8],
+      [-8, 8],
+      [1.5, 4],
+      [0, 16],
+      [Number.NaN, 4],
     ];
     for (const [offset, width] of bad) {
       expectThrowCode(() => region.readRegister(offset, width), "EINVAL");
@@ -640,7 +681,13 @@ describe("invalid accesses", () => {
     const end = DATA_WINDOW_OFFSET + 1000;
     expect(region.size).toBe(end);
     for (const [offset, length] of [
-      [DATA_WINDOW_OFFSET - 1, 1], [0, 4], [32, 1], [end - 1, 2], [DATA_WINDOW_OFFSET, 1001], [DATA_WINDOW_OFFSET, -1], [DATA_WINDOW_OFFSET + 0.5, 1],
+      [DATA_WINDOW_OFFSET - 1, 1],
+      [0, 4],
+      [32, 1],
+      [end - 1, 2],
+      [DATA_WINDOW_OFFSET, 1001],
+      [DATA_WINDOW_OFFSET, -1],
+      [DATA_WINDOW_OFFSET + 0.5, 1],
     ] as const) {
       expectThrowCode(() => region.readData(offset, length), "EINVAL");
       if (length >= 0) expectThrowCode(() => region.writeData(offset, new Uint8Array(length)), "EINVAL");
@@ -655,7 +702,14 @@ describe("invalid accesses", () => {
 
 describe("corrupted or incomplete streams", () => {
   const damages: [string, (s: Uint8Array) => Uint8Array][] = [
-    ["a flipped byte", (s) => { const c = s.slice(); c[Math.floor(c.length / 2)]! ^= 0x40; return c; }],
+    [
+      "a flipped byte",
+      (s) => {
+        const c = s.slice();
+        c[Math.floor(c.length / 2)]! ^= 0x40;
+        return c;
+      },
+    ],
     ["truncation", (s) => s.subarray(0, s.length - 17)],
     ["a missing middle", (s) => concat([s.subarray(0, 3000), s.subarray(6000)])],
   ];
@@ -692,7 +746,10 @@ describe("corrupted or incomplete streams", () => {
     expect(target.device.model.digest()).toBe(before);
     // And the device resumes a good stream afterwards.
     await writeState(target, 4);
-    await feed(target, rechunk(stream, () => 2048));
+    await feed(
+      target,
+      rechunk(stream, () => 2048),
+    );
     await writeState(target, 1);
     expect(target.device.model.digest()).not.toBe(before);
   });
@@ -703,7 +760,13 @@ describe("corrupted or incomplete streams", () => {
     await writeState(srcRegion, 2);
     const stream: Uint8Array[] = [];
     drain(srcRegion, stream);
-    const target = makeRegion({ callbacks: { loadConfig: () => { throw new MigrationError("EIO", "config rejected"); } } });
+    const target = makeRegion({
+      callbacks: {
+        loadConfig: () => {
+          throw new MigrationError("EIO", "config rejected");
+        },
+      },
+    });
     const before = target.device.model.digest();
     await writeState(target, 4);
     await feed(target, stream);
@@ -723,7 +786,13 @@ const SMALL = [
   { name: "b", size: 1500 },
 ];
 // Every valid state from every valid state ("should attempt to support any transition").
-const ALLOWED: Readonly<Record<number, readonly number[]>> = { 0: [0, 1, 2, 3, 4], 1: [0, 1, 2, 3, 4], 2: [0, 1, 2, 3, 4], 3: [0, 1, 2, 3, 4], 4: [0, 1, 2, 3, 4] };
+const ALLOWED: Readonly<Record<number, readonly number[]>> = {
+  0: [0, 1, 2, 3, 4],
+  1: [0, 1, 2, 3, 4],
+  2: [0, 1, 2, 3, 4],
+  3: [0, 1, 2, 3, 4],
+  4: [0, 1, 2, 3, 4],
+};
 
 interface Model {
   ndma: boolean;
@@ -819,10 +888,17 @@ class Feed implements fc.AsyncCommand<Model, Real> {
     if (!resuming) {
       await expectCode(r.region.writeRegister(REG_DATA_SIZE, 8, 0n), "EINVAL");
     } else if (this.junk === undefined) {
-      if (m.fed === "none") await feed(r.region, rechunk(r.stream, () => 500));
+      if (m.fed === "none")
+        await feed(
+          r.region,
+          rechunk(r.stream, () => 500),
+        );
       else {
         // After other data the decoder may refuse it here or only when RESUMING is cleared.
-        await feed(r.region, rechunk(r.stream, () => 500)).catch(() => undefined);
+        await feed(
+          r.region,
+          rechunk(r.stream, () => 500),
+        ).catch(() => undefined);
       }
       m.fed = m.fed === "none" ? "valid" : "bad";
     } else {
@@ -839,7 +915,10 @@ class Feed implements fc.AsyncCommand<Model, Real> {
 }
 
 class Workload implements fc.AsyncCommand<Model, Real> {
-  constructor(readonly at: number, readonly byte: number) {}
+  constructor(
+    readonly at: number,
+    readonly byte: number,
+  ) {}
   check = (m: Readonly<Model>): boolean => m.state !== 6 && (m.state & 1) !== 0;
   async run(m: Model, r: Real): Promise<void> {
     r.region.device.write("a", this.at, new Uint8Array([this.byte]));
@@ -860,7 +939,10 @@ class Reset implements fc.AsyncCommand<Model, Real> {
 }
 
 class SetFailures implements fc.AsyncCommand<Model, Real> {
-  constructor(readonly failQuiesce: boolean, readonly failSave: boolean) {}
+  constructor(
+    readonly failQuiesce: boolean,
+    readonly failSave: boolean,
+  ) {}
   check = (): boolean => true;
   async run(m: Model): Promise<void> {
     m.failQuiesce = this.failQuiesce;
@@ -912,7 +994,10 @@ describe("model-based: random register traffic", () => {
       },
     });
     const s = stream;
-    await fc.asyncModelRun(() => ({ model: { ndma, state: 1, fed: "none", failQuiesce: false, failSave: false } satisfies Model, real: { region, flags, stream: s } }), cmds);
+    await fc.asyncModelRun(
+      () => ({ model: { ndma, state: 1, fed: "none", failQuiesce: false, failSave: false } satisfies Model, real: { region, flags, stream: s } }),
+      cmds,
+    );
     region.device.free();
     created.splice(created.indexOf(region), 1);
   });

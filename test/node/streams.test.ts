@@ -7,13 +7,7 @@ import { describe, expect, it } from "vitest";
 import { decodeSnapshot, encodeSnapshot } from "../../src/codec/snapshot.js";
 import { MigrationError, type MigrationErrorCode } from "../../src/core/errors.js";
 import { core } from "../../src/core/instance.js";
-import {
-  createDecodeStream,
-  createEncodeStream,
-  decodeChunks,
-  decodeChunksWithSummary,
-  encodeChunks,
-} from "../../src/node/index.js";
+import { createDecodeStream, createEncodeStream, decodeChunks, decodeChunksWithSummary, encodeChunks } from "../../src/node/index.js";
 
 /** Deterministic bytes with some all-zero stretches, so ZERO records show up too. */
 function makeState(length: number, seed: number): Uint8Array {
@@ -296,7 +290,9 @@ describe("createEncodeStream / createDecodeStream", () => {
         await tick();
       }
     }
-    const error = await rejection(pipeline(Readable.from(source()), createEncodeStream({ size: state.length, signal: controller.signal }), collector().writable));
+    const error = await rejection(
+      pipeline(Readable.from(source()), createEncodeStream({ size: state.length, signal: controller.signal }), collector().writable),
+    );
     expectCode(error, "ECANCELED");
     expect((error as MigrationError).cause).toEqual(new Error("operator gave up"));
     expect(core().allocatedBytes).toBe(before);

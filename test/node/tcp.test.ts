@@ -134,7 +134,14 @@ describe("sendDevice", () => {
     let listening!: (port: number) => void;
     const bound = new Promise<number>((resolve) => (listening = resolve));
     const dropped: string[] = [];
-    const receiving = receiveDevice({ port: 0, tls: { psk }, final: "STOP", timeoutMs: 5000, onListening: (a) => listening(a.port), onDropped: (_p, reason) => dropped.push(reason.message) });
+    const receiving = receiveDevice({
+      port: 0,
+      tls: { psk },
+      final: "STOP",
+      timeoutMs: 5000,
+      onListening: (a) => listening(a.port),
+      onDropped: (_p, reason) => dropped.push(reason.message),
+    });
     const port = await bound;
     const device = makeDevice();
     try {
@@ -164,7 +171,12 @@ describe("sendFile / receiveFile", () => {
       let listening!: (port: number) => void;
       const bound = new Promise<number>((resolve) => (listening = resolve));
       const dropped: string[] = [];
-      const receiving = receiveFile(join(dir, "out.state"), { port: 0, timeoutMs: 800, onListening: (a) => listening(a.port), onDropped: (_p, e) => dropped.push(e.message) });
+      const receiving = receiveFile(join(dir, "out.state"), {
+        port: 0,
+        timeoutMs: 800,
+        onListening: (a) => listening(a.port),
+        onDropped: (_p, e) => dropped.push(e.message),
+      });
       const port = await bound;
       const silent = connect(port, "127.0.0.1");
       silent.on("error", () => undefined);

@@ -61,7 +61,11 @@ function encodeOptions(command: Command): Command {
       .option("--page-size <bytes>", "page size, a power of two from 64 to 1M", "4096")
       .option("--max-record <bytes>", "largest record payload", "1M")
       .addOption(new Option("--checksum <algorithm>", "record checksum").choices(["xxh3", "crc32c"]).default("xxh3"))
-      .addOption(new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)").choices(["none", "lz4"]).default("none"))
+      .addOption(
+        new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)")
+          .choices(["none", "lz4"])
+          .default("none"),
+      )
       .option("--device-id <id>", "device compatibility id the target must match", "")
       .option("--config <file>", "device config blob to carry in the stream")
       .option("--no-verify", "skip re-reading the written stream before it replaces the output")
@@ -92,7 +96,10 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     if (base) {
       const [oldSize, newSize] = [statSync(base.path).size, statSync(input.path).size];
       if (oldSize !== newSize) {
-        throw new MigrationError("ENODEV", `${flags.base} is ${oldSize} bytes and ${snapshot} ${newSize}: not the same device layout, no incremental stream between them`);
+        throw new MigrationError(
+          "ENODEV",
+          `${flags.base} is ${oldSize} bytes and ${snapshot} ${newSize}: not the same device layout, no incremental stream between them`,
+        );
       }
     }
     output = await openOutput(plan);
@@ -301,7 +308,9 @@ async function runInspect(stream: string, flags: CommonFlags & { maxRecord: stri
   } else {
     const lines: string[] = [];
     if (h) {
-      lines.push(`format      ${h.major}.${h.minor}, checksum ${h.checksum}, compression ${h.compression}, page size ${h.pageSize}, max record ${formatBytes(h.maxRecordPayload)}`);
+      lines.push(
+        `format      ${h.major}.${h.minor}, checksum ${h.checksum}, compression ${h.compression}, page size ${h.pageSize}, max record ${formatBytes(h.maxRecordPayload)}`,
+      );
       lines.push(`device id   ${JSON.stringify(h.deviceId)}`);
       lines.push(`kind        ${h.baseDigest === undefined ? "full" : `incremental (base 0x${h.baseDigest.toString(16).padStart(16, "0")})`}`);
       lines.push(`state       ${formatBytes(h.totalSize)} in ${h.regions.length} region(s)`);
@@ -309,14 +318,22 @@ async function runInspect(stream: string, flags: CommonFlags & { maxRecord: stri
     }
     const r = summary.records;
     lines.push(`records     ${r.pages + r.lz4 + r.zero + r.delta + r.config + r.round + r.skipped + r.end} in ${formatBytes(summary.bytes)}`);
-    lines.push(`  ${tagName(1).padEnd(9)} ${String(r.pages).padStart(8)} records ${String(summary.pages.raw).padStart(9)} pages ${formatBytes(bytesByKind.pages).padStart(11)}`);
+    lines.push(
+      `  ${tagName(1).padEnd(9)} ${String(r.pages).padStart(8)} records ${String(summary.pages.raw).padStart(9)} pages ${formatBytes(bytesByKind.pages).padStart(11)}`,
+    );
     if (h?.compression === "lz4") {
       const c = compressedJson(summary);
       const ratio = c.ratio === null ? "" : `  (${(c.ratio * 100).toFixed(1)}% of ${formatBytes(c.stateBytes)})`;
-      lines.push(`  ${tagName(4).padEnd(9)} ${String(r.lz4).padStart(8)} records ${String(summary.pages.lz4).padStart(9)} pages ${formatBytes(bytesByKind.lz4).padStart(11)}${ratio}`);
+      lines.push(
+        `  ${tagName(4).padEnd(9)} ${String(r.lz4).padStart(8)} records ${String(summary.pages.lz4).padStart(9)} pages ${formatBytes(bytesByKind.lz4).padStart(11)}${ratio}`,
+      );
     }
-    lines.push(`  ${tagName(2).padEnd(9)} ${String(r.zero).padStart(8)} records ${String(summary.pages.zero).padStart(9)} pages ${formatBytes(bytesByKind.zero).padStart(11)}`);
-    lines.push(`  ${tagName(3).padEnd(9)} ${String(r.delta).padStart(8)} records ${String(summary.pages.delta).padStart(9)} pages ${formatBytes(bytesByKind.delta).padStart(11)}`);
+    lines.push(
+      `  ${tagName(2).padEnd(9)} ${String(r.zero).padStart(8)} records ${String(summary.pages.zero).padStart(9)} pages ${formatBytes(bytesByKind.zero).padStart(11)}`,
+    );
+    lines.push(
+      `  ${tagName(3).padEnd(9)} ${String(r.delta).padStart(8)} records ${String(summary.pages.delta).padStart(9)} pages ${formatBytes(bytesByKind.delta).padStart(11)}`,
+    );
     lines.push(`  config    ${String(r.config).padStart(8)}   round ${r.round}   skipped ${r.skipped}   end ${r.end}`);
     for (const round of summary.rounds) {
       lines.push(`  round ${String(round.round).padStart(3)}  ${round.pages} pages, ${formatBytes(round.bytes)}, ${formatBytes(round.dirtyBytes)} dirty left`);
@@ -374,7 +391,12 @@ async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "fo
     }
     progress.done();
     const needsBase = summary.header?.baseDigest !== undefined && !base;
-    const value = { valid: true, ...(summary.header?.baseDigest !== undefined ? { needsBase, baseChecked: !needsBase } : {}), ...decodeJson(summary), ...resources(started, summary.header?.totalSize ?? 0) };
+    const value = {
+      valid: true,
+      ...(summary.header?.baseDigest !== undefined ? { needsBase, baseChecked: !needsBase } : {}),
+      ...decodeJson(summary),
+      ...resources(started, summary.header?.totalSize ?? 0),
+    };
     const text = needsBase
       ? `valid: ${formatBytes(summary.bytes)} of stream for ${formatBytes(summary.header?.totalSize ?? 0)} of state; incremental, its base not checked\nhint: give --base <snapshot> to check it against its base too`
       : `valid: ${formatBytes(summary.bytes)} of stream for ${formatBytes(summary.header?.totalSize ?? 0)} of state`;
@@ -393,7 +415,10 @@ export function registerCodecCommands(program: Command): void {
       .argument("<snapshot>", "snapshot file, or - for stdin")
       .option("--base <snapshot>", "previous snapshot (or - for stdin): write an incremental stream against it"),
   )
-    .addHelpText("after", "\nExamples:\n  migstream encode vm.state -o vm.mig\n  cat vm.state | migstream encode - -o - | ssh host migstream decode - -o vm.state")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  migstream encode vm.state -o vm.mig\n  cat vm.state | migstream encode - -o - | ssh host migstream decode - -o vm.state",
+    )
     .action((snapshot: string, flags: EncodeFlags) => runEncode("encode", snapshot, flags));
 
   decodeOptions(
@@ -413,7 +438,10 @@ export function registerCodecCommands(program: Command): void {
       .argument("<old>", "base snapshot, or - for stdin")
       .argument("<new>", "new snapshot, or - for stdin"),
   )
-    .addHelpText("after", "\nSnapshots of different sizes (another device layout) exit 3.\n\nExample:\n  migstream diff vm.v1.state vm.v2.state -o v1-to-v2.mig")
+    .addHelpText(
+      "after",
+      "\nSnapshots of different sizes (another device layout) exit 3.\n\nExample:\n  migstream diff vm.v1.state vm.v2.state -o v1-to-v2.mig",
+    )
     .action((oldPath: string, newPath: string, flags: EncodeFlags) => runEncode("diff", newPath, { ...flags, base: oldPath }));
 
   decodeOptions(

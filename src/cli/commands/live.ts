@@ -7,8 +7,8 @@ import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
 import type { DirtyTracking } from "../../device/device-model.js";
 import type { PrecopyRoundReport } from "../../migration/precopy.js";
-import { MigrationDevice } from "../../migration/v2/migration-device.js";
-import { AtomicFile, ioError, onInterruptCleanup } from "../../node/atomic-file.js";
+import type { MigrationDevice } from "../../migration/v2/migration-device.js";
+import { AtomicFile, ioError } from "../../node/atomic-file.js";
 import { digestFile } from "../../node/files.js";
 import {
   isLoopback,
@@ -106,7 +106,12 @@ function roundsTable(rounds: readonly PrecopyRoundReport[]): string[] {
 
 function migrationJson(sent: SendResult): Record<string, unknown> {
   return {
-    rounds: sent.rounds.map((r) => ({ ...r, durationMs: round3(r.durationMs), dirtyRate: Math.round(r.dirtyRate), expectedDowntimeMs: round3(r.expectedDowntimeMs) })),
+    rounds: sent.rounds.map((r) => ({
+      ...r,
+      durationMs: round3(r.durationMs),
+      dirtyRate: Math.round(r.dirtyRate),
+      expectedDowntimeMs: round3(r.expectedDowntimeMs),
+    })),
     converged: sent.converged,
     bytes: sent.bytes,
     stopCopyBytes: sent.stopCopyBytes,
@@ -123,7 +128,6 @@ function migrationText(sent: SendResult): string[] {
     `total       ${formatBytes(sent.bytes)} in ${(sent.durationMs / 1000).toFixed(2)} s (${formatBytes(sent.throughput)}/s), downtime ${sent.downtimeMs.toFixed(1)} ms (measured)`,
   ];
 }
-
 
 /** Writes the HTML picture of a migration (--report), atomically like every output. */
 function writeReport(path: string, sent: SendResult, flags: MigrateFlags, title: string, facts: (readonly [string, string])[]): void {
@@ -241,7 +245,11 @@ function migrateOptions(command: Command): Command {
     .option("--threshold <bytes>", "stop-copy once at most this much is dirty", "1M")
     .option("--max-rounds <n>", "at most this many pre-copy rounds", "30")
     .option("--bandwidth <bytes/s>", "link speed for the expected downtime (default: measured)")
-    .addOption(new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)").choices(["none", "lz4"]).default("none"))
+    .addOption(
+      new Option("--compress <codec>", "page compression: lz4 sends runs of raw pages LZ4-compressed when smaller (format 1.1)")
+        .choices(["none", "lz4"])
+        .default("none"),
+    )
     .option("--json", "print the report as JSON on stdout")
     .option("-q, --quiet", "print nothing but errors")
     .option("--report <file.html>", "write the migration as an HTML page: rounds charted, summary table (self-contained, no network)")
@@ -427,7 +435,14 @@ const tlsKind = (tls: TransportSecurity | undefined): string => (!tls ? "none" :
  * device is built, memory stays a few windows. Connecting comes first, so nobody listening
  * fails before the file is read.
  */
-async function sendSnapshot(snapshot: string, shown: string, host: string, port: number, security: ReturnType<typeof transport>, flags: SendFlags): Promise<void> {
+async function sendSnapshot(
+  snapshot: string,
+  shown: string,
+  host: string,
+  port: number,
+  security: ReturnType<typeof transport>,
+  flags: SendFlags,
+): Promise<void> {
   let size: number;
   try {
     size = statSync(snapshot).size;
@@ -601,32 +616,38 @@ export function registerLiveCommands(program: Command): void {
     )
     .action(runDemo);
 
-  transportOptions(migrateOptions(
-    demoOptions(
-      program
-        .command("send")
-        .description("live-migrate a device to a receiver over TCP: a snapshot file (one region \"state\"), or --demo for the synthetic device with its workload")
-        .argument("[snapshot]", "snapshot file to send (one region \"state\", read in one pass after connecting), or - for stdin")
-        .requiredOption("--to <host:port>", "the receiver (migstream receive --listen)")
-        .option("--demo", "send the synthetic demo device, written to by its workload during the migration")
-        .option("--device-id <id>", `compatibility id the receiver may require (default: "" for a snapshot, "${DEMO_DEVICE_ID}" with --demo)`),
-      "256M",
+  transportOptions(
+    migrateOptions(
+      demoOptions(
+        program
+          .command("send")
+          .description(
+            'live-migrate a device to a receiver over TCP: a snapshot file (one region "state"), or --demo for the synthetic device with its workload',
+          )
+          .argument("[snapshot]", 'snapshot file to send (one region "state", read in one pass after connecting), or - for stdin')
+          .requiredOption("--to <host:port>", "the receiver (migstream receive --listen)")
+          .option("--demo", "send the synthetic demo device, written to by its workload during the migration")
+          .option("--device-id <id>", `compatibility id the receiver may require (default: "" for a snapshot, "${DEMO_DEVICE_ID}" with --demo)`),
+        "256M",
+      ),
     ),
-  ))
+  )
     .addHelpText(
       "after",
       "\nExit 0 only once the receiver answered that it validated and stored the whole state; otherwise\nthe exit code says what went wrong (2: corrupt or incomplete, 3: incompatible, 4: connection,\ntimeout or the receiver's storage). A snapshot is read in one pass after connecting.\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send vm.state --to target:7400 --tls-cert src.pem --tls-key src.key --tls-ca ca.pem\n  migstream send --demo --size 64M --dirty-rate 8M/s --to 127.0.0.1:7400 --json",
     )
     .action(runSend);
 
-  transportOptions(readerOptions(
-    program
-      .command("receive")
-      .description("receive one live migration over TCP, validate it, and write the migrated state as a snapshot")
-      .requiredOption("--listen <[host:]port>", "where to listen (loopback unless a host is given; port 0 picks a free port, printed on stderr)")
-      .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout"),
-    "refuse streams for another device compatibility id (default: accept the stream's)",
-  ))
+  transportOptions(
+    readerOptions(
+      program
+        .command("receive")
+        .description("receive one live migration over TCP, validate it, and write the migrated state as a snapshot")
+        .requiredOption("--listen <[host:]port>", "where to listen (loopback unless a host is given; port 0 picks a free port, printed on stderr)")
+        .requiredOption("-o, --output <snapshot>", "snapshot file written once the state validated, or - for stdout"),
+      "refuse streams for another device compatibility id (default: accept the stream's)",
+    ),
+  )
     .option("-f, --force", "replace an existing output file; write binary data even to a terminal")
     .option("--json", "print the report as JSON (on stderr as JSON Lines with -o -)")
     .option("-q, --quiet", "print nothing but errors")

@@ -24,12 +24,7 @@ function setBit(bitmap: Uint8Array, page: number): void {
  * Pages where `current` differs from `shadow`. With `refresh`, each dirty page is copied into
  * `shadow` (in place); clean pages of `shadow` are not written.
  */
-export function scanDirtyReference(
-  current: Uint8Array,
-  shadow: Uint8Array,
-  pageSize: number,
-  refresh: boolean,
-): ScanReferenceResult {
+export function scanDirtyReference(current: Uint8Array, shadow: Uint8Array, pageSize: number, refresh: boolean): ScanReferenceResult {
   if (current.length !== shadow.length) throw new RangeError("current and shadow differ in length");
   const pages = pagesOf(current.length, pageSize);
   const bitmap = new Uint8Array(Math.ceil(pages / 8));
@@ -79,11 +74,7 @@ export function scanZeroReference(data: Uint8Array, pageSize: number): ScanRefer
  * BigUint64Array, or a Uint8Array holding 8 little-endian bytes per page). Changed pages get
  * their bit set and their new hash stored in place.
  */
-export function scanHashReference(
-  data: Uint8Array,
-  pageSize: number,
-  hashes: BigUint64Array | Uint8Array,
-): ScanReferenceResult {
+export function scanHashReference(data: Uint8Array, pageSize: number, hashes: BigUint64Array | Uint8Array): ScanReferenceResult {
   const pages = pagesOf(data.length, pageSize);
   const bitmap = new Uint8Array(Math.ceil(pages / 8));
   const bytes = hashes instanceof Uint8Array;

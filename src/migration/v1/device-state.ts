@@ -44,14 +44,7 @@ const S = DEVICE_STATE_SAVING;
 const Re = DEVICE_STATE_RESUMING;
 const N = DEVICE_STATE_NDMA;
 
-function row(
-  name: string,
-  meaning: string,
-  valid: boolean,
-  isError: boolean,
-  v1IsError: boolean,
-  v2: MigrationState | undefined,
-): DeviceStateRow {
+function row(name: string, meaning: string, valid: boolean, isError: boolean, v1IsError: boolean, v2: MigrationState | undefined): DeviceStateRow {
   return { name, meaning, valid, isError, v1IsError, v2 };
 }
 
@@ -202,11 +195,7 @@ function writeError(current: number, requested: number, why: string): MigrationE
  * error encoding itself); any write while in the error state (only VFIO_DEVICE_RESET leaves it);
  * transitions outside the allowed table. Same-value writes of a valid state are accepted.
  */
-export function validateDeviceStateWrite(
-  current: number,
-  requested: number,
-  options: DeviceStateWriteOptions,
-): void {
+export function validateDeviceStateWrite(current: number, requested: number, options: DeviceStateWriteOptions): void {
   if (!isU32(current) || !isU32(requested)) {
     throw writeError(current, requested, "device_state is a 32-bit register");
   }
@@ -236,11 +225,7 @@ export function validateDeviceStateWrite(
 }
 
 /** Boolean form of `validateDeviceStateWrite`. */
-export function isDeviceStateWriteAllowed(
-  current: number,
-  requested: number,
-  options: DeviceStateWriteOptions,
-): boolean {
+export function isDeviceStateWriteAllowed(current: number, requested: number, options: DeviceStateWriteOptions): boolean {
   try {
     validateDeviceStateWrite(current, requested, options);
     return true;

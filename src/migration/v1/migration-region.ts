@@ -189,7 +189,10 @@ export class MigrationRegion {
   writeRegister(offset: number, width: number, value: number | bigint): Promise<void>;
   async writeRegister(offset: number, width: number, value: number | bigint): Promise<void> {
     const name = this.#field(offset, width);
-    const ok = width === 4 ? typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 0xffffffff : typeof value === "bigint" && value >= 0n && value <= U64_MAX;
+    const ok =
+      width === 4
+        ? typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 0xffffffff
+        : typeof value === "bigint" && value >= 0n && value <= U64_MAX;
     if (!ok) throw einval(`${name} takes a u${width * 8}${width === 8 ? " bigint" : ""}, got ${String(value)}`, this.#deviceState);
     if (name === "device_state") return this.#queueDeviceState(value as number);
     this.#checkIdle();
@@ -321,14 +324,18 @@ export class MigrationRegion {
   #failure(error: unknown, previous: number, requested: number): MigrationError {
     const base = error instanceof MigrationError ? error : new MigrationError("EIO", `device_state write failed: ${String(error)}`, { cause: error });
     const now = deviceStateName(this.#deviceState);
-    return new MigrationError(base.code, `device_state ${deviceStateName(previous)} -> ${deviceStateName(requested)} failed: ${base.message}; device_state is ${now}`, {
-      from: deviceStateName(previous),
-      to: deviceStateName(requested),
-      state: now,
-      cause: base,
-      ...(base.recordIndex !== undefined ? { recordIndex: base.recordIndex } : {}),
-      ...(base.byteOffset !== undefined ? { byteOffset: base.byteOffset } : {}),
-    });
+    return new MigrationError(
+      base.code,
+      `device_state ${deviceStateName(previous)} -> ${deviceStateName(requested)} failed: ${base.message}; device_state is ${now}`,
+      {
+        from: deviceStateName(previous),
+        to: deviceStateName(requested),
+        state: now,
+        cause: base,
+        ...(base.recordIndex !== undefined ? { recordIndex: base.recordIndex } : {}),
+        ...(base.byteOffset !== undefined ? { byteOffset: base.byteOffset } : {}),
+      },
+    );
   }
 
   /** Any device_state change restarts both loops (4.2); the carried data stays with its session. */

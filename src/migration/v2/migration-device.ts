@@ -285,13 +285,7 @@ export class MigrationDevice {
     });
   }
 
-  async #arc(
-    from: MigrationState,
-    to: MigrationState,
-    origin: MigrationState,
-    target: MigrationState,
-    resets: number,
-  ): Promise<Session | undefined> {
+  async #arc(from: MigrationState, to: MigrationState, origin: MigrationState, target: MigrationState, resets: number): Promise<Session | undefined> {
     const fail = (error: unknown, state: MigrationState): MigrationError => {
       const base = error instanceof MigrationError ? error : new MigrationError("EIO", `device callback failed: ${String(error)}`, { cause: error });
       return new MigrationError(

@@ -9,27 +9,10 @@
 import { MigrationError } from "../../core/errors.js";
 
 /** The states of enum vfio_device_mig_state (include/uapi/linux/vfio.h). */
-export type MigrationState =
-  | "ERROR"
-  | "STOP"
-  | "RUNNING"
-  | "STOP_COPY"
-  | "RESUMING"
-  | "RUNNING_P2P"
-  | "PRE_COPY"
-  | "PRE_COPY_P2P";
+export type MigrationState = "ERROR" | "STOP" | "RUNNING" | "STOP_COPY" | "RESUMING" | "RUNNING_P2P" | "PRE_COPY" | "PRE_COPY_P2P";
 
 /** All states, in the kernel's numeric order (index = VFIO_DEVICE_STATE_* value). */
-export const MIGRATION_STATES: readonly MigrationState[] = [
-  "ERROR",
-  "STOP",
-  "RUNNING",
-  "STOP_COPY",
-  "RESUMING",
-  "RUNNING_P2P",
-  "PRE_COPY",
-  "PRE_COPY_P2P",
-];
+export const MIGRATION_STATES: readonly MigrationState[] = ["ERROR", "STOP", "RUNNING", "STOP_COPY", "RESUMING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"];
 
 /** The kernel's numeric value of every state (VFIO_DEVICE_STATE_*; VFIO_DEVICE_STATE_NR = 8). */
 export const MIGRATION_STATE_NUMBERS: Readonly<Record<MigrationState, number>> = {
@@ -85,11 +68,7 @@ export const VFIO_MIGRATION_PRE_COPY = 4;
 
 /** The VFIO_MIGRATION_* flag word a device with `features` reports. */
 export function migrationFlags(features: MigrationFeatures): number {
-  return (
-    VFIO_MIGRATION_STOP_COPY |
-    (features.p2p === true ? VFIO_MIGRATION_P2P : 0) |
-    (features.precopy === true ? VFIO_MIGRATION_PRE_COPY : 0)
-  );
+  return VFIO_MIGRATION_STOP_COPY | (features.p2p === true ? VFIO_MIGRATION_P2P : 0) | (features.precopy === true ? VFIO_MIGRATION_PRE_COPY : 0);
 }
 
 /**
@@ -109,7 +88,7 @@ const STATE_FLAGS: Readonly<Record<MigrationState, number>> = {
 
 function supportedByFlags(state: MigrationState, flags: number): boolean {
   const need = STATE_FLAGS[state];
-  return ((need & flags) >>> 0) === need >>> 0;
+  return (need & flags) >>> 0 === need >>> 0;
 }
 
 /**
@@ -155,9 +134,7 @@ export interface ArcSpec {
  * saving group keep it. STOP_COPY -> PRE_COPY* is deliberately absent (the header forbids it).
  * An arc is usable by a device only when both of its states are supported (stateSupported).
  */
-export const MIGRATION_ARCS: Readonly<
-  Record<MigrationState, Readonly<Partial<Record<MigrationState, ArcSpec>>>>
-> = {
+export const MIGRATION_ARCS: Readonly<Record<MigrationState, Readonly<Partial<Record<MigrationState, ArcSpec>>>>> = {
   ERROR: {},
   STOP: {
     RUNNING_P2P: { effect: "none" },
@@ -201,11 +178,7 @@ function arcSpec(from: MigrationState, to: MigrationState): ArcSpec | undefined 
 }
 
 /** True if `from -> to` is a single arc a device with `features` executes. */
-export function isDirectArc(
-  from: MigrationState,
-  to: MigrationState,
-  features: MigrationFeatures,
-): boolean {
+export function isDirectArc(from: MigrationState, to: MigrationState, features: MigrationFeatures): boolean {
   const spec = arcSpec(from, to);
   if (spec === undefined) return false;
   if (spec.withoutP2pOnly === true && features.p2p === true) return false;
@@ -213,10 +186,7 @@ export function isDirectArc(
 }
 
 /** The direct arcs out of `from` for a device with `features`. */
-export function directArcsFrom(
-  from: MigrationState,
-  features: MigrationFeatures,
-): MigrationState[] {
+export function directArcsFrom(from: MigrationState, features: MigrationFeatures): MigrationState[] {
   return MIGRATION_STATES.filter((to) => isDirectArc(from, to, features));
 }
 
@@ -346,11 +316,7 @@ function refuse(from: string, to: string, why: string): MigrationError {
  * as source (only a reset leaves it) or target (never requestable), a state the device does not
  * support, and the blocked STOP_COPY -> PRE_COPY / PRE_COPY_P2P.
  */
-export function nextState(
-  from: MigrationState,
-  to: MigrationState,
-  features: MigrationFeatures,
-): MigrationState {
+export function nextState(from: MigrationState, to: MigrationState, features: MigrationFeatures): MigrationState {
   if (!isMigrationState(from) || !isMigrationState(to)) {
     throw refuse(String(from), String(to), "not a migration state");
   }
@@ -386,11 +352,7 @@ export function nextState(
  * Every arc a SET_STATE from `from` to `to` executes, in order (the intermediate states and
  * `to`); empty when `from === to`. Throws like `nextState`.
  */
-export function migrationPath(
-  from: MigrationState,
-  to: MigrationState,
-  features: MigrationFeatures,
-): MigrationState[] {
+export function migrationPath(from: MigrationState, to: MigrationState, features: MigrationFeatures): MigrationState[] {
   const path: MigrationState[] = [];
   let cur = from;
   // nextState(s, s) validates s, so a same-state request on an unsupported state still throws.

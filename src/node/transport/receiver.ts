@@ -89,7 +89,10 @@ interface Owner {
  * feeds its stream to the sink, and answers "OK" once the sink finished (or "ERR code message").
  * Resolves with the sink's result or rejects with the owner's error.
  */
-export async function receiveStream<R>(options: ListenOptions, open: (header: StreamHeader, peer: Peer) => StreamSink<R> | Promise<StreamSink<R>>): Promise<Received<R>> {
+export async function receiveStream<R>(
+  options: ListenOptions,
+  open: (header: StreamHeader, peer: Peer) => StreamSink<R> | Promise<StreamSink<R>>,
+): Promise<Received<R>> {
   const { signal } = options;
   const timeoutMs = checkTimeout(options.timeoutMs);
   const limits = {
@@ -107,7 +110,12 @@ export async function receiveStream<R>(options: ListenOptions, open: (header: St
   let result: R | undefined;
   let error: MigrationError | undefined;
   const deadline = new ProgressDeadline(timeoutMs, () => {
-    socket.destroy(new MigrationError("ETIMEDOUT", `no progress from ${peer.host}:${peer.port} for ${timeoutMs} ms (at least ${PROGRESS_BYTES / 1024} KiB must arrive in each such period)`));
+    socket.destroy(
+      new MigrationError(
+        "ETIMEDOUT",
+        `no progress from ${peer.host}:${peer.port} for ${timeoutMs} ms (at least ${PROGRESS_BYTES / 1024} KiB must arrive in each such period)`,
+      ),
+    );
   });
   const onAbort = (): void => {
     socket.destroy(new MigrationError("ECANCELED", "receive aborted"));
@@ -202,7 +210,11 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
       try {
         for (;;) {
           const next = await chunks.next();
-          if (next.done) throw new MigrationError("ENODATA", `incomplete stream: the connection ended inside the header, after ${have} bytes`, { recordIndex: 0, byteOffset: have });
+          if (next.done)
+            throw new MigrationError("ENODATA", `incomplete stream: the connection ended inside the header, after ${have} bytes`, {
+              recordIndex: 0,
+              byteOffset: have,
+            });
           const chunk = next.value;
           let at = 0;
           let header: StreamHeader | undefined;

@@ -30,9 +30,7 @@ export interface DialTarget {
   timeoutMs?: number;
 }
 
-export interface SendOptions
-  extends DialTarget,
-    Pick<PrecopyOptions, "thresholdBytes" | "maxRounds" | "bandwidth" | "minProgress" | "onRound" | "chunkSize"> {}
+export interface SendOptions extends DialTarget, Pick<PrecopyOptions, "thresholdBytes" | "maxRounds" | "bandwidth" | "minProgress" | "onRound" | "chunkSize"> {}
 
 export interface SendResult extends MigrationReport {
   /** The device's state digest when it stopped: what the receiver now holds. */
@@ -168,11 +166,20 @@ function watchVerdict(socket: Socket, onEnd: () => void): VerdictWatch {
 export async function sendDevice(device: MigrationDevice, options: SendOptions): Promise<SendResult> {
   const { host, port, signal, tls, timeoutMs, ...precopy } = options;
   let digest = 0n;
-  const report = await sendStream({ ...(host !== undefined ? { host } : {}), port, ...(signal ? { signal } : {}), ...(tls ? { tls } : {}), ...(timeoutMs !== undefined ? { timeoutMs } : {}) }, async (write, stop) => {
-    const result = await migrateOut(device, { ...precopy, signal: stop, send: write });
-    digest = device.model.digest();
-    return result;
-  }).catch(async (error: unknown) => {
+  const report = await sendStream(
+    {
+      ...(host !== undefined ? { host } : {}),
+      port,
+      ...(signal ? { signal } : {}),
+      ...(tls ? { tls } : {}),
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    },
+    async (write, stop) => {
+      const result = await migrateOut(device, { ...precopy, signal: stop, send: write });
+      digest = device.model.digest();
+      return result;
+    },
+  ).catch(async (error: unknown) => {
     // The stream may have ended and the verdict failed: the device stopped for nothing. It
     // carries on, as after any failed migration (the target holds nothing).
     if (device.state === "STOP") await device.setState("RUNNING").catch(() => device.reset());
@@ -201,7 +208,13 @@ export interface SendFileResult {
 export async function sendFile(path: string, options: SendFileOptions): Promise<SendFileResult> {
   const { host, port, signal, tls, timeoutMs, onprogress, ...encoder } = options;
   const started = performance.now();
-  const target: DialTarget = { port, ...(host !== undefined ? { host } : {}), ...(signal ? { signal } : {}), ...(tls ? { tls } : {}), ...(timeoutMs !== undefined ? { timeoutMs } : {}) };
+  const target: DialTarget = {
+    port,
+    ...(host !== undefined ? { host } : {}),
+    ...(signal ? { signal } : {}),
+    ...(tls ? { tls } : {}),
+    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+  };
   let digest = 0n;
   const summary = await sendStream(target, async (write, stop) => {
     const hasher = createXxh3();
