@@ -99,7 +99,7 @@ function check(what: string, r: Exited): void {
 async function migstreamTransfer(
   snapshot: string,
   output: string,
-): Promise<{ ms: number; sender: { resources: { maxRssBytes: number } }; receiver: { resources: { maxRssBytes: number } } }> {
+): Promise<{ ms: number; sender: { maxRssBytes: number }; receiver: { maxRssBytes: number } }> {
   const receiver = await listening([cli, "receive", "--listen", "0", "-o", output, "--json"], /listening on [^\s]+:(\d+)/);
   const started = performance.now();
   const sent = await exited(spawn(process.execPath, [cli, "send", snapshot, "--to", String(receiver.port), "--json"], { stdio: ["ignore", "pipe", "pipe"] }));
@@ -208,7 +208,7 @@ export async function liveMigrationBenchmarks(config: BenchConfig): Promise<Row[
     rmSync(snapshot);
     writeSnapshot(snapshot, large);
     const big = await migstreamTransfer(snapshot, join(dir, "received.bin"));
-    const rss = (r: { resources: { maxRssBytes: number } }): string => `${(r.resources.maxRssBytes / MiB).toFixed(0)} MiB`;
+    const rss = (r: { maxRssBytes: number }): string => `${(r.maxRssBytes / MiB).toFixed(0)} MiB`;
 
     return [
       {

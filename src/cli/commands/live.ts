@@ -155,12 +155,15 @@ function migrationProgress(label: string, flags: MigrateFlags, device: Migration
   let poll: ReturnType<typeof setInterval> | undefined;
   if (progress.enabled) {
     // The first pass's progress, as VFIO_MIG_GET_PRECOPY_INFO tells a VMM: its initial bytes
-    // not read yet (asked only while a progress line is drawn).
+    // not read yet (asked only while a progress line is drawn). They are stream bytes, so the
+    // total is the first answer, not the device's size.
+    let initialTotal = 0;
     poll = setInterval(() => {
       if (count > 0 || !device.state.startsWith("PRE_COPY")) return clearInterval(poll);
       try {
         const { initialBytes } = device.precopyInfo();
-        progress.update(Math.max(0, device.model.size - initialBytes), device.model.size);
+        initialTotal = Math.max(initialTotal, initialBytes);
+        progress.update(initialTotal - initialBytes, initialTotal);
       } catch {
         clearInterval(poll); // the device left PRE_COPY between the check and the call
       }
