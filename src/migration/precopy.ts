@@ -21,8 +21,12 @@ export interface PrecopyRoundReport {
 }
 
 export interface PrecopyOptions {
-  /** Receives the stream, in order. Awaited, so a slow link slows the migration (backpressure). */
-  send: (chunk: Uint8Array) => void | Promise<void>;
+  /**
+   * Receives the stream, in order. Awaited, so a slow link slows the migration (backpressure).
+   * The chunk must stay unchanged until `release` runs (once it was sent); a sender that calls
+   * it lets the chunk's memory carry later stream bytes instead of fresh memory for each chunk.
+   */
+  send: (chunk: Uint8Array, release: () => void) => void | Promise<void>;
   /** Stop-copy once dirty bytes are at most this. Default 1 MiB. */
   thresholdBytes?: number;
   /** At most this many pre-copy rounds. Default 30. */
@@ -96,9 +100,12 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
   let bytes = 0;
   const rounds: PrecopyRoundReport[] = [];
   let converged: MigrationReport["converged"] = "no-precopy";
+  // The session whose chunks are being sent: they go back to it once sent (see release()).
+  let current: SavingSession | undefined;
   const send = async (chunk: Uint8Array): Promise<void> => {
     bytes += chunk.length;
-    await options.send(chunk);
+    const from = current;
+    await options.send(chunk, () => from?.release(chunk));
   };
   const check = (): void => {
     if (signal?.aborted) throw new MigrationError("ECANCELED", "migration aborted", { state: device.state });
@@ -121,6 +128,7 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
     let session: SavingSession;
     if (device.features.precopy && origin !== "STOP") {
       session = (await device.setState("PRE_COPY")) as SavingSession;
+      current = session;
       let roundStart = performance.now();
       let previousDirty = Infinity;
       // Reports every round the session completed since the last look, and says whether one of
@@ -192,6 +200,7 @@ export async function migrateOut(device: MigrationDevice, options: PrecopyOption
     const stopAt = performance.now();
     const stopped = await device.setState("STOP_COPY");
     session = (stopped ?? device.session) as SavingSession;
+    current = session;
     let stopCopyBytes = 0;
     for (let chunk = session.read(chunkSize); chunk !== null; chunk = session.read(chunkSize)) {
       stopCopyBytes += chunk.length;

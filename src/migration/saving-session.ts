@@ -13,6 +13,22 @@ import type { Compression } from "../format/constants.js";
 /** Pages per encode call: 1 MiB at 4 KiB pages, and a whole number of bitmap bytes. */
 const WINDOW_BYTES = 1 << 20;
 
+/**
+ * Encoder output of at least this size is queued in a reusable buffer (see release()); smaller
+ * pieces (the header, round markers) are plain copies.
+ */
+const POOLED_MIN = 64 * 1024;
+/** A reusable queue buffer holds this much (an encoder drain is 1 to 2 MiB), or one drain if larger. */
+const POOLED_BYTES = 2 << 20;
+/** Reusable queue buffers kept while none is in use. */
+const MAX_SPARE = 4;
+
+/** A reusable queue buffer: pieces of it read() handed out and not yet released, and whether it is still queued. */
+interface PooledState {
+  out: number;
+  queued: boolean;
+}
+
 export interface SavingOptions {
   deviceId: string;
   checksum?: "xxh3" | "crc32c";
@@ -73,6 +89,15 @@ export class SavingSession {
   readonly #encoder: StreamEncoder;
   readonly #queue: Uint8Array[] = [];
   #queued = 0;
+  /**
+   * Queue buffers free for the next encoder output. Copying each drain into fresh memory cost
+   * more than the encoding (first touch of new memory, and garbage), so buffers whose bytes
+   * were all read, and given back by release() if read() handed them out, are reused.
+   */
+  readonly #spare: ArrayBuffer[] = [];
+  readonly #pooled = new WeakMap<ArrayBufferLike, PooledState>();
+  /** Chunks read() handed out from reusable buffers and not yet released. */
+  readonly #lent = new WeakSet<Uint8Array>();
   #pass: Pass | undefined;
   #stopped: boolean;
   #config: Uint8Array | undefined;
@@ -108,7 +133,7 @@ export class SavingSession {
       },
       (view) => {
         if (view.length === 0) return;
-        this.#queue.push(view.slice());
+        this.#queue.push(this.#copyOut(view));
         this.#queued += view.length;
         if (!this.#initialDone) this.#initialQueued += view.length;
       },
@@ -158,9 +183,44 @@ export class SavingSession {
       chunk = head.subarray(0, max);
       this.#queue[0] = head.subarray(max);
     }
+    const pooled = this.#pooled.get(head.buffer);
+    if (pooled) {
+      pooled.out++;
+      if (chunk === head) pooled.queued = false;
+      this.#lent.add(chunk);
+    }
     this.#queued -= chunk.length;
     this.#consumed(chunk.length);
     return chunk;
+  }
+
+  /**
+   * The caller no longer needs `chunk`, which read() returned (it was sent): its memory may
+   * carry later stream bytes. Optional, and once per chunk; anything else is ignored. A chunk
+   * never released is simply left to the garbage collector.
+   */
+  release(chunk: Uint8Array): void {
+    if (!this.#lent.delete(chunk)) return;
+    const pooled = this.#pooled.get(chunk.buffer);
+    if (!pooled) return;
+    pooled.out--;
+    if (pooled.out === 0 && !pooled.queued) this.#recycle(chunk.buffer);
+  }
+
+  /** A copy of encoder output for the queue: in a reusable buffer when it is large. */
+  #copyOut(view: Uint8Array): Uint8Array {
+    if (view.length < POOLED_MIN) return view.slice();
+    const at = this.#spare.findIndex((b) => b.byteLength >= view.length);
+    const buffer = at >= 0 ? this.#spare.splice(at, 1)[0]! : new ArrayBuffer(Math.max(view.length, POOLED_BYTES));
+    this.#pooled.set(buffer, { out: 0, queued: true });
+    const copy = new Uint8Array(buffer, 0, view.length);
+    copy.set(view);
+    return copy;
+  }
+
+  #recycle(buffer: ArrayBufferLike): void {
+    this.#pooled.delete(buffer);
+    if (this.#spare.length < MAX_SPARE && !this.#closed && buffer instanceof ArrayBuffer) this.#spare.push(buffer);
   }
 
   /**
@@ -185,8 +245,14 @@ export class SavingSession {
       const head = this.#queue[0]!;
       const take = Math.min(head.length, buffer.length - written);
       buffer.set(head.subarray(0, take), written);
-      if (take === head.length) this.#queue.shift();
-      else this.#queue[0] = head.subarray(take);
+      if (take === head.length) {
+        this.#queue.shift();
+        const pooled = this.#pooled.get(head.buffer);
+        if (pooled) {
+          pooled.queued = false;
+          if (pooled.out === 0) this.#recycle(head.buffer);
+        }
+      } else this.#queue[0] = head.subarray(take);
       this.#queued -= take;
       written += take;
     }
@@ -342,6 +408,7 @@ export class SavingSession {
     this.#pass = undefined;
     this.#queue.length = 0;
     this.#queued = 0;
+    this.#spare.length = 0;
     this.#wakeReadable();
     this.#wakeInitial();
   }

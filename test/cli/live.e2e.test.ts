@@ -168,6 +168,7 @@ describe("demo", () => {
       device: { size: number };
       workload: { writes: number; stoppedAt: string | null };
       verification: { identical: boolean; sourceDigest: string; targetDigest: string };
+      maxRssBytes: number;
     };
     expect(report.device.size).toBe(16 * 1024 * 1024);
     expect(report.verification.identical).toBe(true);
@@ -182,6 +183,8 @@ describe("demo", () => {
     expect(report.bytes).toBeGreaterThan(0);
     expect(report.downtimeMs).toBeGreaterThanOrEqual(0);
     expect(report.throughput).toBeGreaterThan(0);
+    // Like every command's report: the process's peak, which holds both 16 MiB devices.
+    expect(report.maxRssBytes).toBeGreaterThan(2 * 16 * 1024 * 1024);
     // The workload wrote while the device ran and stopped once it no longer did.
     expect(report.workload.writes).toBeGreaterThan(0);
     expect(["STOP_COPY", "STOP"]).toContain(report.workload.stoppedAt);

@@ -296,6 +296,38 @@ describe("SavingSession.readInto and whenReadable", () => {
     target.free();
   });
 
+  it("release(): a released chunk's memory carries later bytes; a chunk not released, or a piece of it, never changes", async () => {
+    // 6 MiB of incompressible pages: several encoder drains, each queued in a reusable buffer.
+    const device = new MigrationDevice({ regions: [{ name: "ram", size: 6 << 20 }], tracking: "explicit" });
+    fillRandom(device, 21);
+    const session = asSaving(await device.setState("PRE_COPY"));
+    const kept: { chunk: Uint8Array; copy: Uint8Array }[] = [];
+    const stream: Uint8Array[] = [];
+    const released = new Set<ArrayBufferLike>();
+    let reused = 0;
+    let n = 0;
+    await device.setState("STOP_COPY");
+    // 300 KB reads split each drain into pieces: only whole, fully released buffers come back.
+    for (let chunk = session.read(300_000); chunk !== null; chunk = session.read(300_000), n++) {
+      if (released.has(chunk.buffer)) reused++;
+      stream.push(chunk.slice());
+      if (n % 3 === 0) kept.push({ chunk, copy: chunk.slice() });
+      else {
+        session.release(chunk);
+        session.release(chunk); // a second release of the same chunk is ignored
+        released.add(chunk.buffer);
+      }
+      session.release(new Uint8Array(8)); // a chunk it never handed out is ignored
+    }
+    expect(reused).toBeGreaterThan(0);
+    for (const { chunk, copy } of kept) expect(Buffer.from(chunk).equals(Buffer.from(copy))).toBe(true);
+    const target = new MigrationDevice({ regions: [{ name: "ram", size: 6 << 20 }], tracking: "explicit" });
+    await migrateIn(target, stream);
+    expect(Buffer.from(target.model.snapshot()).equals(Buffer.from(device.model.snapshot()))).toBe(true);
+    device.free();
+    target.free();
+  });
+
   it("'The user may poll() for more data': whenReadable settles on a write, on stop-copy and on close", async () => {
     const device = makeDevice({ tracking: "shadow" });
     const session = asSaving(await device.setState("PRE_COPY"));

@@ -347,6 +347,7 @@ async function runDemo(flags: DemoFlags): Promise<void> {
       verification: { identical, sourceDigest: hex(sourceDigest), targetDigest: hex(target.digest) },
       setupMs: round3(createdMs),
       totalMs: round3(totalMs),
+      maxRssBytes: peakRss(),
     };
     const text = [
       `demo device ${deviceText(device)}`,
