@@ -1,7 +1,7 @@
 // What every command shares: exit codes, errors (one style, with a hint when there is a known way
 // out), inputs ("-" is stdin), outputs (atomic files, written-through devices and FIFOs, stdout),
 // and reports on stdout (--json) or stderr.
-import { accessSync, constants, createReadStream, createWriteStream, mkdtempSync, rmSync, type Stats, statSync } from "node:fs";
+import { accessSync, constants, createReadStream, createWriteStream, fstatSync, mkdtempSync, rmSync, type Stats, statSync } from "node:fs";
 import { once } from "node:events";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
@@ -102,6 +102,8 @@ export function hintFor(error: unknown): string | undefined {
     }
     return "migstream inspect <stream> shows the base digest this stream needs";
   }
+  // A value the command line could not use (a size, a timeout, a missing argument): a usage error.
+  if (error.code === "EINVAL" && error.recordIndex === undefined && context.command) return `see migstream ${context.command} --help`;
   return undefined;
 }
 
@@ -262,6 +264,16 @@ export interface OutputPlan {
   force: boolean;
 }
 
+const STDOUT_NAMES: ReadonlySet<string> = new Set(["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]);
+
+function fstatIfAny(fd: number): Stats | undefined {
+  try {
+    return fstatSync(fd);
+  } catch {
+    return undefined;
+  }
+}
+
 function statIfAny(path: string): Stats | undefined {
   try {
     return statSync(path);
@@ -276,24 +288,32 @@ function statIfAny(path: string): Stats | undefined {
  * `force`, an output that is one of the inputs (even with `force`), a directory, and a missing
  * or unwritable directory (exit 4).
  */
-export function planOutput(path: string, options: { force: boolean; inputs?: readonly (string | undefined)[] }): OutputPlan {
+export function planOutput(path: string, options: { force: boolean; inputs?: readonly (string | undefined)[]; flag?: string }): OutputPlan {
+  const flag = options.flag ?? "-o";
+  // /dev/stdout names this process's stdout, whatever it is (a pipe, a file the shell opened):
+  // it is "-", not a path to resolve (its link leads to /proc/self/fd/1 and on to "pipe:[…]").
+  if (STDOUT_NAMES.has(path)) path = "-";
   if (path === "-") {
     if (process.stdout.isTTY && !options.force) {
       throw new CliError("EINVAL", "refusing to write binary data to a terminal", { hint: "give -o FILE, pipe the output, or add -f to write it anyway" });
     }
     return { kind: "stdout", path, target: path, socket: false, force: options.force };
   }
-  const target = resolveOutputPath(path);
+  // A device, FIFO or socket reached through links (/dev/stderr, /dev/fd/N) is written through
+  // as named: only regular files are resolved, to be replaced atomically.
+  const followed = statIfAny(path);
+  const target = followed && !followed.isFile() && !followed.isDirectory() ? path : resolveOutputPath(path);
   const stats = statIfAny(target);
   if (stats) {
     for (const input of options.inputs ?? []) {
-      if (input === undefined || input === "-") continue;
-      const inputStats = statIfAny(input);
+      if (input === undefined) continue;
+      // "-": stdin may be this very file (`decode - -o x.mig < x.mig`).
+      const inputStats = input === "-" ? fstatIfAny(0) : statIfAny(input);
       if (inputStats && inputStats.dev === stats.dev && inputStats.ino === stats.ino) {
-        throw new CliError("EINVAL", `output ${path} is also an input (${input}): refusing to overwrite what is being read`);
+        throw new CliError("EINVAL", `output ${path} is also an input (${input === "-" ? "stdin" : input}): refusing to overwrite what is being read`);
       }
     }
-    if (stats.isDirectory()) throw new CliError("EISDIR", `output ${path} is a directory`, { hint: `name a file in it, e.g. -o ${join(path, "out")}` });
+    if (stats.isDirectory()) throw new CliError("EISDIR", `output ${path} is a directory`, { hint: `name a file in it, e.g. ${flag} ${join(path, "out")}` });
     if (stats.isFile()) {
       if (!options.force) throw new CliError("EEXIST", `output ${path} exists`, { hint: "add -f to replace it (it keeps its mode)" });
     } else if (!stats.isCharacterDevice() && !stats.isFIFO() && !stats.isSocket()) {

@@ -475,13 +475,13 @@ export class StreamDecoder {
     const ctx = this.#ctx!;
     const recordIndex = ctx.u32(Dec.SEQ);
     if (!this.#ended) {
-      const where =
+      const message =
         this.#winLen > 0
-          ? `inside record ${recordIndex} (byte ${this.#winStart})`
+          ? `it ends inside record ${recordIndex} (byte ${this.#winStart}) without an end-of-stream record`
           : recordIndex === 0
-            ? `right after its header (byte ${this.#consumed}), before any record`
-            : `after record ${recordIndex - 1}`;
-      throw new MigrationError("ENODATA", `incomplete stream: it ends ${where} without an end-of-stream record`, {
+            ? `it ends right after its header (byte ${this.#consumed}), before any record`
+            : `it ends after record ${recordIndex - 1} without an end-of-stream record`;
+      throw new MigrationError("ENODATA", `incomplete stream: ${message}`, {
         recordIndex,
         byteOffset: this.#consumed,
       });

@@ -4,7 +4,7 @@
 //   sender -> receiver   the migstream stream (header, pre-copy rounds, stop-copy, end record),
 //                        then a half-close (FIN): "that is all of it"
 //   receiver -> sender   one verdict line once the state is durably where it was asked to go:
-//                        "OK\n", or "ERR <code> <message>\n" (code: a MigrationErrorCode), then close
+//                        "OK <stream bytes>\n", or "ERR <code> <message>\n" (code: a MigrationErrorCode), then close
 //
 // The half-close matters: the receiver cannot tell a finished stream from a dropped one by the
 // connection alone (both end in FIN), so it validates and lets validation decide; a cut stream

@@ -91,6 +91,71 @@ describe("1. outputs that are not regular files are written through", () => {
   });
 });
 
+describe("outputs named through links, stdin as an input, --report as an output", () => {
+  it("-o /dev/stdout writes to whatever stdout is (a pipe, a file the shell opened), like -", () => {
+    const piped = execFileSync(
+      "bash",
+      ["-c", `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} decode ${JSON.stringify(at("a.mig"))} -o /dev/stdout -q | wc -c`],
+      { encoding: "utf8" },
+    );
+    expect(Number(piped.trim())).toBe(SIZE);
+    execFileSync("bash", [
+      "-c",
+      `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} decode ${JSON.stringify(at("a.mig"))} -o /dev/stdout -q > ${JSON.stringify(at("via-stdout.state"))}`,
+    ]);
+    expect(statSync(at("via-stdout.state")).size).toBe(SIZE);
+  });
+
+  it("an output that is also stdin is refused up front, even with -f", () => {
+    writeFileSync(at("self.mig"), readFileSync(at("a.mig")));
+    let code = 0;
+    let stderr = "";
+    try {
+      execFileSync(
+        "bash",
+        [
+          "-c",
+          `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} decode - -o ${JSON.stringify(at("self.mig"))} -f < ${JSON.stringify(at("self.mig"))}`,
+        ],
+        { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
+      );
+    } catch (error) {
+      code = (error as { status: number }).status;
+      stderr = String((error as { stderr: string }).stderr);
+    }
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/also an input \(stdin\)/);
+    expect(readFileSync(at("self.mig")).equals(readFileSync(at("a.mig")))).toBe(true);
+  });
+
+  it("--report follows the output rules: an existing file needs -f, a FIFO is written through", async () => {
+    writeFileSync(at("old.html"), "keep");
+    const refused = await run(["demo", "--size", "1M", "--report", at("old.html"), "-q"]);
+    expect(refused.code, refused.stderr).toBe(1);
+    expect(refused.stderr).toMatch(/EEXIST: output .*old\.html exists/);
+    expect(readFileSync(at("old.html"), "utf8")).toBe("keep");
+    const forced = await run(["demo", "--size", "1M", "--report", at("old.html"), "-q", "-f"]);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(readFileSync(at("old.html"), "utf8")).toMatch(/<svg/);
+    execFileSync("mkfifo", [at("report.fifo")]);
+    const reader = spawn("cat", [at("report.fifo")], { stdio: ["ignore", "pipe", "inherit"] });
+    const chunks: Buffer[] = [];
+    reader.stdout.on("data", (d: Buffer) => chunks.push(d));
+    const readerDone = new Promise((resolve) => reader.on("close", resolve));
+    const toFifo = await run(["demo", "--size", "1M", "--report", at("report.fifo"), "-q"]);
+    expect(toFifo.code, toFifo.stderr).toBe(0);
+    await readerDone;
+    expect(Buffer.concat(chunks).toString("utf8")).toMatch(/<svg/);
+    expect(statSync(at("report.fifo")).isFIFO()).toBe(true);
+  });
+
+  it("a value the command line cannot use is a usage error with the way to the help", async () => {
+    const result = await run(["encode", at("a.state"), "-o", at("never.mig"), "--page-size", "3"]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe("migstream: EINVAL: page size must be a power of two from 64 to 1048576, got 3\nsee migstream encode --help\n");
+  });
+});
+
 describe("2. overwriting and modes", () => {
   it("refuses an existing output without -f (exit 1, file untouched), replaces it with -f keeping its mode", async () => {
     writeFileSync(at("secret.state"), "old secret");

@@ -85,6 +85,24 @@ describe("the verdict comes after the commit", () => {
       fake.server.close();
     }
   });
+
+  it("an OK at once for a stream small enough to leave in one write is still refused (exit 4)", async () => {
+    writeFileSync(at("tiny.state"), makeState(64 * 1024, 3));
+    const fake = await fakeServer((socket) => {
+      socket.on("error", () => undefined);
+      socket.write("OK\n");
+      socket.resume();
+    });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const sent = await run(["send", at("tiny.state"), "--to", String(fake.port), "--timeout", "10"]);
+        expect(sent.code, sent.stderr).toBe(4);
+        expect(sent.stderr).toMatch(/EIO: protocol error: .*OK/);
+      }
+    } finally {
+      fake.server.close();
+    }
+  });
 });
 
 describe("deadlines", () => {

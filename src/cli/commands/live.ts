@@ -40,7 +40,7 @@ import {
   snapshotPath,
   toJson,
 } from "../common.js";
-import { peakRss, round3 } from "../json.js";
+import { headerJson, peakRss, round3 } from "../json.js";
 import { migrationReportHtml } from "../report.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
 
@@ -129,14 +129,17 @@ function migrationText(sent: SendResult): string[] {
   ];
 }
 
-/** Writes the HTML picture of a migration (--report), atomically like every output. */
-function writeReport(path: string, sent: SendResult, flags: MigrateFlags, title: string, facts: (readonly [string, string])[]): void {
-  const file = new AtomicFile(path);
+/**
+ * Writes the HTML picture of a migration (--report) under the rules of every output: a regular
+ * file atomically (an existing one only with -f, keeping its mode), a device or FIFO through.
+ */
+async function writeReport(plan: OutputPlan, sent: SendResult, flags: MigrateFlags, title: string, facts: (readonly [string, string])[]): Promise<void> {
+  const out = await openOutput(plan);
   try {
-    file.writeAt(new TextEncoder().encode(migrationReportHtml(sent, { title, thresholdBytes: parseSize(flags.threshold), facts })), 0);
-    file.commit();
+    await out.write(new TextEncoder().encode(migrationReportHtml(sent, { title, thresholdBytes: parseSize(flags.threshold), facts })));
+    await out.commit();
   } catch (error) {
-    file.abort();
+    out.abort();
     throw error;
   }
 }
@@ -214,6 +217,7 @@ interface MigrateFlags {
   quiet?: boolean;
   progress?: boolean;
   report?: string;
+  force?: boolean;
 }
 
 interface DemoFlags extends MigrateFlags {
@@ -256,6 +260,7 @@ function migrateOptions(command: Command): Command {
     .option("--json", "print the report as JSON on stdout")
     .option("-q, --quiet", "print nothing but errors")
     .option("--report <file.html>", "write the migration as an HTML page: rounds charted, summary table (self-contained, no network)")
+    .option("-f, --force", "replace an existing --report file")
     .option("--no-progress", "no progress line on stderr (also: NO_PROGRESS=1)");
 }
 
@@ -303,13 +308,16 @@ function demoDevice(flags: DemoFlags): { device: MigrationDevice; workload: Work
   return { device, workload: new Workload(device, rate, seed), rate };
 }
 
-/** --report's file is checked before the migration (its directory exists, it is no directory). */
-function checkReport(flags: MigrateFlags): void {
-  if (flags.report !== undefined) planOutput(flags.report, { force: true });
+/**
+ * --report's file is checked before the migration, as every output: its directory exists, an
+ * existing file needs -f, and it is not the snapshot being sent.
+ */
+function checkReport(flags: MigrateFlags, input?: string): OutputPlan | undefined {
+  return flags.report === undefined ? undefined : planOutput(flags.report, { force: flags.force === true, inputs: [input], flag: "--report" });
 }
 
 async function runDemo(flags: DemoFlags): Promise<void> {
-  checkReport(flags);
+  const reportPlan = checkReport(flags);
   const started = performance.now();
   const { device, workload, rate } = demoDevice(flags);
   const createdMs = performance.now() - started;
@@ -359,8 +367,8 @@ async function runDemo(flags: DemoFlags): Promise<void> {
         : `MISMATCH    source ${hex(sourceDigest)} != target ${hex(target.digest)}`,
       `time        ${(totalMs / 1000).toFixed(2)} s in all (${(createdMs / 1000).toFixed(2)} s creating the device)`,
     ].join("\n");
-    if (flags.report !== undefined) {
-      writeReport(flags.report, sent, flags, `migstream demo: ${deviceText(device)}`, [
+    if (reportPlan) {
+      await writeReport(reportPlan, sent, flags, `migstream demo: ${deviceText(device)}`, [
         ["device", deviceText(device)],
         ["workload", `${Math.round(rate)} pages/s, ${workload.stats.writes} writes`],
         ["verified", identical ? "source and target identical" : "MISMATCH"],
@@ -381,13 +389,13 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
     throw new MigrationError("EINVAL", "send needs a snapshot file or --demo (not both)");
   }
   const { host, port } = parseEndpoint(flags.to);
-  checkReport(flags);
+  const reportPlan = checkReport(flags, snapshot);
   const security = transport(flags);
   if (snapshot !== undefined) {
     // "-": the snapshot comes on stdin (spooled to a private temporary file, removed at the end).
     const spooled = await snapshotPath(snapshot, "snapshot");
     try {
-      return await sendSnapshot(spooled.path, snapshot, host, port, security, flags);
+      return await sendSnapshot(spooled.path, snapshot, host, port, security, flags, reportPlan);
     } finally {
       spooled.cleanup();
     }
@@ -420,8 +428,8 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
       ...migrationText(sent),
       `accepted    the receiver stored the state (xxh3 ${hex(sent.digest)})`,
     ].join("\n");
-    if (flags.report !== undefined) {
-      writeReport(flags.report, sent, flags, `migstream send ${demo ? "--demo" : snapshot} to ${host}:${port}`, [
+    if (reportPlan) {
+      await writeReport(reportPlan, sent, flags, `migstream send --demo to ${host}:${port}`, [
         ["device", deviceText(device)],
         ["receiver", `${host}:${port}, validated (xxh3 ${hex(sent.digest)})`],
       ]);
@@ -446,6 +454,7 @@ async function sendSnapshot(
   port: number,
   security: ReturnType<typeof transport>,
   flags: SendFlags,
+  reportPlan: OutputPlan | undefined,
 ): Promise<void> {
   let size: number;
   try {
@@ -500,8 +509,8 @@ async function sendSnapshot(
     `total       ${formatBytes(summary.bytes)} in ${(durationMs / 1000).toFixed(2)} s (${formatBytes(throughput)}/s)`,
     `accepted    the receiver stored the state (xxh3 ${hex(digest)})`,
   ].join("\n");
-  if (flags.report !== undefined) {
-    writeReport(flags.report, migration, flags, `migstream send ${shown} to ${host}:${port}`, [
+  if (reportPlan) {
+    await writeReport(reportPlan, migration, flags, `migstream send ${shown} to ${host}:${port}`, [
       ["snapshot", `${shown === "-" ? "stdin" : shown}, ${formatBytes(size)}, page size ${pageSize}`],
       ["receiver", `${host}:${port}, stored (xxh3 ${hex(digest)})`],
     ]);
@@ -565,7 +574,7 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       stateBytes: h.totalSize,
       durationMs: round3(received.durationMs),
       throughput: Math.round(received.bytes / Math.max(received.durationMs / 1000, 1e-6)),
-      header: { deviceId: h.deviceId, pageSize: h.pageSize, totalSize: h.totalSize, checksum: h.checksum, compression: h.compression, regions: h.regions },
+      header: headerJson(h),
       digest: hex(digest),
       maxRssBytes: peakRss(),
     };

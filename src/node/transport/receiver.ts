@@ -147,7 +147,7 @@ export async function receiveStream<R>(
     deadline.stop();
     signal?.removeEventListener("abort", onAbort);
   }
-  await reply(socket, error);
+  await reply(socket, error, bytes);
   if (error) {
     if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted");
     throw error;
@@ -253,7 +253,7 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
         if (!decided) options.onDropped?.(peer, reason);
         // A refused header is worth telling (an honest sender with a bad stream learns why); a
         // timed-out or broken connection just goes.
-        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, caught);
+        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, caught, 0);
         else socket.destroy();
       }
     };
@@ -297,7 +297,7 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
  * Sends the verdict and closes. After a refusal the sender may still be writing: keep reading
  * (and discarding) briefly so it gets the verdict instead of a reset.
  */
-function reply(socket: Socket, error: MigrationError | undefined): Promise<void> {
+function reply(socket: Socket, error: MigrationError | undefined, bytes: number): Promise<void> {
   if (socket.destroyed) return Promise.resolve();
   return new Promise<void>((resolve) => {
     const timer = setTimeout(() => socket.destroy(), error ? 2_000 : 10_000);
@@ -307,7 +307,7 @@ function reply(socket: Socket, error: MigrationError | undefined): Promise<void>
     });
     socket.on("error", () => undefined);
     socket.on("data", () => undefined);
-    socket.end(verdictLine(error));
+    socket.end(verdictLine(error, bytes));
     socket.resume();
   });
 }

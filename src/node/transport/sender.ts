@@ -68,12 +68,14 @@ export async function sendStream<T>(
   };
   signal?.addEventListener("abort", onAbort, { once: true });
   const writer = new SocketWriter(socket, deadline, stop.signal);
+  let sent = 0;
 
   try {
     let result: T;
     try {
       result = await produce((chunk, release) => {
         if (stop.signal.aborted) throw new MigrationError("ECANCELED", "connection ended");
+        sent += chunk.length;
         return writer.write(chunk, release);
       }, stop.signal);
     } catch (error) {
@@ -97,7 +99,10 @@ export async function sendStream<T>(
     if (signal?.aborted) return new MigrationError("ECANCELED", "migration aborted");
     // What the receiver said, if anything, explains the failure better than our side of it.
     if (verdict.line !== undefined) {
-      const refused = verdictError(verdict.line);
+      if (verdict.early && verdict.line.startsWith("OK")) {
+        return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
+      }
+      const refused = verdictError(verdict.line, sent);
       if (refused) return refused;
       if (verdict.early) return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
       return error === undefined ? undefined : ioError(`the migration failed after the receiver at ${where} accepted it`, error);
