@@ -348,3 +348,11 @@ describe("TLS", () => {
     expect(tempFiles(dir)).toEqual([]);
   });
 });
+
+describe("key and certificate files", () => {
+  it("a key file that cannot be read is an I/O error (exit 4) naming it, before any connection", async () => {
+    const sent = await run(["send", at("vm.state"), "--to", "127.0.0.1:1", "--tls-psk", at("missing.psk")]);
+    expect(sent.code, sent.stderr).toBe(4);
+    expect(sent.stderr).toMatch(/^migstream: EIO: cannot read .*missing\.psk/);
+  });
+});

@@ -89,7 +89,7 @@ function readSecret(path: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch (cause) {
-    throw new MigrationError("EINVAL", `cannot read ${path}: ${(cause as Error).message}`, { cause });
+    throw new MigrationError("EIO", `cannot read ${path}: ${(cause as Error).message}`, { cause });
   }
 }
 
