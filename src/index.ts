@@ -42,6 +42,7 @@ export {
   type DataRecord,
   type RoundInfo,
 } from "./codec/decoder.js";
+export { reserveStaging } from "./codec/staging-pool.js";
 
 // Device model and migration state machines
 export { DeviceModel, type DirtyTracking, type DeviceModelOptions } from "./device/device-model.js";

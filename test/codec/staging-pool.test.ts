@@ -34,3 +34,25 @@ test("kept blocks are freed when memory would otherwise run out", () => {
   big.free();
   expect(c.allocatedBytes).toBeLessThan(2 ** 30);
 });
+
+test("reserveStaging prepares touched blocks that the next resume of regions that size stages into", async () => {
+  const { reserveStaging } = await import("../../src/codec/staging-pool.js");
+  const { encodeSnapshot } = await import("../../src/codec/snapshot.js");
+  const { MigrationDevice } = await import("../../src/migration/v2/migration-device.js");
+  const { migrateIn } = await import("../../src/migration/precopy.js");
+  stagingPool.clear();
+  const regions = [
+    { name: "regs", size: 4096 },
+    { name: "mem", size: 40 * 4096 },
+  ];
+  reserveStaging([...regions.map((r) => r.size), 0]);
+  expect(stagingPool.keptBytes).toBe(41 * 4096);
+  const device = new MigrationDevice({ regions, deviceId: "reserve" });
+  const state = new Uint8Array(41 * 4096).map((_, i) => (i * 7) & 255);
+  await migrateIn(device, [encodeSnapshot(state, { regions, deviceId: "reserve" })]);
+  expect(device.model.snapshot()).toEqual(state);
+  // Both reserved blocks were taken; the device's old blocks came back in their place.
+  expect(stagingPool.keptBytes).toBe(41 * 4096);
+  device.free();
+  stagingPool.clear();
+});
