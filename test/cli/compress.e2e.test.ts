@@ -1,20 +1,16 @@
 // --compress lz4 through the real binary: encode, diff, inspect, decode and apply round trips,
 // and send/receive and demo over loopback TCP.
 import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { xxh3Reference } from "../../src/core/reference/xxh3.js";
-import { ensureBuilt, finished, makeState, run, start, tempDir, tempFiles, waitForStderr } from "./helpers.js";
+import { finished, makeState, run, start, tempFiles, useTestDir, waitForStderr } from "./helpers.js";
 
 const SIZE = 2 * 1024 * 1024 + 777;
 
-let dir: string;
-let cleanup: () => void;
-const at = (name: string): string => join(dir, name);
+const scratch = useTestDir();
+const { at } = scratch;
 
 beforeAll(async () => {
-  await ensureBuilt();
-  ({ dir, cleanup } = tempDir());
   const v1 = makeState(SIZE, 5);
   writeFileSync(at("v1.state"), v1);
   const v2 = Buffer.from(v1);
@@ -22,8 +18,6 @@ beforeAll(async () => {
   v2.fill("xyz", 300 * 4096, 302 * 4096);
   writeFileSync(at("v2.state"), v2);
 });
-
-afterAll(() => cleanup?.());
 
 interface EncodeJson {
   bytes: number;
@@ -69,7 +63,7 @@ describe("--compress lz4 on the codec commands", () => {
     const decoded = await run(["decode", at("lz4.mig"), "-o", at("lz4.state"), "--quiet"]);
     expect(decoded.code, decoded.stderr).toBe(0);
     expect(readFileSync(at("lz4.state")).equals(readFileSync(at("v1.state")))).toBe(true);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
   it("diff and apply with compression", async () => {
@@ -92,7 +86,7 @@ describe("--compress lz4 on the codec commands", () => {
     const result = await run(["decode", at("bad.mig"), "-o", at("bad.state")]);
     expect(result.code).toBe(2);
     expect(result.stderr.toString()).toMatch(/EBADMSG: malformed LZ4 block at record \d+, byte \d+/);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
   it("an unknown --compress value is a usage error", async () => {

@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, rmdirSync, sta
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll } from "vitest";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 export const CLI = join(ROOT, "dist", "cli", "main.js");
@@ -103,6 +104,27 @@ export function waitForStderr(child: ChildProcess, pattern: RegExp, timeoutMs = 
 export function tempDir(): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), "migstream-e2e-"));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * The scratch folder of a test file's CLI runs: the CLI is built and the folder made before the
+ * file's tests (register this first, so later `beforeAll`s can use it), removed after them.
+ */
+export function useTestDir(): { readonly dir: string; at: (name: string) => string } {
+  let made: { dir: string; cleanup: () => void } | undefined;
+  beforeAll(async () => {
+    await ensureBuilt();
+    made = tempDir();
+  });
+  afterAll(() => made?.cleanup());
+  const scratch = {
+    get dir(): string {
+      if (!made) throw new Error("the test folder exists only while the file's tests run");
+      return made.dir;
+    },
+    at: (name: string): string => join(scratch.dir, name),
+  };
+  return scratch;
 }
 
 /** Leftover temporary outputs (AtomicFile names them `.<name>.<pid>.<hex>.migstream-tmp`). */

@@ -3,21 +3,16 @@
 // `send -` reads its snapshot from stdin, and migrations show their phase on a terminal.
 import { readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
-import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureBuilt, finished, makeState, run, start, tempDir, waitForStderr } from "./helpers.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import { finished, makeState, run, start, useTestDir, waitForStderr } from "./helpers.js";
 
 const SIZE = 1024 * 1024 + 512;
-let dir: string;
-let cleanup: () => void;
-const at = (name: string): string => join(dir, name);
+const scratch = useTestDir();
+const { at } = scratch;
 
 beforeAll(async () => {
-  await ensureBuilt();
-  ({ dir, cleanup } = tempDir());
   writeFileSync(at("vm.state"), makeState(SIZE, 5));
 });
-afterAll(() => cleanup?.());
 
 describe("live commands, --json and stdin", () => {
   it("receive -o - --json: state on stdout, stderr is JSON Lines (listening, then the report); send - reads stdin", async () => {

@@ -3,22 +3,18 @@
 // nothing left behind by any ending signal, one error style with hints, the JSON error object.
 import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLI, ensureBuilt, finished, makeState, run, start, tempDir, tempFiles } from "./helpers.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import { CLI, finished, makeState, run, start, tempDir, tempFiles, useTestDir } from "./helpers.js";
 
 const SIZE = 2 * 1024 * 1024 + 123;
-let dir: string;
-let cleanup: () => void;
-const at = (name: string): string => join(dir, name);
+const scratch = useTestDir();
+const { at } = scratch;
 const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
 
 /** Everything in the test folder whose name says it is temporary, and $TMPDIR spools. */
-const leftovers = (tmp: string): string[] => [...tempFiles(dir), ...readdirSync(tmp)];
+const leftovers = (tmp: string): string[] => [...tempFiles(scratch.dir), ...readdirSync(tmp)];
 
 beforeAll(async () => {
-  await ensureBuilt();
-  ({ dir, cleanup } = tempDir());
   writeFileSync(at("a.state"), makeState(SIZE, 3));
   const b = makeState(SIZE, 3);
   b.write("changed", 4096 * 10);
@@ -30,8 +26,6 @@ beforeAll(async () => {
   expect(full.code, full.stderr).toBe(0);
   expect(diff.code, diff.stderr).toBe(0);
 });
-
-afterAll(() => cleanup?.());
 
 describe("1. outputs that are not regular files are written through", () => {
   it("a FIFO gets the stream and stays a FIFO", async () => {
@@ -202,7 +196,7 @@ describe("2. overwriting and modes", () => {
     expect(missing.code).toBe(4);
     expect(missing.stderr).toMatch(/directory .*nodir does not exist/);
     expect(missing.stderr).not.toMatch(/migstream-tmp/);
-    const isDir = await run(["encode", at("a.state"), "-o", dir]);
+    const isDir = await run(["encode", at("a.state"), "-o", scratch.dir]);
     expect(isDir.code).toBe(1);
     expect(isDir.stderr).toMatch(/^migstream: EISDIR: output .* is a directory\nhint: /);
   });
@@ -223,12 +217,12 @@ describe("3. every ending signal leaves nothing behind", () => {
       child.stdin!.on("error", () => undefined);
       child.stdin!.write(bytes.subarray(0, bytes.length >> 1));
       const deadline = Date.now() + 30_000;
-      while (tempFiles(dir).length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-      expect(tempFiles(dir).length).toBe(1);
+      while (tempFiles(scratch.dir).length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(tempFiles(scratch.dir).length).toBe(1);
       child.kill(signal);
       const result = await done;
       expect(result.code, result.stderr).toBe(code);
-      expect(tempFiles(dir)).toEqual([]);
+      expect(tempFiles(scratch.dir)).toEqual([]);
       expect(readFileSync(out, "utf8")).toBe("previous");
     });
   }

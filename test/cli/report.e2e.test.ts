@@ -5,25 +5,18 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureBuilt, ROOT, run, tempDir } from "./helpers.js";
+import { describe, expect, it } from "vitest";
+import { ROOT, run, useTestDir } from "./helpers.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 const hasChromium = existsSync(CHROMIUM);
 if (!hasChromium) console.warn(`report.e2e: ${CHROMIUM} is not installed; the browser check is skipped (apt-get install chromium)`);
 
-let dir: string;
-let cleanup: () => void;
-
-beforeAll(async () => {
-  await ensureBuilt();
-  ({ dir, cleanup } = tempDir());
-});
-afterAll(() => cleanup?.());
+const scratch = useTestDir();
 
 describe("demo --report", () => {
   it("writes a self-contained page: inline SVG, no script, nothing fetched", async () => {
-    const path = join(dir, "demo.html");
+    const path = join(scratch.dir, "demo.html");
     const result = await run(["demo", "--size", "16M", "--dirty-rate", "8M/s", "--report", path, "--json"]);
     expect(result.code, result.stderr).toBe(0);
     const html = readFileSync(path, "utf8");
@@ -35,7 +28,7 @@ describe("demo --report", () => {
   });
 
   it.skipIf(!hasChromium)("renders in headless Chromium with the rounds charted", { timeout: 120_000 }, async () => {
-    const path = join(dir, "browser.html");
+    const path = join(scratch.dir, "browser.html");
     const result = await run(["demo", "--size", "16M", "--dirty-rate", "8M/s", "--report", path, "--json"]);
     expect(result.code, result.stderr).toBe(0);
     const rounds = (JSON.parse(result.stdout.toString()) as { rounds: unknown[] }).rounds.length;

@@ -7,20 +7,17 @@ import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { encodeHeader } from "../../src/format/header.js";
-import { ensureBuilt, finished, makeState, run, type RunResult, start, tempDir, tempFiles, waitForStderr } from "./helpers.js";
+import { finished, makeState, run, type RunResult, start, tempFiles, useTestDir, waitForStderr } from "./helpers.js";
 
 const SIZE = 2 * 1024 * 1024 + 512;
 const BIG = 32 * 1024 * 1024;
 
-let dir: string;
-let cleanup: () => void;
-const at = (name: string): string => join(dir, name);
+const scratch = useTestDir();
+const { at } = scratch;
 
 beforeAll(async () => {
-  await ensureBuilt();
-  ({ dir, cleanup } = tempDir());
   writeFileSync(at("vm.state"), makeState(SIZE, 21));
   // Incompressible and larger than what loopback socket buffers hold: a peer that does not read
   // stalls the sender.
@@ -28,8 +25,6 @@ beforeAll(async () => {
   const encoded = await run(["encode", at("vm.state"), "-o", at("vm.mig"), "--quiet"]);
   expect(encoded.code, encoded.stderr).toBe(0);
 });
-
-afterAll(() => cleanup?.());
 
 async function receiver(
   args: readonly string[],
@@ -60,7 +55,7 @@ describe("the verdict comes after the commit", () => {
     expect(sent.code, sent.stderr).toBe(4);
     expect(sent.stderr).toMatch(/EIO/);
     expect(existsSync(at("full.state"))).toBe(false);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
   it("encode onto a full disk: EIO naming the output, no temporary file left", async () => {
@@ -68,7 +63,7 @@ describe("the verdict comes after the commit", () => {
     expect(result.code, result.stderr).toBe(4);
     expect(result.stderr).toMatch(/EIO: cannot write .*full\.mig.*ENOSPC/);
     expect(existsSync(at("full.mig"))).toBe(false);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
   it("an OK before the sender finished is a protocol error (exit 4)", async () => {
@@ -162,7 +157,7 @@ describe("deadlines", () => {
       expect(received.code, received.stderr).toBe(0);
       expect(received.stderr).toMatch(/dropped .*bad magic|dropped .*corrupt|dropped .*not a migstream/i);
       expect(same(at("after-drip.state"), at("vm.state"))).toBe(true);
-      expect(tempFiles(dir)).toEqual([]);
+      expect(tempFiles(scratch.dir)).toEqual([]);
     } finally {
       clearInterval(drip);
       for (const p of peers) p.destroy();
@@ -186,7 +181,7 @@ describe("deadlines", () => {
       expect(received.code, received.stderr).toBe(4);
       expect(received.stderr).toMatch(/ETIMEDOUT: no progress/);
       expect(existsSync(at("dripped.state"))).toBe(false);
-      expect(tempFiles(dir)).toEqual([]);
+      expect(tempFiles(scratch.dir)).toEqual([]);
     } finally {
       clearInterval(drip);
       socket.destroy();
@@ -219,7 +214,7 @@ describe("memory follows the data, not the claim", () => {
     expect(report.maxRssBytes).toBeGreaterThan(0);
     expect(report.maxRssBytes).toBeLessThan(128 * 1024 * 1024);
     expect(existsSync(at("claim.state"))).toBe(false);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 });
 
@@ -228,7 +223,7 @@ describe("TLS", () => {
   const pem = (name: string): string => join(pki, name);
 
   beforeAll(() => {
-    pki = join(dir, "pki");
+    pki = join(scratch.dir, "pki");
     const sh = (args: string[]): void => {
       execFileSync("openssl", args, { cwd: pki, stdio: "pipe" });
     };
@@ -299,7 +294,7 @@ describe("TLS", () => {
     for (const attempt of attempts) {
       expect(attempt.code, attempt.stderr).toBe(4);
       expect(existsSync(at("tls.state"))).toBe(false);
-      expect(tempFiles(dir)).toEqual([]);
+      expect(tempFiles(scratch.dir)).toEqual([]);
     }
     expect(attempts[2]!.stderr).toMatch(/TLS handshake|certificate/i);
     const good = await run(["send", at("vm.state"), ...to, ...certs("sender"), "--json"]);
@@ -308,7 +303,7 @@ describe("TLS", () => {
     expect(received.code, received.stderr).toBe(0);
     expect(JSON.parse(good.stdout.toString())).toMatchObject({ tls: "certificates", accepted: true });
     expect(same(at("tls.state"), at("vm.state"))).toBe(true);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
   it("certificates: a receiver whose certificate names another host is refused by the sender", { timeout: 120_000 }, async () => {
@@ -319,7 +314,7 @@ describe("TLS", () => {
     target.child.kill("SIGTERM");
     await target.done;
     expect(existsSync(at("elsewhere.state"))).toBe(false);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
   it("pre-shared keys: the wrong key is refused, the right one succeeds", { timeout: 120_000 }, async () => {
@@ -328,13 +323,13 @@ describe("TLS", () => {
     const wrong = await run(["send", at("vm.state"), ...to, "--tls-psk", pem("wrong.psk")]);
     expect(wrong.code, wrong.stderr).toBe(4);
     expect(existsSync(at("psk.state"))).toBe(false);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
     const right = await run(["send", at("vm.state"), ...to, "--tls-psk", pem("keys.psk")]);
     const received = await target.done;
     expect(right.code, right.stderr).toBe(0);
     expect(received.code, received.stderr).toBe(0);
     expect(same(at("psk.state"), at("vm.state"))).toBe(true);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
   it("receive on a non-loopback address without TLS warns", async () => {
@@ -345,7 +340,7 @@ describe("TLS", () => {
     const result = await done;
     expect(result.stderr).toMatch(/warning: listening on 0\.0\.0\.0 without TLS/);
     expect(existsSync(at("open.state"))).toBe(false);
-    expect(tempFiles(dir)).toEqual([]);
+    expect(tempFiles(scratch.dir)).toEqual([]);
   });
 });
 

@@ -9,7 +9,7 @@ import { MigrationError } from "../../core/errors.js";
 import type { DirtyTracking } from "../../device/device-model.js";
 import type { PrecopyRoundReport } from "../../migration/precopy.js";
 import type { MigrationDevice } from "../../migration/v2/migration-device.js";
-import { AtomicFile, ioError } from "../../node/atomic-file.js";
+import { ioError } from "../../node/atomic-file.js";
 import { digestFile } from "../../node/files.js";
 import {
   isLoopback,
@@ -541,8 +541,6 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
   const path = staging ? staging.path : plan.target;
   const progress = new Progress("receive", flags);
   try {
-    // An unwritable output fails now, not after a whole transfer.
-    new AtomicFile(path).abort();
     const received = await receiveFile(path, {
       host,
       port,
