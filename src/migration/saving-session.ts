@@ -109,7 +109,7 @@ export class SavingSession {
   #bytesRead = 0;
   /** Per region, the pages that were all zero when the first pass began (its stream estimate). */
   #zeroPages: (CoreBuffer | undefined)[] | undefined;
-  readonly #infoV2: boolean;
+  #infoV2: boolean;
   /** A re-initialisation not yet reported by PRECOPY_INFOv2. */
   #reinitPending = false;
   #initialReportedV2 = Infinity;
@@ -331,6 +331,14 @@ export class SavingSession {
     if (initial === 0 && initialBytes > 0 && this.#initialReported > 0) initial = 1;
     this.#initialReported = initial;
     return { initialBytes: initial, dirtyBytes: dirtyBytes + initialBytes - initial };
+  }
+
+  /**
+   * Turns PRECOPY_INFOv2 on for this session (VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 SET while it
+   * is open). A re-initialisation before this point is reported by the first v2 answer.
+   */
+  enableInfoV2(): void {
+    this.#infoV2 = true;
   }
 
   /**
