@@ -8,6 +8,7 @@ import { DeviceModel, type DeviceModelOptions } from "../../device/device-model.
 import { type DmaLoggingReport, type DmaLoggingStart, type Iova, toU64 } from "../../device/dma-logging.js";
 import { estimateStreamBytes, type PrecopyInfo, type PrecopyInfoV2, SavingSession } from "../saving-session.js";
 import { ResumingSession } from "../resuming-session.js";
+import { sampleLz4Ratio } from "../estimate.js";
 import { arcEffect, isMigrationState, type MigrationFeatures, type MigrationState, nextState } from "./states.js";
 
 /** What the embedder's device does at the moments migration needs it. Each may fail. */
@@ -170,7 +171,7 @@ export class MigrationDevice {
   stopCopySize(): number {
     const session = this.#session;
     if (session instanceof SavingSession) return session.pendingBytes();
-    return estimateStreamBytes(this.model, this.deviceId);
+    return estimateStreamBytes(this.model, this.deviceId, 0, this.compress === "lz4" ? sampleLz4Ratio(this.model) : 1);
   }
 
   /**
