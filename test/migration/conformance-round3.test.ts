@@ -3,20 +3,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { migrateIn } from "../../src/migration/precopy.js";
 import { VFIO_PRECOPY_INFO_REINIT } from "../../src/migration/uapi.js";
-import type { MigrationDevice } from "../../src/migration/v2/migration-device.js";
-import { asSaving, concat, drain, expectCode, fillRandom, makeDevice, PAGE, randomBytes, rng } from "./helpers.js";
-
-/** Text-like, repeated-byte and zero pages: compressible, like much device state. */
-function fillCompressible(device: MigrationDevice, seed: number): void {
-  for (const region of device.model.layout) {
-    const bytes = new Uint8Array(region.size);
-    for (let i = 0; i < bytes.length; i++) {
-      const page = Math.floor(i / PAGE);
-      bytes[i] = page % 3 === 0 ? 0 : page % 3 === 1 ? (seed + page) & 0xff : "register "[(i + seed) % 9]!.charCodeAt(0);
-    }
-    device.write(region.name, 0, bytes);
-  }
-}
+import { asSaving, concat, drain, expectCode, fillCompressible, fillRandom, makeDevice, PAGE, randomBytes, rng } from "./helpers.js";
 
 /** A device of 4 MiB, enough for a session to measure its own compression ratio. */
 const BIG = [
