@@ -32,7 +32,9 @@ import {
   VFIO_DEVICE_RESET,
   VFIO_DEVICE_STATE_ERROR,
   VFIO_DEVICE_STATE_PRE_COPY,
+  VFIO_DEVICE_STATE_PRE_COPY_P2P,
   VFIO_DEVICE_STATE_RESUMING,
+  VFIO_DEVICE_STATE_RUNNING_P2P,
   VFIO_DEVICE_STATE_RUNNING,
   VFIO_DEVICE_STATE_STOP,
   VFIO_DEVICE_STATE_STOP_COPY,
@@ -43,7 +45,7 @@ import {
   VFIO_PRECOPY_INFO_REINIT,
 } from "../../src/migration/uapi.js";
 import type { MigrationDevice } from "../../src/migration/v2/migration-device.js";
-import { expectCode, fillRandom, makeDevice, randomBytes, rng } from "./helpers.js";
+import { expectCode, FEATURE_SETS, fillRandom, makeDevice, randomBytes, rng } from "./helpers.js";
 
 const GET = VFIO_DEVICE_FEATURE_GET;
 const SET = VFIO_DEVICE_FEATURE_SET;
@@ -262,6 +264,34 @@ describe("a full migration through ioctl / read / write", () => {
       }),
       { seed: 0x18, numRuns: 12 },
     );
+  });
+
+  it.each(FEATURE_SETS)("features $name: the flags GET reports decide the path, and the device arrives whole", async ({ features }) => {
+    const source = makeDevice({ features });
+    const target = makeDevice({ features });
+    fillRandom(source, 77);
+    const src = openVfioDevice(source);
+    const dst = openVfioDevice(target);
+    const flags = Number(readFeatureU64(await feature(src, vfioFeatureArg(GET | VFIO_DEVICE_FEATURE_MIGRATION, 8))));
+    expect(flags).toBe(1 | (features.p2p ? VFIO_MIGRATION_P2P : 0) | (features.precopy ? VFIO_MIGRATION_PRE_COPY : 0));
+    const stream: Uint8Array[] = [];
+    let fd: number;
+    if ((flags & VFIO_MIGRATION_PRE_COPY) !== 0) {
+      // QEMU's order with P2P: PRE_COPY_P2P before STOP_COPY (the prepare step).
+      fd = await setState(src, (flags & VFIO_MIGRATION_P2P) !== 0 ? VFIO_DEVICE_STATE_PRE_COPY_P2P : VFIO_DEVICE_STATE_PRE_COPY);
+      expect(await readAll(src, fd, stream, 65536)).toBe("enomsg");
+      expect(await setState(src, VFIO_DEVICE_STATE_STOP_COPY)).toBe(-1);
+    } else {
+      if ((flags & VFIO_MIGRATION_P2P) !== 0) expect(await setState(src, VFIO_DEVICE_STATE_RUNNING_P2P)).toBe(-1);
+      fd = await setState(src, VFIO_DEVICE_STATE_STOP_COPY);
+    }
+    expect(await readAll(src, fd, stream, 65536)).toBe("eof");
+    const wfd = await setState(dst, VFIO_DEVICE_STATE_RESUMING);
+    await writeAll(dst, wfd, stream);
+    expect(await setState(dst, VFIO_DEVICE_STATE_RUNNING)).toBe(-1);
+    expect(target.model.digest()).toBe(source.model.digest());
+    source.free();
+    target.free();
   });
 
   it("write(2) may be short: at most maxWrite bytes are taken per call", async () => {
