@@ -3,6 +3,7 @@
 // driven only through ioctl / read / write, and one test per errno the kernel answers.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { MigrationError } from "../../src/core/errors.js";
 import {
   dmaLoggingReportArg,
   dmaLoggingStartArg,
@@ -651,5 +652,43 @@ describe("errno on the data fds", () => {
     await expectCode(() => dst.ioctl(VFIO_DEVICE_FEATURE, migStateSetArg(VFIO_DEVICE_STATE_STOP)), "ENODATA");
     expect(target.state).toBe("ERROR");
     free();
+  });
+});
+
+describe("hostile arguments", () => {
+  it("any bytes as an ioctl argument give 0 or a MigrationError, and the device stays usable (property, fixed seed)", async () => {
+    const device = makeDevice();
+    fillRandom(device, 90);
+    const file = openVfioDevice(device);
+    const requests = [VFIO_DEVICE_FEATURE, VFIO_DEVICE_RESET, VFIO_MIG_GET_PRECOPY_INFO, 0x3b70];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...requests),
+        fc.integer({ min: 0, max: 12 }),
+        fc.integer({ min: 0, max: 7 }),
+        fc.uint8Array({ maxLength: 120 }),
+        fc.option(fc.integer({ min: -1, max: 8 }), { nil: undefined }),
+        async (request, featureIndex, ops, tail, fd) => {
+          // Mostly well-formed headers with any data after them, sometimes garbage throughout.
+          const arg = new Uint8Array(8 + tail.length);
+          const view = new DataView(arg.buffer);
+          view.setUint32(0, tail.length % 3 === 0 ? tail.length * 1000 : 8 + tail.length, true);
+          view.setUint32(4, featureIndex | (ops << 16), true);
+          arg.set(tail, 8);
+          try {
+            expect(await file.ioctl(request, arg, fd)).toBe(0);
+          } catch (error) {
+            expect(error).toBeInstanceOf(MigrationError);
+          }
+          // Whatever happened, GET answers and a reset brings the device back.
+          const get = migStateGetArg();
+          await file.ioctl(VFIO_DEVICE_FEATURE, get);
+          expect(readMigState(get).deviceState).toBeLessThan(8);
+          if (readMigState(get).deviceState === VFIO_DEVICE_STATE_RESUMING || readMigState(get).deviceState === VFIO_DEVICE_STATE_ERROR) device.reset();
+        },
+      ),
+      { seed: 0x5eed, numRuns: 400 },
+    );
+    device.free();
   });
 });
