@@ -1,0 +1,200 @@
+// serveVfioUser: one MigrationDevice served as a PCI function on a UNIX socket, to one
+// vfio-user client at a time. A client that leaves takes its DMA windows and interrupt setup
+// with it; the device (its content and migration state, an open data session included) stays
+// as it is for the next client.
+import { chmod, link, lstat, mkdtemp, rm, unlink } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { dirname, join } from "node:path";
+import { MigrationError } from "../../core/errors.js";
+import type { MigrationDevice } from "../../migration/v2/migration-device.js";
+import { ClientConnection } from "./connection.js";
+import { DeviceHandlers } from "./handlers.js";
+import { type DeviceFile, MigrationMessages } from "./migration.js";
+import { PciConfigSpace, type PciIdentity } from "./pci.js";
+import { DEFAULT_MAX_DATA_XFER_SIZE, VFIO_USER_DMA_READ, VFIO_USER_DMA_WRITE } from "./protocol.js";
+
+export interface VfioUserServerOptions {
+  /** The UNIX socket path; created 0600, refused if something exists there. */
+  path: string;
+  /** The device's byte-level uAPI file the migration messages go to. */
+  file: DeviceFile;
+  /** Largest count of one data message either way (`max_data_xfer_size`). Default 1 MiB. */
+  maxDataXferSize?: number;
+  /** A message begun must be complete within this long, or the client is dropped. Default 10 s. */
+  messageTimeoutMs?: number;
+  /** The client must answer a DMA_READ / DMA_WRITE within this long. Default 10 s. */
+  dmaTimeoutMs?: number;
+  /** DMA windows one client may map (`max_dma_maps`). Default 1024. */
+  maxDmaWindows?: number;
+  /** PCI identity in config space (vendor, device, class...). */
+  pci?: PciIdentity;
+  /** Called after VFIO_USER_DEVICE_RESET reset the migration state and config space. */
+  onReset?: () => void;
+}
+
+export interface VfioUserServer {
+  readonly path: string;
+  /** True while a client is connected. */
+  readonly connected: boolean;
+  /** True while the client has INTx masked. */
+  readonly intxMasked: boolean;
+  /**
+   * The device writes guest memory: recorded by DMA logging (MigrationDevice.dmaWrite, so only
+   * while the device runs), then sent to the client as DMA_WRITE messages of at most its
+   * max_data_xfer_size. EINVAL outside the client's writable windows, EIO without a client or
+   * on its error reply, ETIMEDOUT if it does not answer.
+   */
+  dmaWrite(address: number, bytes: Uint8Array): Promise<void>;
+  /** The device reads guest memory through DMA_READ messages (same rules, readable windows). */
+  dmaRead(address: number, length: number): Promise<Uint8Array>;
+  /** Drops the client, stops listening and removes the socket file. */
+  close(): Promise<void>;
+}
+
+/** sun_path holds 108 bytes, the terminating NUL included. */
+const MAX_SOCKET_PATH = 107;
+
+function positive(name: string, value: number | undefined, fallback: number, max = Number.MAX_SAFE_INTEGER): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < 1 || v > max) throw new MigrationError("EINVAL", `${name} must be an integer from 1 to ${max}, got ${String(value)}`);
+  return v;
+}
+
+function listen(server: Server, path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(path, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Binds `path` with mode 0600 from the first moment: the socket is made in a private
+ * directory beside it, restricted, then linked into place (which also refuses an existing
+ * path). Returns the inode, so that close removes only this socket.
+ */
+async function bindPrivate(server: Server, path: string): Promise<number> {
+  const dir = await mkdtemp(join(dirname(path), ".vfio-user-"));
+  const temp = join(dir, "s");
+  try {
+    if (Buffer.byteLength(temp) > MAX_SOCKET_PATH || Buffer.byteLength(path) > MAX_SOCKET_PATH) {
+      throw new MigrationError("EINVAL", `socket path ${JSON.stringify(path)} is too long for a UNIX socket`);
+    }
+    await listen(server, temp);
+    await chmod(temp, 0o600);
+    try {
+      await link(temp, path);
+    } catch (error) {
+      server.close();
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "EEXIST") throw new MigrationError("EINVAL", `${path} already exists`, { cause: error });
+      throw new MigrationError("EIO", `cannot create ${path}: ${(error as Error).message}`, { cause: error });
+    }
+    return (await lstat(path)).ino;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export async function serveVfioUser(device: MigrationDevice, options: VfioUserServerOptions): Promise<VfioUserServer> {
+  const maxDataXferSize = positive("maxDataXferSize", options.maxDataXferSize, DEFAULT_MAX_DATA_XFER_SIZE, 64 << 20);
+  const limits = {
+    // The largest message: a data message's count plus its fixed fields, or a DMA logging
+    // start with 256 ranges; the header size is checked against this before any allocation.
+    maxMessageSize: maxDataXferSize + 4096 + 16,
+    messageTimeoutMs: positive("messageTimeoutMs", options.messageTimeoutMs, 10_000, 2 ** 31 - 1),
+    dmaTimeoutMs: positive("dmaTimeoutMs", options.dmaTimeoutMs, 10_000, 2 ** 31 - 1),
+    maxDmaWindows: positive("maxDmaWindows", options.maxDmaWindows, 1024, 65535),
+  };
+  const config = new PciConfigSpace(
+    device.model.regions.map((r) => r.size),
+    options.pci,
+  );
+  const migration = new MigrationMessages(device, options.file, { maxDataXferSize });
+  const handlers = new DeviceHandlers(device, config, migration, {
+    maxDataXferSize,
+    maxDmaWindows: limits.maxDmaWindows,
+    minLogPageSize: device.model.dma.minPageSize,
+    maxLogPageSize: device.model.dma.maxPageSize,
+    ...(options.onReset ? { onReset: options.onReset } : {}),
+  });
+  let current: ClientConnection | undefined;
+  const server = createServer({ allowHalfOpen: false }, (socket: Socket) => {
+    // One client at a time: a second one is hung up on at once.
+    if (current && !current.closed) {
+      socket.destroy();
+      return;
+    }
+    const connection = new ClientConnection(socket, limits, (c, header, payload) => handlers.dispatch(c, header, payload));
+    current = connection;
+    void connection.whenClosed().then(() => {
+      if (current === connection) {
+        current = undefined;
+        // DMA logging tracked the client's guest memory, which is no longer mapped.
+        device.stopDmaLogging();
+        handlers.disconnected();
+      }
+    });
+  });
+  const inode = await bindPrivate(server, options.path);
+
+  const client = (): ClientConnection => {
+    if (!current || current.closed) throw new MigrationError("EIO", "no vfio-user client is connected");
+    return current;
+  };
+  const chunkSize = (c: ClientConnection): number => Math.min(c.clientMaxDataXfer, maxDataXferSize);
+  let closed = false;
+
+  return {
+    path: options.path,
+    get connected() {
+      return current !== undefined && !current.closed;
+    },
+    get intxMasked() {
+      return handlers.intxMasked;
+    },
+    async dmaWrite(address, bytes) {
+      const c = client();
+      c.dma.check(address, bytes.length, "write");
+      device.dmaWrite(address, bytes);
+      const step = chunkSize(c);
+      for (let at = 0; at < bytes.length; at += step) {
+        const part = bytes.subarray(at, Math.min(bytes.length, at + step));
+        const head = new Uint8Array(16);
+        const view = new DataView(head.buffer);
+        view.setBigUint64(0, BigInt(address + at), true);
+        view.setBigUint64(8, BigInt(part.length), true);
+        const reply = await c.request(VFIO_USER_DMA_WRITE, [head, part]);
+        if (reply.length < 12) throw new MigrationError("EIO", `DMA_WRITE reply of ${reply.length} bytes`);
+      }
+    },
+    async dmaRead(address, length) {
+      const c = client();
+      c.dma.check(address, length, "read");
+      const out = new Uint8Array(length);
+      const step = chunkSize(c);
+      for (let at = 0; at < length; at += step) {
+        const count = Math.min(step, length - at);
+        const head = new Uint8Array(16);
+        const view = new DataView(head.buffer);
+        view.setBigUint64(0, BigInt(address + at), true);
+        view.setBigUint64(8, BigInt(count), true);
+        const reply = await c.request(VFIO_USER_DMA_READ, [head]);
+        if (reply.length !== 16 + count) throw new MigrationError("EIO", `DMA_READ of ${count} bytes answered with ${reply.length - 16}`);
+        out.set(reply.subarray(16), at);
+      }
+      return out;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      current?.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Remove the socket only if it is still the one made here.
+      const now = await lstat(options.path).catch(() => undefined);
+      if (now?.ino === inode) await unlink(options.path).catch(() => undefined);
+    },
+  };
+}
