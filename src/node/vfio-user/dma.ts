@@ -63,11 +63,15 @@ export class DmaWindows {
     this.#windows = [];
   }
 
-  /** Checks that [address, address + length) lies in windows that allow `access`; EINVAL otherwise. */
-  check(address: number, length: number, access: "read" | "write"): void {
+  /**
+   * [address, address + length) cut at window boundaries (a client answers each DMA message
+   * from one of its windows); EINVAL unless all of it lies in windows that allow `access`.
+   */
+  segments(address: number, length: number, access: "read" | "write"): { address: number; length: number }[] {
     if (!Number.isSafeInteger(address) || !Number.isSafeInteger(length) || address < 0 || length < 0 || !Number.isSafeInteger(address + length)) {
       throw new MigrationError("EINVAL", "DMA needs a non-negative safe-integer address and length");
     }
+    const out: { address: number; length: number }[] = [];
     let at = address;
     const end = address + length;
     // Adjacent windows may together cover the range.
@@ -78,8 +82,11 @@ export class DmaWindows {
       if (access === "read" ? !w.readable : !w.writable) {
         throw new MigrationError("EINVAL", `DMA ${access} at ${at}: the client's window there is not ${access === "read" ? "readable" : "writable"}`);
       }
-      at = w.address + w.size;
+      const stop = Math.min(end, w.address + w.size);
+      out.push({ address: at, length: stop - at });
+      at = stop;
     }
     if (at < end) throw new MigrationError("EINVAL", `DMA ${access} of [${address}, ${end}): ${at} is not in a window the client mapped`);
+    return out;
   }
 }

@@ -98,6 +98,22 @@ async function bindPrivate(server: Server, path: string): Promise<number> {
   }
 }
 
+/** Segments cut again into messages of at most `step` bytes. */
+function* pieces(segments: readonly { address: number; length: number }[], step: number): Generator<{ address: number; length: number }> {
+  for (const s of segments) {
+    for (let at = 0; at < s.length; at += step) yield { address: s.address + at, length: Math.min(step, s.length - at) };
+  }
+}
+
+/** struct vfio_user_dma_region_access without its data: u64 address, u64 count. */
+function dmaHead(address: number, count: number): Uint8Array {
+  const head = new Uint8Array(16);
+  const view = new DataView(head.buffer);
+  view.setBigUint64(0, BigInt(address), true);
+  view.setBigUint64(8, BigInt(count), true);
+  return head;
+}
+
 export async function serveVfioUser(device: MigrationDevice, options: VfioUserServerOptions): Promise<VfioUserServer> {
   const maxDataXferSize = positive("maxDataXferSize", options.maxDataXferSize, DEFAULT_MAX_DATA_XFER_SIZE, 64 << 20);
   const limits = {
@@ -157,33 +173,22 @@ export async function serveVfioUser(device: MigrationDevice, options: VfioUserSe
     },
     async dmaWrite(address, bytes) {
       const c = client();
-      c.dma.check(address, bytes.length, "write");
+      const segments = c.dma.segments(address, bytes.length, "write");
       device.dmaWrite(address, bytes);
-      const step = chunkSize(c);
-      for (let at = 0; at < bytes.length; at += step) {
-        const part = bytes.subarray(at, Math.min(bytes.length, at + step));
-        const head = new Uint8Array(16);
-        const view = new DataView(head.buffer);
-        view.setBigUint64(0, BigInt(address + at), true);
-        view.setBigUint64(8, BigInt(part.length), true);
-        const reply = await c.request(VFIO_USER_DMA_WRITE, [head, part]);
+      for (const piece of pieces(segments, chunkSize(c))) {
+        const part = bytes.subarray(piece.address - address, piece.address - address + piece.length);
+        const reply = await c.request(VFIO_USER_DMA_WRITE, [dmaHead(piece.address, piece.length), part]);
         if (reply.length < 12) throw new MigrationError("EIO", `DMA_WRITE reply of ${reply.length} bytes`);
       }
     },
     async dmaRead(address, length) {
       const c = client();
-      c.dma.check(address, length, "read");
+      const segments = c.dma.segments(address, length, "read");
       const out = new Uint8Array(length);
-      const step = chunkSize(c);
-      for (let at = 0; at < length; at += step) {
-        const count = Math.min(step, length - at);
-        const head = new Uint8Array(16);
-        const view = new DataView(head.buffer);
-        view.setBigUint64(0, BigInt(address + at), true);
-        view.setBigUint64(8, BigInt(count), true);
-        const reply = await c.request(VFIO_USER_DMA_READ, [head]);
-        if (reply.length !== 16 + count) throw new MigrationError("EIO", `DMA_READ of ${count} bytes answered with ${reply.length - 16}`);
-        out.set(reply.subarray(16), at);
+      for (const piece of pieces(segments, chunkSize(c))) {
+        const reply = await c.request(VFIO_USER_DMA_READ, [dmaHead(piece.address, piece.length)]);
+        if (reply.length !== 16 + piece.length) throw new MigrationError("EIO", `DMA_READ of ${piece.length} bytes answered with ${reply.length - 16}`);
+        out.set(reply.subarray(16), piece.address - address);
       }
       return out;
     },

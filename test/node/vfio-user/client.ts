@@ -178,6 +178,13 @@ export class TestClient {
     return reply;
   }
 
+  /** Sends a command with no_reply set: nothing comes back. */
+  sendNoReply(cmd: number, body: Uint8Array): void {
+    const id = this.#nextId;
+    this.#nextId = (this.#nextId + 1) & 0xffff;
+    this.socket.write(encodeMessage(id, cmd, body, 0x10));
+  }
+
   /** Waits for the reply to message `id` (sent raw). */
   replyTo(id: number): Promise<Message> {
     return new Promise((resolve, reject) => this.#waiting.set(id, { resolve, reject }));
