@@ -89,7 +89,8 @@ export class TestClient {
   readonly guest = new GuestMemory();
   /** DMA messages the server sent, in order. */
   readonly dmaLog: { cmd: number; address: number; count: number }[] = [];
-  #buffer = Buffer.alloc(0);
+  #chunks: Buffer[] = [];
+  #buffered = 0;
   #nextId = 1;
   readonly #waiting = new Map<number, { resolve: (m: Message) => void; reject: (e: Error) => void }>();
   #ended: Promise<void>;
@@ -125,18 +126,26 @@ export class TestClient {
   }
 
   #data(chunk: Buffer): void {
-    this.#buffer = Buffer.concat([this.#buffer, chunk]);
-    while (this.#buffer.length >= 16) {
-      const size = this.#buffer.readUInt32LE(4);
-      if (this.#buffer.length < size) return;
+    // Chunks are joined once per message, when all of it is there (no copy per chunk).
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+    for (;;) {
+      if (this.#buffered < 16) return;
+      if (this.#chunks[0]!.length < 16) this.#chunks = [Buffer.concat(this.#chunks)];
+      const size = this.#chunks[0]!.readUInt32LE(4);
+      if (this.#buffered < size) return;
+      if (this.#chunks[0]!.length < size) this.#chunks = [Buffer.concat(this.#chunks)];
+      const first = this.#chunks[0]!;
       const m: Message = {
-        id: this.#buffer.readUInt16LE(0),
-        cmd: this.#buffer.readUInt16LE(2),
-        flags: this.#buffer.readUInt32LE(8),
-        error: this.#buffer.readUInt32LE(12),
-        body: Buffer.from(this.#buffer.subarray(16, size)),
+        id: first.readUInt16LE(0),
+        cmd: first.readUInt16LE(2),
+        flags: first.readUInt32LE(8),
+        error: first.readUInt32LE(12),
+        body: first.subarray(16, size),
       };
-      this.#buffer = this.#buffer.subarray(size);
+      if (first.length === size) this.#chunks.shift();
+      else this.#chunks[0] = first.subarray(size);
+      this.#buffered -= size;
       if ((m.flags & 0xf) === 1) {
         const w = this.#waiting.get(m.id);
         this.#waiting.delete(m.id);
