@@ -46,7 +46,15 @@ export { reserveStaging } from "./codec/staging-pool.js";
 
 // Device model and migration state machines
 export { DeviceModel, type DirtyTracking, type DeviceModelOptions } from "./device/device-model.js";
-export { DmaLogging, DMA_LOG_MAX_RANGES, type DmaRange, type DmaLoggingStart, type DmaLoggingReport, type DmaLoggingOptions } from "./device/dma-logging.js";
+export {
+  DmaLogging,
+  DMA_LOG_MAX_RANGES,
+  type Iova,
+  type DmaRange,
+  type DmaLoggingStart,
+  type DmaLoggingReport,
+  type DmaLoggingOptions,
+} from "./device/dma-logging.js";
 export {
   nextState,
   migrationPath,
@@ -54,13 +62,17 @@ export {
   stateSupported,
   stateFromNumber,
   stateToNumber,
+  isMigrationState,
+  migrationFlags,
   MIGRATION_STATES,
+  MIGRATION_STATE_NUMBERS,
   type MigrationState,
   type MigrationFeatures,
 } from "./migration/v2/states.js";
 export { MigrationDevice, type MigrationDeviceOptions, type DeviceCallbacks, type Session } from "./migration/v2/migration-device.js";
 export { SavingSession, type PrecopyInfo, type PrecopyInfoV2 } from "./migration/saving-session.js";
 export * from "./migration/uapi.js";
+export * from "./migration/vfio-bytes/index.js";
 export { ResumingSession } from "./migration/resuming-session.js";
 export { DeviceGroup, type DeviceGroupOptions } from "./migration/group.js";
 export { migrateOut, migrateIn, type PrecopyOptions, type PrecopyRoundReport, type MigrationReport } from "./migration/precopy.js";

@@ -17,6 +17,9 @@
  * - `ENOMEM`  WebAssembly memory could not grow
  * - `EFAULT`  the Wasm core trapped (a bug); the instance was replaced
  * - `ECANCELED` the operation was aborted through its AbortSignal
+ * - `ENOTTY`  an ioctl request or device feature the device does not have (the uAPI adapter)
+ * - `EOVERFLOW` a 64-bit IOVA range whose end passes 2^64 - 1
+ * - `EBADF`   a data fd that is not open, or used in the wrong direction (the uAPI adapter)
  */
 export type MigrationErrorCode =
   | "EINVAL"
@@ -32,7 +35,10 @@ export type MigrationErrorCode =
   | "EIO"
   | "ENOMEM"
   | "EFAULT"
-  | "ECANCELED";
+  | "ECANCELED"
+  | "ENOTTY"
+  | "EOVERFLOW"
+  | "EBADF";
 
 /** Where and when an error happened; every field is optional. */
 export interface MigrationErrorDetails {

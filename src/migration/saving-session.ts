@@ -9,6 +9,7 @@ import { core, guarded } from "../core/instance.js";
 import type { DeviceModel } from "../device/device-model.js";
 import { END_PAYLOAD, RECORD_OVERHEAD, ROUND_PAYLOAD } from "../format/constants.js";
 import type { Compression } from "../format/constants.js";
+import { measuredLz4Ratio, sampleLz4Ratio } from "./estimate.js";
 
 /** Pages per encode call: 1 MiB at 4 KiB pages, and a whole number of bitmap bytes. */
 const WINDOW_BYTES = 1 << 20;
@@ -58,17 +59,17 @@ export interface PrecopyInfoV2 extends PrecopyInfo {
 
 /**
  * Estimated bytes of a whole stop-copy stream of `device` (no session open): header, every
- * non-zero page, a record per region, the config blob and the END record. One read of the
- * state (a zero scan in the core).
+ * non-zero page (times `ratio`, the stream bytes per page byte of a compressed stream), a record
+ * per region, the config blob and the END record. One read of the state (a zero scan in the core).
  */
-export function estimateStreamBytes(device: DeviceModel, deviceId: string, configBytes = 0): number {
+export function estimateStreamBytes(device: DeviceModel, deviceId: string, configBytes = 0, ratio = 1): number {
   const utf8 = new TextEncoder();
   let bytes = 56 + utf8.encode(deviceId).length;
   const scan = core().exports.scan_zero;
   for (const r of device.regions) {
     bytes += 2 + utf8.encode(r.name).length + 8;
     const zero = guarded(() => scan(r.data.ptr, r.size, device.pageSize, r.scratch.ptr) >>> 0);
-    bytes += (r.pages - zero) * device.pageSize + RECORD_OVERHEAD;
+    bytes += Math.ceil((r.pages - zero) * device.pageSize * ratio) + RECORD_OVERHEAD;
   }
   return bytes + (configBytes > 0 ? RECORD_OVERHEAD + configBytes : 0) + RECORD_OVERHEAD + END_PAYLOAD;
 }
@@ -109,10 +110,13 @@ export class SavingSession {
   #bytesRead = 0;
   /** Per region, the pages that were all zero when the first pass began (its stream estimate). */
   #zeroPages: (CoreBuffer | undefined)[] | undefined;
-  readonly #infoV2: boolean;
+  #infoV2: boolean;
   /** A re-initialisation not yet reported by PRECOPY_INFOv2. */
   #reinitPending = false;
   #initialReportedV2 = Infinity;
+  /** LZ4 streams: stream bytes per page byte, sampled from the content until measured. */
+  readonly #compressed: boolean;
+  #sampledRatio: number | undefined;
   #readableWaiters: (() => void)[] = [];
   #initialWaiters: (() => void)[] = [];
   #probeScheduled = false;
@@ -122,6 +126,7 @@ export class SavingSession {
     this.#device = device;
     this.#stopped = !options.precopy;
     this.#infoV2 = options.precopyInfoV2 === true;
+    this.#compressed = options.compress === "lz4";
     this.#encoder = new StreamEncoder(
       {
         regions: device.layout,
@@ -311,6 +316,10 @@ export class SavingSession {
     if (this.initialDataSent) this.#initialReported = 0;
     for (const bitmap of this.#pass?.selected ?? []) bitmap?.free();
     this.#startInitialPass();
+    // "Any previously dirty bytes are treated as initial bytes": what is queued and not read
+    // yet must be read before the new initial data counts as sent, and dirty_bytes restarts at
+    // zero (the new pass starts at page 0, so no page counts as dirty relative to it).
+    this.#initialQueued = this.#queued;
     this.#initialDone = false;
     this.#reinitPending = true;
     this.#initialReportedV2 = Infinity;
@@ -331,6 +340,14 @@ export class SavingSession {
     if (initial === 0 && initialBytes > 0 && this.#initialReported > 0) initial = 1;
     this.#initialReported = initial;
     return { initialBytes: initial, dirtyBytes: dirtyBytes + initialBytes - initial };
+  }
+
+  /**
+   * Turns PRECOPY_INFOv2 on for this session (VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 SET while it
+   * is open). A re-initialisation before this point is reported by the first v2 answer.
+   */
+  enableInfoV2(): void {
+    this.#infoV2 = true;
   }
 
   /**
@@ -363,7 +380,7 @@ export class SavingSession {
     if (!this.#ended) {
       device.regions.forEach((r, i) => {
         const upto = pass?.initial ? (i < pass.region ? r.pages : i === pass.region ? pass.page : 0) : r.pages;
-        bytes += device.collect(i, upto) * device.pageSize;
+        bytes += this.#pageBytes(device.collect(i, upto));
       });
       bytes += CLOSING_RECORD + (this.#config ? RECORD_OVERHEAD + this.#config.length : 0);
     }
@@ -386,7 +403,7 @@ export class SavingSession {
     device.regions.forEach((r, i) => {
       // During the first pass only pages already sent can be dirty.
       const upto = pass?.initial ? (i < pass.region ? r.pages : i === pass.region ? pass.page : 0) : r.pages;
-      dirtyBytes += device.collect(i, upto) * device.pageSize;
+      dirtyBytes += this.#pageBytes(device.collect(i, upto));
     });
     return { initialBytes, dirtyBytes };
   }
@@ -587,8 +604,19 @@ export class SavingSession {
       } else {
         pages = (count(selected.ptr, r.pages) >>> 0) - (count(selected.ptr, from) >>> 0);
       }
-      bytes += pages * device.pageSize + RECORD_OVERHEAD;
+      bytes += this.#pageBytes(pages) + RECORD_OVERHEAD;
     });
     return bytes;
+  }
+
+  /**
+   * Stream bytes `pages` pages will take: whole pages, or with LZ4 what the session measured
+   * on the pages it sent (a sample of the content before it sent enough).
+   */
+  #pageBytes(pages: number): number {
+    const bytes = pages * this.#device.pageSize;
+    if (!this.#compressed || bytes === 0) return bytes;
+    const ratio = measuredLz4Ratio(this.#encoder.summary(), this.#device.pageSize) ?? (this.#sampledRatio ??= sampleLz4Ratio(this.#device));
+    return Math.ceil(bytes * ratio);
   }
 }

@@ -9,6 +9,33 @@ export { VFIO_MIGRATION_STOP_COPY, VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY }
 export { VFIO_PRECOPY_INFO_REINIT } from "./saving-session.js";
 export { DMA_LOG_MAX_RANGES as VFIO_DEVICE_DMA_LOGGING_MAX_RANGES } from "../device/dma-logging.js";
 
+/** VFIO_TYPE (';') and VFIO_BASE: every VFIO ioctl number is _IO(VFIO_TYPE, VFIO_BASE + n). */
+export const VFIO_TYPE = 0x3b;
+export const VFIO_BASE = 100;
+/** VFIO_DEVICE_RESET, _IO(VFIO_TYPE, VFIO_BASE + 11): back to RUNNING from any state. */
+export const VFIO_DEVICE_RESET = 0x3b6f;
+/** VFIO_DEVICE_FEATURE, _IO(VFIO_TYPE, VFIO_BASE + 17): GET / SET / PROBE a device feature. */
+export const VFIO_DEVICE_FEATURE = 0x3b75;
+/** VFIO_MIG_GET_PRECOPY_INFO, _IO(VFIO_TYPE, VFIO_BASE + 21), on a saving data fd. */
+export const VFIO_MIG_GET_PRECOPY_INFO = 0x3b79;
+
+/** struct vfio_device_feature flags: the feature index (low 16 bits) and the operation bits. */
+export const VFIO_DEVICE_FEATURE_MASK = 0xffff;
+export const VFIO_DEVICE_FEATURE_GET = 1 << 16;
+export const VFIO_DEVICE_FEATURE_SET = 1 << 17;
+export const VFIO_DEVICE_FEATURE_PROBE = 1 << 18;
+
+/** enum vfio_device_mig_state: the v2 state numbers. */
+export const VFIO_DEVICE_STATE_ERROR = 0;
+export const VFIO_DEVICE_STATE_STOP = 1;
+export const VFIO_DEVICE_STATE_RUNNING = 2;
+export const VFIO_DEVICE_STATE_STOP_COPY = 3;
+export const VFIO_DEVICE_STATE_RESUMING = 4;
+export const VFIO_DEVICE_STATE_RUNNING_P2P = 5;
+export const VFIO_DEVICE_STATE_PRE_COPY = 6;
+export const VFIO_DEVICE_STATE_PRE_COPY_P2P = 7;
+export const VFIO_DEVICE_STATE_NR = 8;
+
 /** VFIO_DEVICE_FEATURE_MIGRATION: GET the VFIO_MIGRATION_* flags. */
 export const VFIO_DEVICE_FEATURE_MIGRATION = 1;
 /** VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: GET / SET the v2 state (SET may return a data_fd). */

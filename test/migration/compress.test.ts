@@ -4,19 +4,7 @@ import { describe, expect, it } from "vitest";
 import { decodeSnapshot } from "../../src/codec/snapshot.js";
 import { migrateIn, migrateOut } from "../../src/migration/precopy.js";
 import { MigrationDevice } from "../../src/migration/v2/migration-device.js";
-import { concat, expectSameBytes, makeDevice, PAGE, TRACKINGS } from "./helpers.js";
-
-/** Pages of text-like, repeated-byte and zero content: compressible, like much device state. */
-function fillCompressible(device: MigrationDevice, seed: number): void {
-  for (const region of device.model.layout) {
-    const bytes = new Uint8Array(region.size);
-    for (let i = 0; i < bytes.length; i++) {
-      const page = Math.floor(i / PAGE);
-      bytes[i] = page % 3 === 0 ? 0 : page % 3 === 1 ? (seed + page) & 0xff : "register "[(i + seed) % 9]!.charCodeAt(0);
-    }
-    device.write(region.name, 0, bytes);
-  }
-}
+import { concat, expectSameBytes, fillCompressible, makeDevice, PAGE, TRACKINGS } from "./helpers.js";
 
 /** Stream tags after the header (a light walk: header length at byte 12, records of 32 + P). */
 function tags(stream: Uint8Array): number[] {

@@ -175,3 +175,15 @@ export function expectSameBytes(actual: Uint8Array, expected: Uint8Array, what =
   while (i < Math.min(a.length, b.length) && a[i] === b[i]) i++;
   expect.fail(`${what} differ: lengths ${a.length} / ${b.length}, first difference at byte ${i}`);
 }
+
+/** Pages of text-like, repeated-byte and zero content: compressible, like much device state. */
+export function fillCompressible(device: MigrationDevice, seed: number): void {
+  for (const region of device.model.layout) {
+    const bytes = new Uint8Array(region.size);
+    for (let i = 0; i < bytes.length; i++) {
+      const page = Math.floor(i / PAGE);
+      bytes[i] = page % 3 === 0 ? 0 : page % 3 === 1 ? (seed + page) & 0xff : "register "[(i + seed) % 9]!.charCodeAt(0);
+    }
+    device.write(region.name, 0, bytes);
+  }
+}

@@ -5,9 +5,10 @@ import { MigrationError } from "../../core/errors.js";
 import type { DecoderLimits } from "../../codec/decoder.js";
 import type { Compression } from "../../format/constants.js";
 import { DeviceModel, type DeviceModelOptions } from "../../device/device-model.js";
-import type { DmaLoggingReport, DmaLoggingStart } from "../../device/dma-logging.js";
+import { type DmaLoggingReport, type DmaLoggingStart, type Iova, toU64 } from "../../device/dma-logging.js";
 import { estimateStreamBytes, type PrecopyInfo, type PrecopyInfoV2, SavingSession } from "../saving-session.js";
 import { ResumingSession } from "../resuming-session.js";
+import { sampleLz4Ratio } from "../estimate.js";
 import { arcEffect, isMigrationState, type MigrationFeatures, type MigrationState, nextState } from "./states.js";
 
 /** What the embedder's device does at the moments migration needs it. Each may fail. */
@@ -40,7 +41,7 @@ export interface MigrationDeviceOptions extends DeviceModelOptions {
   /** Deadline for `quiesce` and `stop`; past it the state change fails with ETIMEDOUT. Default: none. */
   quiesceTimeoutMs?: number;
   /** Where the device's DMA writes land (guest memory at an IOVA). Default: recorded only. */
-  guestMemory?: (iova: number, bytes: Uint8Array) => void;
+  guestMemory?: (iova: Iova, bytes: Uint8Array) => void;
   /** Offer PRECOPY_INFOv2 with the REINIT flag (`precopyInfoV2()`). Default false. */
   precopyInfoV2?: boolean;
   /** Resuming requires a config blob in the stream. Default: true when loadConfig is given. */
@@ -82,6 +83,8 @@ export class MigrationDevice {
   #resets = 0;
   /** Aborted by reset(), so an arc waiting on a callback that never returns is released. */
   #resetController = new AbortController();
+  /** PRE_COPY info is v2 (with flags): the option, or turned on at run time. */
+  #infoV2: boolean;
 
   constructor(options: MigrationDeviceOptions) {
     this.model = new DeviceModel(options);
@@ -89,6 +92,7 @@ export class MigrationDevice {
     this.deviceId = options.deviceId ?? "";
     this.compress = options.compress ?? "none";
     this.#options = options;
+    this.#infoV2 = options.precopyInfoV2 === true;
   }
 
   /**
@@ -131,10 +135,14 @@ export class MigrationDevice {
    * (a stopped device does no DMA). Recorded by DMA dirty logging when a session covers it,
    * then handed to `guestMemory` if one was given.
    */
-  dmaWrite(iova: number, bytes: Uint8Array): void {
+  dmaWrite(iova: Iova, bytes: Uint8Array): void {
     this.#checkRunning("dmaWrite");
-    if (!Number.isSafeInteger(iova) || iova < 0 || !(bytes instanceof Uint8Array)) {
-      throw new MigrationError("EINVAL", "dmaWrite needs a non-negative safe-integer IOVA and a Uint8Array", { state: this.#state });
+    const at = toU64(iova);
+    if (at === undefined || !(bytes instanceof Uint8Array)) {
+      throw new MigrationError("EINVAL", "dmaWrite needs a u64 IOVA (a safe integer or a bigint) and a Uint8Array", { state: this.#state });
+    }
+    if (at + BigInt(bytes.length) > 1n << 64n) {
+      throw new MigrationError("EOVERFLOW", `a DMA write of ${bytes.length} bytes at ${at} passes the end of the 64-bit IOVA space`, { state: this.#state });
     }
     this.model.dma.record(iova, bytes.length);
     this.#options.guestMemory?.(iova, bytes);
@@ -163,7 +171,7 @@ export class MigrationDevice {
   stopCopySize(): number {
     const session = this.#session;
     if (session instanceof SavingSession) return session.pendingBytes();
-    return estimateStreamBytes(this.model, this.deviceId);
+    return estimateStreamBytes(this.model, this.deviceId, 0, this.compress === "lz4" ? sampleLz4Ratio(this.model) : 1);
   }
 
   /**
@@ -186,6 +194,22 @@ export class MigrationDevice {
       });
     }
     return this.#session.precopyInfo();
+  }
+
+  /** True once PRECOPY_INFOv2 is on (the `precopyInfoV2` option, or enablePrecopyInfoV2()). */
+  get precopyInfoV2Enabled(): boolean {
+    return this.#infoV2;
+  }
+
+  /**
+   * VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 SET: from now on PRE_COPY info is v2 (flags carry
+   * VFIO_PRECOPY_INFO_REINIT), for an open saving session too. Needs PRE_COPY (EINVAL without).
+   */
+  enablePrecopyInfoV2(): void {
+    if (!this.features.precopy) throw new MigrationError("EINVAL", "PRECOPY_INFOv2 needs a device with PRE_COPY", { state: this.#committed });
+    this.#infoV2 = true;
+    const session = this.#session;
+    if (session instanceof SavingSession && !session.closed) session.enableInfoV2();
   }
 
   /** PRECOPY_INFOv2 (opt-in with `precopyInfoV2`): only in PRE_COPY and PRE_COPY_P2P. */
@@ -315,7 +339,7 @@ export class MigrationDevice {
           const session = new SavingSession(this.model, {
             deviceId: this.deviceId,
             precopy: to !== "STOP_COPY",
-            ...(this.#options.precopyInfoV2 ? { precopyInfoV2: true } : {}),
+            ...(this.#infoV2 ? { precopyInfoV2: true } : {}),
             ...(this.#options.checksum ? { checksum: this.#options.checksum } : {}),
             ...(this.#options.maxRecordPayload ? { maxRecordPayload: this.#options.maxRecordPayload } : {}),
             compress: this.compress,
