@@ -5,33 +5,32 @@
 // and bitmap are inline in both (the adapter's byte form is vfio-user's).
 import { MigrationError } from "../../core/errors.js";
 import type { MigrationDevice } from "../../migration/v2/migration-device.js";
+import type { VfioDeviceFile } from "../../migration/vfio-bytes/index.js";
+import {
+  VFIO_DEVICE_FEATURE,
+  VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+  VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_MASK,
+  VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+  VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2,
+  VFIO_DEVICE_FEATURE_PROBE,
+  VFIO_DEVICE_FEATURE_SET,
+  VFIO_DEVICE_RESET,
+  VFIO_DEVICE_STATE_PRE_COPY,
+  VFIO_DEVICE_STATE_PRE_COPY_P2P,
+  VFIO_DEVICE_STATE_RESUMING,
+  VFIO_DEVICE_STATE_STOP_COPY,
+} from "../../migration/uapi.js";
 import type { ClientConnection } from "./connection.js";
 import { VfioUserError } from "./protocol.js";
 
-/** What the server needs of the uAPI adapter's device file (`openVfioDevice`). */
-export interface DeviceFile {
-  ioctl(request: number, arg: Uint8Array, fd?: number): Promise<number>;
-  read(fd: number, length: number): Promise<Uint8Array>;
-  write(fd: number, bytes: Uint8Array): Promise<number>;
-  close(fd: number): Promise<void>;
-}
+/** enum vfio_device_mig_state values with a data session: STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P. */
+const SESSION_STATES = new Set([VFIO_DEVICE_STATE_STOP_COPY, VFIO_DEVICE_STATE_RESUMING, VFIO_DEVICE_STATE_PRE_COPY, VFIO_DEVICE_STATE_PRE_COPY_P2P]);
 
-/** _IO(VFIO_TYPE, VFIO_BASE + 17): VFIO_DEVICE_FEATURE. */
-export const VFIO_DEVICE_FEATURE_IOCTL = 0x3b75;
-/** _IO(VFIO_TYPE, VFIO_BASE + 11): VFIO_DEVICE_RESET. */
-export const VFIO_DEVICE_RESET_IOCTL = 0x3b6f;
-export const FEATURE_MASK = 0xffff;
-export const FEATURE_GET = 1 << 16;
-export const FEATURE_SET = 1 << 17;
-export const FEATURE_PROBE = 1 << 18;
-
-const FEATURE_MIG_DEVICE_STATE = 2;
-const FEATURE_DMA_LOGGING_START = 6;
-const FEATURE_MIG_PRECOPY_INFO_V2 = 12;
-const FEATURE_DMA_LOGGING_REPORT = 8;
 /** Bytes after the 8-byte feature header that a GET of feature `index` filled in `arg`. */
 function getDataBytes(index: number, arg: Uint8Array): number {
-  if (index === FEATURE_DMA_LOGGING_REPORT && arg.length >= 32) {
+  if (index === VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT && arg.length >= 32) {
     const view = new DataView(arg.buffer, arg.byteOffset, arg.length);
     const length = view.getBigUint64(16, true);
     const pageSize = view.getBigUint64(24, true);
@@ -41,7 +40,7 @@ function getDataBytes(index: number, arg: Uint8Array): number {
   }
   // MIGRATION (flags), MIG_DEVICE_STATE (state, fd), MIG_DATA_SIZE (length): 8 bytes each;
   // PRECOPY_INFOv2: 24.
-  return index === FEATURE_MIG_PRECOPY_INFO_V2 ? 24 : 8;
+  return index === VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 ? 24 : 8;
 }
 
 /**
@@ -61,10 +60,6 @@ function withWindows(payload: Uint8Array, connection: ClientConnection): Uint8Ar
   return out;
 }
 
-const STATE_RESUMING = 4;
-/** enum vfio_device_mig_state values with a data session: STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P. */
-const SESSION_STATES = new Set([3, 4, 6, 7]);
-
 export interface MigrationMessagesOptions {
   /** The largest count of one MIG_DATA_READ / _WRITE, and of a feature's argument. */
   maxDataXferSize: number;
@@ -72,13 +67,13 @@ export interface MigrationMessagesOptions {
 
 export class MigrationMessages {
   readonly #device: MigrationDevice;
-  readonly #file: DeviceFile;
+  readonly #file: VfioDeviceFile;
   readonly #max: number;
   /** The data fd of the current session and its direction. */
   #fd: number | undefined;
   #direction: "saving" | "resuming" | undefined;
 
-  constructor(device: MigrationDevice, file: DeviceFile, options: MigrationMessagesOptions) {
+  constructor(device: MigrationDevice, file: VfioDeviceFile, options: MigrationMessagesOptions) {
     this.#device = device;
     this.#file = file;
     this.#max = options.maxDataXferSize;
@@ -90,22 +85,24 @@ export class MigrationMessages {
     const view = new DataView(payload.buffer, payload.byteOffset, payload.length);
     const argsz = view.getUint32(0, true);
     const flags = view.getUint32(4, true);
-    const index = flags & FEATURE_MASK;
-    const run = (flags & FEATURE_PROBE) === 0;
+    const index = flags & VFIO_DEVICE_FEATURE_MASK;
+    const run = (flags & VFIO_DEVICE_FEATURE_PROBE) === 0;
     // argsz is what the client accepts back; the argument is never larger than a message.
     if (argsz > this.#max + 4096) throw new VfioUserError("EINVAL", `DEVICE_FEATURE argsz ${argsz} is over ${this.#max + 4096}`);
     const request =
-      index === FEATURE_DMA_LOGGING_START && run && payload.length >= 24 && view.getUint32(16, true) === 0 ? withWindows(payload, connection) : payload;
+      index === VFIO_DEVICE_FEATURE_DMA_LOGGING_START && run && payload.length >= 24 && view.getUint32(16, true) === 0
+        ? withWindows(payload, connection)
+        : payload;
     const arg = new Uint8Array(Math.max(request.length, argsz));
     arg.set(request);
     const argView = new DataView(arg.buffer);
     argView.setUint32(0, arg.length, true);
-    const setState = index === FEATURE_MIG_DEVICE_STATE && (flags & FEATURE_SET) !== 0 && run;
+    const setState = index === VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && (flags & VFIO_DEVICE_FEATURE_SET) !== 0 && run;
     // data_fd is the device's answer, never the client's: whatever the client put there goes.
     if (setState && arg.length >= 16) argView.setInt32(12, -1, true);
     let ok = false;
     try {
-      await this.#file.ioctl(VFIO_DEVICE_FEATURE_IOCTL, arg);
+      await this.#file.ioctl(VFIO_DEVICE_FEATURE, arg);
       ok = true;
     } finally {
       if (setState) {
@@ -115,11 +112,11 @@ export class MigrationMessages {
     }
     // SET and PROBE answer with the request as the device left it (DMA_LOGGING_START's page
     // size may have changed); data_fd means nothing over vfio-user. GET adds the feature's data.
-    const length = (flags & FEATURE_GET) === 0 || !run ? request.length : Math.min(arg.length, 8 + getDataBytes(index, arg));
+    const length = (flags & VFIO_DEVICE_FEATURE_GET) === 0 || !run ? request.length : Math.min(arg.length, 8 + getDataBytes(index, arg));
     const reply = arg.slice(0, length);
     const replyView = new DataView(reply.buffer);
     replyView.setUint32(0, length, true);
-    if (index === FEATURE_MIG_DEVICE_STATE && length >= 16) replyView.setInt32(12, -1, true);
+    if (index === VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && length >= 16) replyView.setInt32(12, -1, true);
     return [reply];
   }
 
@@ -132,7 +129,7 @@ export class MigrationMessages {
     if (returnedFd >= 0 && state === requested) {
       if (this.#fd !== undefined && this.#fd !== returnedFd) await this.#closeFd();
       this.#fd = returnedFd;
-      this.#direction = state === STATE_RESUMING ? "resuming" : "saving";
+      this.#direction = state === VFIO_DEVICE_STATE_RESUMING ? "resuming" : "saving";
     } else if (!SESSION_STATES.has(state)) {
       await this.#closeFd();
     }
@@ -142,8 +139,8 @@ export class MigrationMessages {
     const arg = new Uint8Array(16);
     const view = new DataView(arg.buffer);
     view.setUint32(0, 16, true);
-    view.setUint32(4, FEATURE_GET | FEATURE_MIG_DEVICE_STATE, true);
-    await this.#file.ioctl(VFIO_DEVICE_FEATURE_IOCTL, arg);
+    view.setUint32(4, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, true);
+    await this.#file.ioctl(VFIO_DEVICE_FEATURE, arg);
     return view.getUint32(8, true);
   }
 
@@ -210,6 +207,6 @@ export class MigrationMessages {
   /** VFIO_DEVICE_RESET through the device file: any session ends, the device is back in RUNNING. */
   async reset(): Promise<void> {
     await this.#closeFd();
-    await this.#file.ioctl(VFIO_DEVICE_RESET_IOCTL, new Uint8Array(0));
+    await this.#file.ioctl(VFIO_DEVICE_RESET, new Uint8Array(0));
   }
 }

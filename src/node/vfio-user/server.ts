@@ -9,15 +9,16 @@ import { MigrationError } from "../../core/errors.js";
 import type { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { ClientConnection } from "./connection.js";
 import { DeviceHandlers } from "./handlers.js";
-import { type DeviceFile, MigrationMessages } from "./migration.js";
+import { openVfioDevice, type VfioDeviceFile } from "../../migration/vfio-bytes/index.js";
+import { MigrationMessages } from "./migration.js";
 import { PciConfigSpace, type PciIdentity } from "./pci.js";
 import { DEFAULT_MAX_DATA_XFER_SIZE, VFIO_USER_DMA_READ, VFIO_USER_DMA_WRITE } from "./protocol.js";
 
 export interface VfioUserServerOptions {
   /** The UNIX socket path; created 0600, refused if something exists there. */
   path: string;
-  /** The device's byte-level uAPI file the migration messages go to. */
-  file: DeviceFile;
+  /** The device's byte-level uAPI file the migration messages go to. Default: openVfioDevice(device). */
+  deviceFile?: VfioDeviceFile;
   /** Largest count of one data message either way (`max_data_xfer_size`). Default 1 MiB. */
   maxDataXferSize?: number;
   /** A message begun must be complete within this long, or the client is dropped. Default 10 s. */
@@ -128,7 +129,7 @@ export async function serveVfioUser(device: MigrationDevice, options: VfioUserSe
     device.model.regions.map((r) => r.size),
     options.pci,
   );
-  const migration = new MigrationMessages(device, options.file, { maxDataXferSize });
+  const migration = new MigrationMessages(device, options.deviceFile ?? openVfioDevice(device), { maxDataXferSize });
   const handlers = new DeviceHandlers(device, config, migration, {
     maxDataXferSize,
     maxDmaWindows: limits.maxDmaWindows,
