@@ -138,21 +138,49 @@ export async function serveVfioUser(device: MigrationDevice, options: VfioUserSe
     ...(options.onReset ? { onReset: options.onReset } : {}),
   });
   let current: ClientConnection | undefined;
-  const server = createServer({ allowHalfOpen: false }, (socket: Socket) => {
-    // One client at a time: a second one is hung up on at once.
-    if (current && !current.closed) {
+  /** A client that came while another was still connected (perhaps just leaving). */
+  let waiting: { socket: Socket; timer: ReturnType<typeof setTimeout> } | undefined;
+  const adopt = (socket: Socket): void => {
+    const connection = new ClientConnection(socket, limits, (c, header, payload) => handlers.dispatch(c, header, payload));
+    current = connection;
+    socket.resume();
+    void connection.whenClosed().then(() => {
+      if (current !== connection) return;
+      current = undefined;
+      // DMA logging tracked the client's guest memory, which is no longer mapped.
+      device.stopDmaLogging();
+      handlers.disconnected();
+      const next = waiting;
+      waiting = undefined;
+      if (next) {
+        clearTimeout(next.timer);
+        if (!next.socket.destroyed) adopt(next.socket);
+      }
+    });
+  };
+  const server = createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket: Socket) => {
+    socket.on("error", () => socket.destroy());
+    if (!current || current.closed) {
+      adopt(socket);
+      return;
+    }
+    // One client at a time. A client reconnecting may arrive before its old connection's end
+    // is seen here, so one newcomer waits (unread) for the current client to go, up to the
+    // message deadline; any other is hung up on at once.
+    if (waiting) {
       socket.destroy();
       return;
     }
-    const connection = new ClientConnection(socket, limits, (c, header, payload) => handlers.dispatch(c, header, payload));
-    current = connection;
-    void connection.whenClosed().then(() => {
-      if (current === connection) {
-        current = undefined;
-        // DMA logging tracked the client's guest memory, which is no longer mapped.
-        device.stopDmaLogging();
-        handlers.disconnected();
-      }
+    const timer = setTimeout(() => {
+      if (waiting?.socket !== socket) return;
+      waiting = undefined;
+      socket.destroy();
+    }, limits.messageTimeoutMs);
+    waiting = { socket, timer };
+    socket.once("close", () => {
+      if (waiting?.socket !== socket) return;
+      clearTimeout(timer);
+      waiting = undefined;
     });
   });
   const inode = await bindPrivate(server, options.path);
@@ -196,6 +224,11 @@ export async function serveVfioUser(device: MigrationDevice, options: VfioUserSe
     async close() {
       if (closed) return;
       closed = true;
+      if (waiting) {
+        clearTimeout(waiting.timer);
+        waiting.socket.destroy();
+        waiting = undefined;
+      }
       current?.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       // Remove the socket only if it is still the one made here.

@@ -2,26 +2,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MigrationError } from "../../../src/core/errors.js";
 import type { MigrationDevice } from "../../../src/migration/v2/migration-device.js";
-import type { DeviceFile } from "../../../src/node/vfio-user/migration.js";
 import { serveVfioUser, type VfioUserServer, type VfioUserServerOptions } from "../../../src/node/vfio-user/server.js";
-
-/** Until the uAPI adapter is merged: the device file's reset only. */
-function resetOnlyFile(device: MigrationDevice): DeviceFile {
-  return {
-    ioctl: async (request) => {
-      if (request === 0x3b6f) {
-        device.reset();
-        return 0;
-      }
-      throw new MigrationError("EINVAL", "not available before the uAPI adapter");
-    },
-    read: () => Promise.reject(new MigrationError("EINVAL", "no fd")),
-    write: () => Promise.reject(new MigrationError("EINVAL", "no fd")),
-    close: () => Promise.resolve(),
-  };
-}
 
 export interface Served {
   server: VfioUserServer;
@@ -33,7 +15,7 @@ export interface Served {
 export async function serve(device: MigrationDevice, options: Partial<VfioUserServerOptions> = {}): Promise<Served> {
   const dir = mkdtempSync(join(tmpdir(), "vfu-"));
   const path = join(dir, "dev.sock");
-  const server = await serveVfioUser(device, { path, file: resetOnlyFile(device), ...options });
+  const server = await serveVfioUser(device, { path, ...options });
   return {
     server,
     path,

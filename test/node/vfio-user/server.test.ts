@@ -217,18 +217,18 @@ describe("vfio-user server: reset, clients, socket", () => {
     expect((await client.regionRead(7, 4, 2)).readUInt16LE(0)).toBe(0);
   });
 
-  it("one client at a time; after a disconnect the device is as it was and a new client negotiates afresh", async () => {
+  it("one client at a time (one more may wait); after a disconnect the device is as it was and the next client negotiates afresh", async () => {
     const { client, device, served } = await setup();
     await client.version();
     await client.regionWrite(1, 0, Buffer.from("kept"));
     await client.dmaMap(0x1000, 0x1000);
-    const second = await TestClient.connect(served.path);
-    await second.closed(); // hung up on at once
-    await client.close();
-    await until(() => !served.server.connected);
-    await device.setState("STOP");
+    // A second client waits for the first to leave; a third is hung up on at once.
     const third = await TestClient.connect(served.path);
     clients.push(third);
+    const fourth = await TestClient.connect(served.path);
+    await fourth.closed();
+    await device.setState("STOP");
+    await client.close();
     await expectErrno(third.deviceInfo(), "EINVAL");
     await third.version();
     expect((await third.regionRead(1, 0, 4)).toString()).toBe("kept");
