@@ -6,7 +6,7 @@ import { connect } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { MigrationDevice } from "../../../src/migration/v2/migration-device.js";
 import { CMD, ReplyError, TestClient } from "./client.js";
-import { type Served, serve, until } from "./helpers.js";
+import { type Served, serve } from "./helpers.js";
 
 const REGIONS = [
   { name: "regs", size: 256 },
