@@ -31,8 +31,21 @@ export interface ConnectionLimits {
   maxDmaWindows: number;
 }
 
-/** Runs one client command; returns the reply payload (in parts, written back to back). */
-export type Dispatch = (connection: ClientConnection, header: Header, payload: Uint8Array) => Promise<readonly Uint8Array[]> | readonly Uint8Array[];
+/**
+ * A reply payload in parts, written back to back; `sent` runs once the socket has taken the
+ * parts (their memory may then be reused), or the connection is gone.
+ */
+export interface Reply {
+  parts: readonly Uint8Array[];
+  sent?: () => void;
+}
+
+/** Runs one client command; returns its reply payload. */
+export type Dispatch = (
+  connection: ClientConnection,
+  header: Header,
+  payload: Uint8Array,
+) => Promise<readonly Uint8Array[] | Reply> | readonly Uint8Array[] | Reply;
 
 interface Queued {
   header: Header;
@@ -178,7 +191,7 @@ export class ClientConnection {
         const { header, payload } = this.#queue.shift()!;
         this.#queuedBytes -= header.size;
         if (this.#queuedBytes <= this.#limits.maxMessageSize) this.socket.resume();
-        let reply: readonly Uint8Array[];
+        let reply: readonly Uint8Array[] | Reply;
         try {
           if ((header.flags & FLAG_TYPE_MASK) !== TYPE_COMMAND)
             throw new VfioUserError("EINVAL", `message type ${header.flags & FLAG_TYPE_MASK} is neither command nor reply`);
@@ -187,10 +200,16 @@ export class ClientConnection {
           if ((header.flags & FLAG_NO_REPLY) === 0) this.#sendError(header, error);
           continue;
         }
-        if ((header.flags & FLAG_NO_REPLY) !== 0 || this.#closed) continue;
-        const size = HEADER_SIZE + reply.reduce((n, p) => n + p.length, 0);
-        this.#write({ msgId: header.msgId, command: header.command, size, flags: TYPE_REPLY, error: 0 }, reply);
-        if (this.socket.writableNeedDrain) await this.#drained();
+        const { parts, sent } = Array.isArray(reply) ? { parts: reply as readonly Uint8Array[], sent: undefined } : (reply as Reply);
+        if ((header.flags & FLAG_NO_REPLY) !== 0 || this.#closed) {
+          sent?.();
+          continue;
+        }
+        const size = HEADER_SIZE + parts.reduce((n, p) => n + p.length, 0);
+        this.#write({ msgId: header.msgId, command: header.command, size, flags: TYPE_REPLY, error: 0 }, parts, sent);
+        // Backpressure with slack: the next command runs while up to two large replies are
+        // still on their way out, so producing a reply overlaps sending the previous one.
+        if (this.socket.writableLength > 2 * this.#limits.maxMessageSize) await this.#drained();
       }
     } finally {
       this.#running = false;
@@ -214,13 +233,19 @@ export class ClientConnection {
     this.#write({ msgId: header.msgId, command: header.command, size: HEADER_SIZE, flags: TYPE_REPLY | FLAG_ERROR, error: errnoOf(error) }, []);
   }
 
-  #write(header: Header, parts: readonly Uint8Array[]): void {
-    if (this.#closed || this.socket.destroyed) return;
+  #write(header: Header, parts: readonly Uint8Array[], sent?: () => void): void {
+    if (this.#closed || this.socket.destroyed) {
+      sent?.();
+      return;
+    }
     const head = new Uint8Array(HEADER_SIZE);
     writeHeader(head, header);
     this.socket.cork();
     this.socket.write(head);
     for (const part of parts) if (part.length > 0) this.socket.write(part);
+    // The callback of the last write runs once everything before it was handed over too (or
+    // with an error when the socket failed): either way the parts are no longer needed.
+    this.socket.write(new Uint8Array(0), sent ? () => sent() : undefined);
     this.socket.uncork();
   }
 

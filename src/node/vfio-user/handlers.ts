@@ -2,7 +2,7 @@
 // interrupt info, region access (config space and the BARs over the device's regions), DMA
 // windows, reset, and the migration messages (migration.ts).
 import type { MigrationDevice } from "../../migration/v2/migration-device.js";
-import type { ClientConnection } from "./connection.js";
+import type { ClientConnection, Reply } from "./connection.js";
 import { DMA_UNMAP_FLAG_ALL, DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, u64 } from "./dma.js";
 import type { MigrationMessages } from "./migration.js";
 import { PCI_CONFIG_SIZE, type PciConfigSpace, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS } from "./pci.js";
@@ -85,7 +85,7 @@ export class DeviceHandlers {
     this.#intxMasked = false;
   }
 
-  dispatch(connection: ClientConnection, header: Header, payload: Uint8Array): Promise<readonly Uint8Array[]> | readonly Uint8Array[] {
+  dispatch(connection: ClientConnection, header: Header, payload: Uint8Array): Promise<readonly Uint8Array[] | Reply> | readonly Uint8Array[] | Reply {
     if (header.command === VFIO_USER_VERSION) return this.#version(connection, payload);
     if (!connection.negotiated) throw new VfioUserError("EINVAL", `command ${header.command} before VERSION`);
     switch (header.command) {

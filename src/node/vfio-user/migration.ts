@@ -22,7 +22,8 @@ import {
   VFIO_DEVICE_STATE_RESUMING,
   VFIO_DEVICE_STATE_STOP_COPY,
 } from "../../migration/uapi.js";
-import type { ClientConnection } from "./connection.js";
+import { SavingSession } from "../../migration/saving-session.js";
+import type { ClientConnection, Reply } from "./connection.js";
 import { VfioUserError } from "./protocol.js";
 
 /** enum vfio_device_mig_state values with a data session: STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P. */
@@ -152,7 +153,7 @@ export class MigrationMessages {
   }
 
   /** VFIO_USER_MIG_DATA_READ: { argsz, size } -> { argsz, size, data }. */
-  async read(payload: Uint8Array): Promise<Uint8Array[]> {
+  async read(payload: Uint8Array): Promise<Reply> {
     if (payload.length < 8) throw new VfioUserError("EINVAL", `MIG_DATA_READ needs 8 bytes, got ${payload.length}`);
     const view = new DataView(payload.buffer, payload.byteOffset, payload.length);
     const argsz = view.getUint32(0, true);
@@ -182,7 +183,11 @@ export class MigrationMessages {
     const headView = new DataView(head.buffer);
     headView.setUint32(0, 8 + got, true);
     headView.setUint32(4, got, true);
-    return [head, ...parts];
+    // Once the socket has the bytes, the session may reuse their memory for later stream
+    // bytes (read() hands out its own buffers; memory never given back is fresh each time).
+    const session = this.#device.session;
+    const sent = session instanceof SavingSession ? () => parts.forEach((p) => session.release(p)) : undefined;
+    return { parts: [head, ...parts], ...(sent ? { sent } : {}) };
   }
 
   /** VFIO_USER_MIG_DATA_WRITE: { argsz, size, data }; no reply payload. */
