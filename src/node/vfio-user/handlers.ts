@@ -47,6 +47,7 @@ export interface HandlerOptions {
   minLogPageSize: number;
   maxLogPageSize: number;
   onReset?: () => void;
+  onRegionWrite?: (region: number, offset: number, bytes: Uint8Array) => void | Promise<void>;
 }
 
 function payloadView(payload: Uint8Array, least: number, what: string): DataView {
@@ -284,7 +285,7 @@ export class DeviceHandlers {
     return [payload.slice(0, 16), data];
   }
 
-  #regionWrite(payload: Uint8Array): Uint8Array[] {
+  async #regionWrite(payload: Uint8Array): Promise<Uint8Array[]> {
     const view = payloadView(payload, 16, "REGION_WRITE");
     const { region, offset, count } = this.#access(view, payload.length - 16, "REGION_WRITE");
     const data = payload.subarray(16, 16 + count);
@@ -292,7 +293,11 @@ export class DeviceHandlers {
     else {
       // The device's own write (refused while it is stopped: a stopped device does not change).
       const size = this.#device.model.regions[region]!.size;
-      if (offset < size) this.#device.write(region, offset, data.subarray(0, Math.min(count, size - offset)));
+      if (offset < size) {
+        const landed = data.subarray(0, Math.min(count, size - offset));
+        this.#device.write(region, offset, landed);
+        await this.#options.onRegionWrite?.(region, offset, landed);
+      }
     }
     return [payload.slice(0, 16)];
   }

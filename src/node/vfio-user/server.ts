@@ -31,6 +31,13 @@ export interface VfioUserServerOptions {
   pci?: PciIdentity;
   /** Called after VFIO_USER_DEVICE_RESET reset the migration state and config space. */
   onReset?: () => void;
+  /**
+   * The device's reaction to a REGION_WRITE into one of its BARs (a doorbell, a command
+   * register), called after the bytes landed in region `region` (the device's region index).
+   * The reply waits for it; it may do DMA through the server. A throw is an error reply
+   * (a MigrationError's code as the errno, EIO otherwise).
+   */
+  onRegionWrite?: (region: number, offset: number, bytes: Uint8Array) => void | Promise<void>;
 }
 
 export interface VfioUserServer {
@@ -136,6 +143,7 @@ export async function serveVfioUser(device: MigrationDevice, options: VfioUserSe
     minLogPageSize: device.model.dma.minPageSize,
     maxLogPageSize: device.model.dma.maxPageSize,
     ...(options.onReset ? { onReset: options.onReset } : {}),
+    ...(options.onRegionWrite ? { onRegionWrite: options.onRegionWrite } : {}),
   });
   let current: ClientConnection | undefined;
   /** A client that came while another was still connected (perhaps just leaving). */

@@ -19,7 +19,7 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await s.close();
 });
 
-async function device(options: { maxDataXferSize?: number } = {}): Promise<{ device: MigrationDevice; client: TestClient; served: Served }> {
+async function device(options: Parameters<typeof serve>[1] = {}): Promise<{ device: MigrationDevice; client: TestClient; served: Served }> {
   const d = new MigrationDevice({ regions: REGIONS, deviceId: "vfu-test" });
   const served = await serve(d, options);
   servers.push(served);
@@ -259,5 +259,40 @@ describe("DMA logging over vfio-user", () => {
     expect((await client.feature(FEATURE.GET | FEATURE.DMA_LOGGING_REPORT, req, 40)).readBigUInt64LE(24)).toBe(2n);
     await client.setState(STATE.STOP);
     await expect(served.server.dmaWrite(0x21000, Buffer.alloc(8))).rejects.toMatchObject({ code: "EINVAL" });
+  });
+
+  it("a doorbell: the device's reaction to a REGION_WRITE does DMA before the write is answered, and logging sees it", async () => {
+    let served: Served | undefined;
+    const ring = 0x8000_0000;
+    const { client, served: s } = await device({
+      onRegionWrite: async (region, offset, bytes) => {
+        if (region !== 0 || offset !== 0 || bytes.length !== 4) return;
+        const slot = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+        const descriptor = Buffer.alloc(16);
+        descriptor.writeUInt32LE((0xd0d0_0000 | slot) >>> 0, 0);
+        await served!.server.dmaWrite(ring + slot * 4096, descriptor);
+      },
+    });
+    served = s;
+    const guest = await client.dmaMap(ring, 16 * 4096);
+    const start = Buffer.alloc(32);
+    start.writeBigUInt64LE(4096n, 0);
+    start.writeUInt32LE(1, 8);
+    start.writeBigUInt64LE(BigInt(ring), 16);
+    start.writeBigUInt64LE(BigInt(16 * 4096), 24);
+    await client.feature(FEATURE.SET | FEATURE.DMA_LOGGING_START, start);
+    const doorbell = Buffer.alloc(4);
+    doorbell.writeUInt32LE(3, 0);
+    await client.regionWrite(0, 0, doorbell);
+    // Answered only after the descriptor was in guest memory.
+    expect(guest.readUInt32LE(3 * 4096)).toBe(0xd0d0_0003);
+    const req = Buffer.alloc(24);
+    req.writeBigUInt64LE(BigInt(ring), 0);
+    req.writeBigUInt64LE(BigInt(16 * 4096), 8);
+    req.writeBigUInt64LE(4096n, 16);
+    expect((await client.feature(FEATURE.GET | FEATURE.DMA_LOGGING_REPORT, req, 40)).readBigUInt64LE(24)).toBe(1n << 3n);
+    // A reaction that fails is an error reply with its code.
+    doorbell.writeUInt32LE(99, 0); // outside the mapped ring
+    expect(await errnoOf(client.regionWrite(0, 0, doorbell))).toBe("EINVAL");
   });
 });
