@@ -63,5 +63,8 @@ describe("migstream vfio-user", () => {
     const missing = await run(["vfio-user"]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/--socket/);
+    const help = await run(["vfio-user", "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout.toString()).toMatch(/Examples:\n {2}migstream vfio-user --socket/);
   });
 });
