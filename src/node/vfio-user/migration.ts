@@ -13,7 +13,6 @@ import {
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_MASK,
   VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-  VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2,
   VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_RESET,
@@ -39,9 +38,8 @@ function getDataBytes(index: number, arg: Uint8Array): number {
     const pages = (length + pageSize - 1n) / pageSize;
     return 24 + Number(((pages + 63n) / 64n) * 8n);
   }
-  // MIGRATION (flags), MIG_DEVICE_STATE (state, fd), MIG_DATA_SIZE (length): 8 bytes each;
-  // PRECOPY_INFOv2: 24.
-  return index === VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 ? 24 : 8;
+  // MIGRATION (flags), MIG_DEVICE_STATE (state, fd), MIG_DATA_SIZE (length): 8 bytes each.
+  return 8;
 }
 
 /**
