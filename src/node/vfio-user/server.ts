@@ -84,7 +84,9 @@ function listen(server: Server, path: string): Promise<void> {
  * path). Returns the inode, so that close removes only this socket.
  */
 async function bindPrivate(server: Server, path: string): Promise<number> {
-  const dir = await mkdtemp(join(dirname(path), ".vfio-user-"));
+  const dir = await mkdtemp(join(dirname(path), ".vfio-user-")).catch((error: unknown) => {
+    throw new MigrationError("EIO", `cannot create a socket beside ${path}: ${(error as Error).message}`, { cause: error });
+  });
   const temp = join(dir, "s");
   try {
     if (Buffer.byteLength(temp) > MAX_SOCKET_PATH || Buffer.byteLength(path) > MAX_SOCKET_PATH) {

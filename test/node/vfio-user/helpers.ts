@@ -15,7 +15,10 @@ export interface Served {
 export async function serve(device: MigrationDevice, options: Partial<VfioUserServerOptions> = {}): Promise<Served> {
   const dir = mkdtempSync(join(tmpdir(), "vfu-"));
   const path = join(dir, "dev.sock");
-  const server = await serveVfioUser(device, { path, ...options });
+  const server = await serveVfioUser(device, { path, ...options }).catch((error: unknown) => {
+    rmSync(dir, { recursive: true, force: true });
+    throw error;
+  });
   return {
     server,
     path,

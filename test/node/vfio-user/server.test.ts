@@ -3,6 +3,7 @@
 // windows and the server's DMA to the client, reset, one client at a time, and the socket file.
 import { existsSync, statSync } from "node:fs";
 import { connect } from "node:net";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { MigrationDevice } from "../../../src/migration/v2/migration-device.js";
 import { CMD, ReplyError, TestClient } from "./client.js";
@@ -263,6 +264,7 @@ describe("vfio-user server: reset, clients, socket", () => {
     expect(statSync(served.path).mode & 0o777).toBe(0o600);
     const device = new MigrationDevice({ regions: REGIONS });
     await expect(serve(device, { path: served.path })).rejects.toMatchObject({ code: "EINVAL" });
+    await expect(serve(device, { path: join(served.dir, "missing", "dev.sock") })).rejects.toMatchObject({ code: "EIO" });
     await served.server.close();
     expect(existsSync(served.path)).toBe(false);
     await new Promise<void>((resolve) => {
