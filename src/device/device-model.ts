@@ -20,13 +20,31 @@ export interface StagedContent {
   readonly length: number;
   /** Makes this the content of the region whose block is `current`; returns the block that holds it now. */
   install(current: CoreBuffer): CoreBuffer;
+  /** Copies the content into `out` (`base` supplies what a copy-on-write staging never wrote). */
+  copyTo(out: Uint8Array, base: Uint8Array | undefined): void;
   free(): void;
 }
 
 export type DirtyTracking = "explicit" | "shadow" | "hash";
 
+/**
+ * A region whose bytes live in the embedder's own memory: a Uint8Array over an ArrayBuffer, a
+ * SharedArrayBuffer or another module's WebAssembly.Memory. migstream keeps only its dirty
+ * marks; the bytes are read and written through bounded windows, never moved into migstream.
+ */
+export interface MemoryRegionSpec {
+  name: string;
+  memory: Uint8Array;
+}
+
+/** A region of a device: one migstream allocates ({ name, size }) or one over the embedder's memory. */
+export type DeviceRegionSpec = RegionSpec | MemoryRegionSpec;
+
+/** Bytes copied into core memory at a time for work on a region outside it. */
+const WINDOW_BYTES = 1 << 20;
+
 export interface DeviceModelOptions {
-  regions: readonly RegionSpec[];
+  regions: readonly DeviceRegionSpec[];
   /** Page size for tracking and streams (power of two, 64 to 1 MiB). Default 4096. */
   pageSize?: number;
   /** Default "explicit". */
@@ -41,7 +59,9 @@ export class TrackedRegion {
   readonly size: number;
   readonly pages: number;
   readonly bitmapBytes: number;
-  data: CoreBuffer;
+  /** The embedder's bytes, for a region over its memory (undefined: the bytes are in `data`). */
+  readonly memory: Uint8Array | undefined;
+  #data: CoreBuffer | undefined;
   /** Pages changed since they were last sent (explicit: set by writes; hash: set by scans). */
   readonly pending: CoreBuffer;
   readonly shadow: CoreBuffer | undefined;
@@ -49,28 +69,76 @@ export class TrackedRegion {
   /** Throwaway bitmap for scans whose result is not kept. */
   readonly scratch: CoreBuffer;
 
-  constructor(spec: RegionSpec, pageSize: number, tracking: DirtyTracking) {
+  constructor(spec: DeviceRegionSpec, pageSize: number, tracking: DirtyTracking) {
     this.name = spec.name;
-    this.size = spec.size;
-    this.pages = Math.ceil(spec.size / pageSize);
+    this.memory = "memory" in spec ? spec.memory : undefined;
+    this.size = this.memory ? this.memory.length : (spec as RegionSpec).size;
+    this.pages = Math.ceil(this.size / pageSize);
     this.bitmapBytes = Math.ceil(this.pages / 8);
+    const external = this.memory !== undefined;
     const buffers = allocating((alloc) => ({
-      data: alloc(spec.size, true),
+      data: external ? undefined : alloc(this.size, true),
       pending: alloc(this.bitmapBytes, true),
       scratch: alloc(this.bitmapBytes),
       // Shadow and hashes start unspecified: the first pass sends every page and sets them.
-      shadow: tracking === "shadow" ? alloc(spec.size) : undefined,
+      shadow: tracking === "shadow" ? alloc(this.size) : undefined,
       hashes: tracking === "hash" ? alloc(this.pages * 8) : undefined,
     }));
-    this.data = buffers.data;
+    this.#data = buffers.data;
     this.pending = buffers.pending;
     this.scratch = buffers.scratch;
     this.shadow = buffers.shadow;
     this.hashes = buffers.hashes;
   }
 
+  /** The region's block of core memory; EINVAL for a region over the embedder's memory. */
+  get data(): CoreBuffer {
+    if (!this.#data) throw new MigrationError("EINVAL", `region ${JSON.stringify(this.name)} lives in the embedder's memory, not in core memory`);
+    return this.#data;
+  }
+
+  set data(block: CoreBuffer) {
+    this.#data = block;
+  }
+
+  /** The region's bytes, wherever they live (a view into core memory: take it again after allocating). */
+  get bytes(): Uint8Array {
+    const memory = this.memory;
+    if (!memory) return this.data.bytes;
+    // A WebAssembly.Memory that grew detaches the views over its old buffer.
+    if (memory.length !== this.size) {
+      throw new MigrationError(
+        "EINVAL",
+        `the memory of region ${JSON.stringify(this.name)} no longer has its ${this.size} bytes (detached, or a WebAssembly.Memory grew)`,
+      );
+    }
+    return memory;
+  }
+
+  /**
+   * Runs `fn(ptr, offset, length)` over bytes [offset, offset + length) of the region in core
+   * memory: once over the block itself, or, for the embedder's memory, over windows of 1 MiB
+   * (and a whole number of bitmap bytes of pages) copied into the core's scratch block.
+   */
+  inCore(pageSize: number, fn: (ptr: number, offset: number, length: number) => void, from = 0, to = this.size): void {
+    if (!this.memory) {
+      if (to > from) fn(this.data.ptr + from, from, to - from);
+      return;
+    }
+    const bytes = this.bytes;
+    const window = Math.max(WINDOW_BYTES, pageSize * 8);
+    guarded((c) => {
+      const at = c.scratch(Math.min(window, to - from));
+      for (let offset = from; offset < to; offset += window) {
+        const length = Math.min(window, to - offset);
+        c.u8.set(bytes.subarray(offset, offset + length), at);
+        fn(at, offset, length);
+      }
+    });
+  }
+
   free(): void {
-    for (const b of [this.data, this.pending, this.scratch, this.shadow, this.hashes]) b?.free();
+    for (const b of [this.#data, this.pending, this.scratch, this.shadow, this.hashes]) b?.free();
   }
 }
 
@@ -84,12 +152,24 @@ export class DeviceModel {
   readonly #index = new Map<string, number>();
 
   constructor(options: DeviceModelOptions) {
-    validateRegions(options.regions);
+    if (!Array.isArray(options.regions)) throw new MigrationError("EINVAL", "regions must be an array");
+    const external = options.regions.some((spec) => spec !== null && typeof spec === "object" && "memory" in spec);
+    options.regions.forEach((spec, i) => {
+      if (spec !== null && typeof spec === "object" && "memory" in spec && !(spec.memory instanceof Uint8Array)) {
+        throw new MigrationError("EINVAL", `region ${i} (${JSON.stringify(spec.name)}): memory must be a Uint8Array`);
+      }
+    });
+    validateRegions(options.regions.map((spec) => ("memory" in spec ? { name: spec.name, size: spec.memory.length } : spec)));
     this.pageSize = options.pageSize ?? 4096;
     validatePageSize(this.pageSize);
     this.tracking = options.tracking ?? "explicit";
     if (!["explicit", "shadow", "hash"].includes(this.tracking)) {
       throw new MigrationError("EINVAL", `unknown dirty tracking mode ${JSON.stringify(this.tracking)}`);
+    }
+    // Shadow and hash tracking scan the bytes on every look; over the embedder's memory the
+    // embedder knows what it changed (markDirty), and a scan would copy everything each time.
+    if (external && this.tracking !== "explicit") {
+      throw new MigrationError("EINVAL", `regions over the embedder's memory need explicit dirty tracking (markDirty), not ${this.tracking}`);
     }
     this.#core = core();
     this.dma = new DmaLogging(options.dmaLogging);
@@ -126,14 +206,14 @@ export class DeviceModel {
 
   /** The current bytes of a region: a view into core memory (take it again after allocating). */
   view(region: number | string): Uint8Array {
-    return this.regions[this.regionIndex(region)]!.data.bytes;
+    return this.regions[this.regionIndex(region)]!.bytes;
   }
 
   /** Writes bytes into a region and, with explicit tracking, marks their pages dirty. */
   write(region: number | string, offset: number, bytes: Uint8Array): void {
     const r = this.regions[this.regionIndex(region)]!;
     this.#checkRange(r, offset, bytes.length);
-    r.data.bytes.set(bytes, offset);
+    r.bytes.set(bytes, offset);
     if (this.tracking === "explicit") this.#mark(r, offset, bytes.length);
   }
 
@@ -214,7 +294,16 @@ export class DeviceModel {
     });
     this.regions.forEach((r, i) => {
       const next = contents[i]!;
-      if (next instanceof CoreBuffer) {
+      if (r.memory) {
+        // The embedder's memory keeps its place: the new content is copied into it.
+        if (next instanceof CoreBuffer) {
+          r.bytes.set(next.bytes);
+          next.free();
+        } else {
+          next.copyTo(r.bytes, r.bytes);
+          next.free();
+        }
+      } else if (next instanceof CoreBuffer) {
         r.data.free();
         r.data = next;
       } else {
@@ -230,7 +319,7 @@ export class DeviceModel {
       const state = c.alloc(c.exports.xxh3_state_size());
       try {
         c.exports.xxh3_reset(state, 0n);
-        for (const r of this.regions) c.exports.xxh3_update(state, r.data.ptr, r.size);
+        for (const r of this.regions) r.inCore(this.pageSize, (ptr, _offset, length) => c.exports.xxh3_update(state, ptr, length));
         return BigInt.asUintN(64, c.exports.xxh3_digest(state));
       } finally {
         c.free(state);
@@ -243,7 +332,7 @@ export class DeviceModel {
     const out = new Uint8Array(this.size);
     let at = 0;
     for (const r of this.regions) {
-      out.set(r.data.bytes, at);
+      out.set(r.bytes, at);
       at += r.size;
     }
     return out;

@@ -58,6 +58,9 @@ export interface DmaLoggingOptions {
 interface TrackedRange {
   readonly start: bigint;
   readonly end: bigint;
+  /** start and end as numbers (exact when the session is `#safe`). */
+  readonly startN: number;
+  readonly endN: number;
   readonly pages: number;
   readonly bitmap: CoreBuffer;
 }
@@ -121,6 +124,8 @@ export class DmaLogging {
   readonly maxBitmapBytes: number;
   #ranges: TrackedRange[] | undefined;
   #pageSize = 0;
+  /** Every tracked bound is a safe integer: number IOVAs are recorded without bigints. */
+  #safe = false;
 
   constructor(options: DmaLoggingOptions = {}) {
     this.minPageSize = options.minPageSize ?? 4096;
@@ -193,7 +198,7 @@ export class DmaLogging {
     try {
       for (const p of planned) {
         const pages = Number(p.pages);
-        tracked.push({ start: p.start, end: p.end, pages, bitmap: new CoreBuffer(Math.ceil(pages / 8), true) });
+        tracked.push({ start: p.start, end: p.end, startN: Number(p.start), endN: Number(p.end), pages, bitmap: new CoreBuffer(Math.ceil(pages / 8), true) });
       }
     } catch (error) {
       for (const t of tracked) t.bitmap.free();
@@ -201,6 +206,7 @@ export class DmaLogging {
     }
     this.#ranges = tracked;
     this.#pageSize = used;
+    this.#safe = tracked.every((t) => t.end <= BigInt(Number.MAX_SAFE_INTEGER));
     return { pageSize: used };
   }
 
@@ -218,6 +224,20 @@ export class DmaLogging {
   record(iova: Iova, length: number): void {
     const ranges = this.#ranges;
     if (!ranges || length <= 0) return;
+    if (typeof iova === "number" && this.#safe && Number.isSafeInteger(iova + length)) {
+      // The common case, every bound a safe integer: number arithmetic, no bigint per write.
+      const end = iova + length;
+      const size = this.#pageSize;
+      const setRange = core().exports.bitmap_set_range;
+      for (const r of ranges) {
+        if (r.endN <= iova || r.startN >= end) continue;
+        const base = Math.floor(r.startN / size);
+        const first = Math.floor(Math.max(iova, r.startN) / size) - base;
+        const last = Math.floor((Math.min(end, r.endN) - 1) / size) - base;
+        setRange(r.bitmap.ptr, first, last - first + 1);
+      }
+      return;
+    }
     const from = typeof iova === "bigint" ? iova : BigInt(iova);
     const end = from + BigInt(length);
     const size = BigInt(this.#pageSize);

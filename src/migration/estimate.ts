@@ -37,10 +37,13 @@ export function sampleLz4Ratio(device: DeviceModel): number {
     const offset = Math.floor(at / pageSize) * pageSize;
     const length = Math.min(window, region.size - offset);
     if (length <= 0) continue;
-    const zeroPages = guarded(() => core().exports.scan_zero(region.data.ptr + offset, length, pageSize, region.scratch.ptr) >>> 0);
+    let zeroPages = 0;
+    guarded(() =>
+      region.inCore(pageSize, (ptr, _at, n) => (zeroPages += core().exports.scan_zero(ptr, n, pageSize, region.scratch.ptr) >>> 0), offset, offset + length),
+    );
     const nonZero = Math.max(0, length - zeroPages * pageSize);
     if (nonZero === 0) continue;
-    const block = lz4CompressBlock(region.data.bytes.subarray(offset, offset + length));
+    const block = lz4CompressBlock(region.bytes.subarray(offset, offset + length));
     // The encoder sends a run raw when LZ4 does not make it smaller.
     packed += Math.min(nonZero, block.length + RECORD_OVERHEAD);
     content += nonZero;

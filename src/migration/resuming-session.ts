@@ -21,7 +21,11 @@ export class ResumingSession {
     // An incremental stream was made against the device's current content: staging copies it
     // on write, chunk by chunk, and commit copies back only what changed. A full stream never
     // reads it (it must deliver every page): its staging is swapped in whole at commit.
-    this.#target = new MemoryTarget((i) => device.regions[i]!.data);
+    // A region over the embedder's memory is a base outside core memory: read once into staging.
+    this.#target = new MemoryTarget((i) => {
+      const region = device.regions[i]!;
+      return region.memory ? region.bytes : region.data;
+    });
     this.#decoder = new StreamDecoder(this.#target, {
       deviceId: options.deviceId,
       regions: device.layout,

@@ -68,7 +68,8 @@ export function estimateStreamBytes(device: DeviceModel, deviceId: string, confi
   const scan = core().exports.scan_zero;
   for (const r of device.regions) {
     bytes += 2 + utf8.encode(r.name).length + 8;
-    const zero = guarded(() => scan(r.data.ptr, r.size, device.pageSize, r.scratch.ptr) >>> 0);
+    let zero = 0;
+    guarded(() => r.inCore(device.pageSize, (ptr, _offset, length) => (zero += scan(ptr, length, device.pageSize, r.scratch.ptr) >>> 0)));
     bytes += Math.ceil((r.pages - zero) * device.pageSize * ratio) + RECORD_OVERHEAD;
   }
   return bytes + (configBytes > 0 ? RECORD_OVERHEAD + configBytes : 0) + RECORD_OVERHEAD + END_PAYLOAD;
@@ -270,10 +271,25 @@ export class SavingSession {
    * Settles when read() would not throw ENOMSG: data is available, the stream has ended or the
    * session is closed (the uAPI's poll() after ENOMSG). Changes made through the device (write,
    * markDirty, dmaWrite) wake it; a change made behind the device's back needs `changed()`.
+   * `signal` gives up the wait: the promise rejects with ECANCELED and the waiter is removed.
    */
-  whenReadable(): Promise<void> {
+  whenReadable(signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(new MigrationError("ECANCELED", "whenReadable aborted", { cause: signal.reason }));
     if (this.#readable()) return Promise.resolve();
-    return new Promise((resolve) => this.#readableWaiters.push(resolve));
+    return new Promise((resolve, reject) => {
+      const wake = (): void => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      // An abandoned wait leaves no waiter behind (a poll loop with a deadline runs many).
+      const onAbort = (): void => {
+        const at = this.#readableWaiters.indexOf(wake);
+        if (at >= 0) this.#readableWaiters.splice(at, 1);
+        reject(new MigrationError("ECANCELED", "whenReadable aborted", { cause: signal?.reason }));
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#readableWaiters.push(wake);
+    });
   }
 
   /** The device's state may have changed: wakes whenReadable() waiters that now have data. */
@@ -452,7 +468,12 @@ export class SavingSession {
       for (const b of zero) b.free();
       throw error;
     }
-    guarded((c) => device.regions.forEach((r, i) => c.exports.scan_zero(r.data.ptr, r.size, device.pageSize, zero[i]!.ptr)));
+    guarded((c) =>
+      device.regions.forEach((r, i) =>
+        // Windows are whole bitmap bytes of pages: each writes its own bytes of the bitmap.
+        r.inCore(device.pageSize, (ptr, offset, length) => c.exports.scan_zero(ptr, length, device.pageSize, zero[i]!.ptr + offset / device.pageSize / 8)),
+      ),
+    );
     this.#zeroPages = zero;
     return zero;
   }
@@ -531,7 +552,8 @@ export class SavingSession {
     if (count > 0) {
       const offset = first * pageSize;
       const end = Math.min(region.size, (first + count) * pageSize);
-      const data = region.data.bytes.subarray(offset, end);
+      // Over the embedder's memory the encoder stages the window into core memory itself.
+      const data = region.bytes.subarray(offset, end);
       const selected = pass.selected[pass.region];
       const dirty = selected?.bytes.subarray(first / 8, Math.ceil((first + count) / 8));
       const shadow = region.shadow?.bytes.subarray(offset, end);

@@ -9,7 +9,9 @@ import { type DmaLoggingReport, type DmaLoggingStart, type Iova, toU64 } from ".
 import { estimateStreamBytes, type PrecopyInfo, type PrecopyInfoV2, SavingSession } from "../saving-session.js";
 import { ResumingSession } from "../resuming-session.js";
 import { sampleLz4Ratio } from "../estimate.js";
-import { arcEffect, isMigrationState, type MigrationFeatures, type MigrationState, nextState } from "./states.js";
+import { arcEffect, isMigrationState, type MigrationFeatures, type MigrationState, migrationFlags, nextState } from "./states.js";
+import { encodeHeader } from "../../format/header.js";
+import { DEFAULT_MAX_RECORD_PAYLOAD } from "../../format/constants.js";
 
 /** What the embedder's device does at the moments migration needs it. Each may fail. */
 export interface DeviceCallbacks {
@@ -30,6 +32,15 @@ export interface DeviceCallbacks {
   saveConfig?: () => Uint8Array | PromiseLike<Uint8Array>;
   /** Loads a received config blob, before the received state is committed. */
   loadConfig?: (config: Uint8Array) => void | PromiseLike<void>;
+  /**
+   * Every arc the device takes, combination paths step by step (leaving a P2P state, the
+   * un-quiesce, shows only here). Runs after quiesce / stop / start and before the arc's effect
+   * on the data session, under the same deadline and reset rule as `quiesce`; a failure fails
+   * the arc like theirs.
+   */
+  arc?: (from: MigrationState, to: MigrationState, signal: AbortSignal) => void | PromiseLike<void>;
+  /** The device was reset (VFIO_DEVICE_RESET): back to its power-on behaviour, RUNNING. */
+  reset?: () => void;
 }
 
 export interface MigrationDeviceOptions extends DeviceModelOptions {
@@ -93,6 +104,12 @@ export class MigrationDevice {
     this.compress = options.compress ?? "none";
     this.#options = options;
     this.#infoV2 = options.precopyInfoV2 === true;
+    try {
+      this.#checkOptions(options);
+    } catch (error) {
+      this.model.free();
+      throw error;
+    }
   }
 
   /**
@@ -101,6 +118,48 @@ export class MigrationDevice {
    */
   get state(): MigrationState {
     return this.#committed;
+  }
+
+  /**
+   * Configuration errors now rather than at the first state change: the stream header a saving
+   * session would write (page size against maxRecordPayload, checksum, compression, device id),
+   * the features, the deadline and the callbacks.
+   */
+  #checkOptions(options: MigrationDeviceOptions): void {
+    const fail = (message: string): never => {
+      throw new MigrationError("EINVAL", message);
+    };
+    if (typeof this.deviceId !== "string") fail("deviceId must be a string");
+    for (const key of ["p2p", "precopy"] as const) {
+      const value = options.features?.[key];
+      if (value !== undefined && typeof value !== "boolean") fail(`features.${key} must be a boolean`);
+    }
+    const timeout = options.quiesceTimeoutMs;
+    if (timeout !== undefined && (typeof timeout !== "number" || !Number.isFinite(timeout) || timeout < 0))
+      fail("quiesceTimeoutMs must be a finite number >= 0");
+    for (const [name, callback] of Object.entries(options.callbacks ?? {})) {
+      if (callback !== undefined && typeof callback !== "function") fail(`callbacks.${name} must be a function`);
+    }
+    if (options.checksum !== undefined && options.checksum !== "xxh3" && options.checksum !== "crc32c")
+      fail(`unknown checksum ${JSON.stringify(options.checksum)}`);
+    const max = options.maxRecordPayload;
+    if (max !== undefined && (!Number.isInteger(max) || max < this.model.pageSize)) {
+      fail(`maxRecordPayload ${String(max)} must be an integer of at least the page size ${this.model.pageSize}`);
+    }
+    encodeHeader({
+      regions: this.model.layout,
+      pageSize: this.model.pageSize,
+      deviceId: this.deviceId,
+      checksum: options.checksum ?? "xxh3",
+      maxRecordPayload: max ?? Math.max(DEFAULT_MAX_RECORD_PAYLOAD, this.model.pageSize),
+      compression: this.compress,
+      baseDigest: undefined,
+    });
+  }
+
+  /** The VFIO_MIGRATION_* flags this device reports (VFIO_DEVICE_FEATURE_MIGRATION). */
+  migrationFlags(): number {
+    return migrationFlags(this.features);
   }
 
   /** The open data session, if any. */
@@ -280,6 +339,23 @@ export class MigrationDevice {
    * state change still in progress fails with ECANCELED instead of landing afterwards.
    */
   reset(): void {
+    this.#resetState();
+    // A reset device has no DMA logging session: the VMM starts a new one if it wants.
+    this.model.dma.stop();
+    const callback = this.#options.callbacks?.reset;
+    if (callback) {
+      try {
+        callback();
+      } catch (error) {
+        throw error instanceof MigrationError
+          ? error
+          : new MigrationError("EIO", `device reset callback failed: ${String(error)}`, { cause: error, state: "RUNNING" });
+      }
+    }
+  }
+
+  /** The migration side of a reset: RUNNING, no session, state changes in flight cancelled. */
+  #resetState(): void {
     this.#resets++;
     this.#resetController.abort();
     this.#resetController = new AbortController();
@@ -291,7 +367,7 @@ export class MigrationDevice {
 
   /** Releases the device's core memory. */
   free(): void {
-    this.reset();
+    this.#resetState();
     this.model.free();
   }
 
@@ -334,6 +410,8 @@ export class MigrationDevice {
       // such arc ends in STOP or STOP_COPY, so a stop is announced exactly once.
       if (RUNNING_STATES.has(from) && (to === "STOP" || to === "STOP_COPY")) await this.#underDeadline(callbacks.stop, "stop");
       else if (!RUNNING_STATES.has(from) && RUNNING_STATES.has(to)) await this.#untilReset(callbacks.start?.());
+      const onArc = callbacks.arc;
+      if (onArc) await this.#underDeadline((signal) => onArc(from, to, signal), `take the arc ${from} -> ${to}`);
       switch (arcEffect(from, to)) {
         case "open-saving": {
           const session = new SavingSession(this.model, {
