@@ -97,6 +97,20 @@ describe("vfio-user server: regions", () => {
     await expectErrno(client.regionRead(12, 0, 4), "EINVAL");
   });
 
+  it("a region over the emulator's own memory is a BAR like any other", async () => {
+    const regs = new Uint8Array(new ArrayBuffer(256));
+    const device = new MigrationDevice({ regions: [{ name: "regs", memory: regs }, REGIONS[1]!] });
+    served = await serve(device);
+    const client = await TestClient.connect(served.path);
+    clients.push(client);
+    await client.version();
+    expect((await client.regionInfo(0)).size).toBe(4096);
+    await client.regionWrite(0, 8, Buffer.from([1, 2, 3]));
+    expect([...regs.subarray(8, 11)]).toEqual([1, 2, 3]);
+    regs[20] = 0x77;
+    expect((await client.regionRead(0, 20, 1))[0]).toBe(0x77);
+  });
+
   it("config space: ids, BAR sizing through REGION_WRITE", async () => {
     const { client } = await setup({ pci: { vendorId: 0x1af4, deviceId: 0x1234 } });
     await client.version();
