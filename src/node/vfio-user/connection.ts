@@ -71,6 +71,8 @@ export class ClientConnection {
   clientMaxDataXfer = DEFAULT_MAX_DATA_XFER_SIZE;
   readonly #limits: ConnectionLimits;
   readonly #dispatch: Dispatch;
+  readonly #onClosed: () => void;
+  #tornDown = false;
   readonly #reader: MessageReader;
   readonly #queue: Queued[] = [];
   #queuedBytes = 0;
@@ -80,12 +82,13 @@ export class ClientConnection {
   #nextId = 0;
   #messageTimer: ReturnType<typeof setTimeout> | undefined;
   #completed = 0;
-  readonly #closedPromise: Promise<void>;
 
-  constructor(socket: Socket, limits: ConnectionLimits, dispatch: Dispatch) {
+  /** `onClosed` runs once, as soon as the connection is closed by either side. */
+  constructor(socket: Socket, limits: ConnectionLimits, dispatch: Dispatch, onClosed: () => void) {
     this.socket = socket;
     this.#limits = limits;
     this.#dispatch = dispatch;
+    this.#onClosed = onClosed;
     this.dma = new DmaWindows(limits.maxDmaWindows);
     this.#reader = new MessageReader(limits.maxMessageSize, {
       message: (header, payload) => this.#message(header, payload),
@@ -95,7 +98,6 @@ export class ClientConnection {
         this.close();
       },
     });
-    this.#closedPromise = new Promise((resolve) => socket.once("close", () => resolve()));
     socket.on("data", (chunk: Buffer) => this.#data(chunk));
     socket.on("error", () => this.close());
     socket.on("close", () => this.#teardown());
@@ -103,11 +105,6 @@ export class ClientConnection {
 
   get closed(): boolean {
     return this.#closed;
-  }
-
-  /** Settles once the socket is closed. */
-  whenClosed(): Promise<void> {
-    return this.#closedPromise;
   }
 
   close(): void {
@@ -251,6 +248,8 @@ export class ClientConnection {
 
   #teardown(): void {
     this.#closed = true;
+    if (this.#tornDown) return;
+    this.#tornDown = true;
     if (this.#messageTimer) clearTimeout(this.#messageTimer);
     this.#messageTimer = undefined;
     this.#queue.length = 0;
@@ -261,5 +260,6 @@ export class ClientConnection {
       this.#pending.delete(id);
     }
     this.dma.clear();
+    this.#onClosed();
   }
 }

@@ -151,22 +151,27 @@ export async function serveVfioUser(device: MigrationDevice, options: VfioUserSe
   /** A client that came while another was still connected (perhaps just leaving). */
   let waiting: { socket: Socket; timer: ReturnType<typeof setTimeout> } | undefined;
   const adopt = (socket: Socket): void => {
-    const connection = new ClientConnection(socket, limits, (c, header, payload) => handlers.dispatch(c, header, payload));
+    const connection = new ClientConnection(
+      socket,
+      limits,
+      (c, header, payload) => handlers.dispatch(c, header, payload),
+      () => {
+        // Runs as soon as this client is gone (before a next one can be adopted).
+        if (current !== connection) return;
+        current = undefined;
+        // DMA logging tracked the client's guest memory, which is no longer mapped.
+        device.stopDmaLogging();
+        handlers.disconnected();
+        const next = waiting;
+        waiting = undefined;
+        if (next) {
+          clearTimeout(next.timer);
+          if (!next.socket.destroyed) adopt(next.socket);
+        }
+      },
+    );
     current = connection;
     socket.resume();
-    void connection.whenClosed().then(() => {
-      if (current !== connection) return;
-      current = undefined;
-      // DMA logging tracked the client's guest memory, which is no longer mapped.
-      device.stopDmaLogging();
-      handlers.disconnected();
-      const next = waiting;
-      waiting = undefined;
-      if (next) {
-        clearTimeout(next.timer);
-        if (!next.socket.destroyed) adopt(next.socket);
-      }
-    });
   };
   const server = createServer({ allowHalfOpen: false, pauseOnConnect: true }, (socket: Socket) => {
     socket.on("error", () => socket.destroy());

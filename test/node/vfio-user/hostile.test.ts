@@ -4,7 +4,7 @@
 import { connect, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { MigrationDevice } from "../../../src/migration/v2/migration-device.js";
-import { CMD, encodeMessage, ReplyError, TestClient } from "./client.js";
+import { CMD, encodeMessage, FEATURE, ReplyError, TestClient } from "./client.js";
 import { type Served, serve, until } from "./helpers.js";
 
 let served: Served | undefined;
@@ -78,6 +78,28 @@ describe("vfio-user server against hostile clients", () => {
     await b.closed;
     clearInterval(drip);
     await stillServes(served.path, served);
+  });
+
+  it("a client dropped at the deadline takes its DMA logging with it; the next one starts its own", async () => {
+    const { served } = await start({ messageTimeoutMs: 200 });
+    const startLogging = async (client: TestClient): Promise<void> => {
+      await client.dmaMap(0x10000, 0x4000);
+      const range = Buffer.alloc(32);
+      range.writeBigUInt64LE(4096n, 0);
+      range.writeUInt32LE(1, 8);
+      range.writeBigUInt64LE(0x10000n, 16);
+      range.writeBigUInt64LE(0x4000n, 24);
+      await client.feature(FEATURE.SET | FEATURE.DMA_LOGGING_START, range);
+    };
+    const first = await TestClient.connect(served.path);
+    await first.version();
+    await startLogging(first);
+    first.socket.write(encodeMessage(5, CMD.DEVICE_GET_INFO, Buffer.alloc(16)).subarray(0, 10));
+    await first.closed();
+    const second = await TestClient.connect(served.path);
+    await second.version();
+    await startLogging(second);
+    await second.close();
   });
 
   it("a client vanishing mid-message leaves the device as it was", async () => {
