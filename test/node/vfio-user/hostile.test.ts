@@ -2,6 +2,7 @@
 // finished, unknown commands and types, migration data outside a session. Each gets an error
 // reply or a clean close, and the server goes on serving the next client.
 import { connect, type Socket } from "node:net";
+import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { MigrationDevice } from "../../../src/migration/v2/migration-device.js";
 import { CMD, encodeMessage, FEATURE, ReplyError, TestClient } from "./client.js";
@@ -142,6 +143,51 @@ describe("vfio-user server against hostile clients", () => {
     short.writeUInt32LE(64, 4);
     await expect(client.call(CMD.MIG_DATA_WRITE, short)).rejects.toMatchObject({ code: "EINVAL" });
     await client.close();
+  });
+
+  it("any segmentation of a client's messages gets the same replies", async () => {
+    const { served } = await start();
+    const version = Buffer.concat([Buffer.from([0, 0, 1, 0]), Buffer.from("{}\0")]);
+    const info = Buffer.alloc(16);
+    info.writeUInt32LE(16, 0);
+    const write = Buffer.alloc(16 + 300, 0x3c);
+    write.writeBigUInt64LE(100n, 0);
+    write.writeUInt32LE(0, 8);
+    write.writeUInt32LE(300, 12);
+    const read = Buffer.from(write.subarray(0, 16));
+    const session = Buffer.concat([
+      encodeMessage(1, CMD.VERSION, version),
+      encodeMessage(2, CMD.DEVICE_GET_INFO, info),
+      encodeMessage(3, CMD.REGION_WRITE, write),
+      encodeMessage(4, CMD.REGION_READ, read),
+      encodeMessage(5, 77, Buffer.alloc(3)),
+    ]);
+    const replies = async (cuts: number[]): Promise<Buffer> => {
+      await until(() => !served.server.connected);
+      const c = await raw(served.path);
+      for (let at = 0, i = 0; at < session.length; i++) {
+        const step = cuts[i % cuts.length]!;
+        c.socket.write(session.subarray(at, at + step));
+        at += step;
+        await new Promise((r) => setImmediate(r));
+      }
+      let seen = 0;
+      await until(() => {
+        const bytes = c.received();
+        seen = 0;
+        for (let at = 0; at + 16 <= bytes.length && at + bytes.readUInt32LE(at + 4) <= bytes.length; at += bytes.readUInt32LE(at + 4)) seen++;
+        return seen === 5;
+      });
+      c.socket.destroy();
+      return c.received();
+    };
+    const whole = await replies([session.length]);
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 10 }), async (cuts) => {
+        expect((await replies(cuts)).equals(whole)).toBe(true);
+      }),
+      { seed: 2121, numRuns: 15 },
+    );
   });
 
   it("a client pipelining many large commands without reading replies is served in order", async () => {
