@@ -22,6 +22,7 @@ import {
   VFIO_USER_MINOR,
   VFIO_USER_REGION_READ,
   VFIO_USER_REGION_WRITE,
+  VFIO_USER_REGION_WRITE_MULTI,
   VFIO_USER_VERSION,
   VfioUserError,
 } from "./protocol.js";
@@ -106,6 +107,8 @@ export class DeviceHandlers {
         return this.#regionRead(payload);
       case VFIO_USER_REGION_WRITE:
         return this.#regionWrite(payload);
+      case VFIO_USER_REGION_WRITE_MULTI:
+        return this.#regionWriteMulti(payload);
       case VFIO_USER_DEVICE_RESET:
         return this.#reset();
       case VFIO_USER_DEVICE_FEATURE:
@@ -115,8 +118,8 @@ export class DeviceHandlers {
       case VFIO_USER_MIG_DATA_WRITE:
         return this.#migration.write(payload);
       default:
-        // Unknown, or known and not offered (GET_REGION_IO_FDS, REGION_WRITE_MULTI, the old
-        // DIRTY_PAGES): an error reply, never a dropped connection.
+        // Unknown, or known and not offered (GET_REGION_IO_FDS, the old DIRTY_PAGES): an error
+        // reply, never a dropped connection.
         throw new VfioUserError("ENOTSUP", `command ${header.command} is not implemented`);
     }
   }
@@ -172,6 +175,7 @@ export class DeviceHandlers {
         max_data_xfer_size: this.#options.maxDataXferSize,
         max_dma_maps: this.#options.maxDmaWindows,
         pgsizes: 4096,
+        write_multiple: true,
         migration: { pgsize: this.#logPageSize },
       },
     };
@@ -287,19 +291,40 @@ export class DeviceHandlers {
 
   async #regionWrite(payload: Uint8Array): Promise<Uint8Array[]> {
     const view = payloadView(payload, 16, "REGION_WRITE");
-    const { region, offset, count } = this.#access(view, payload.length - 16, "REGION_WRITE");
-    const data = payload.subarray(16, 16 + count);
-    if (region < 0) this.#config.write(offset, data);
-    else {
-      // The device's own write (refused while it is stopped: a stopped device does not change).
-      const size = this.#device.model.regions[region]!.size;
-      if (offset < size) {
-        const landed = data.subarray(0, Math.min(count, size - offset));
-        this.#device.write(region, offset, landed);
-        await this.#options.onRegionWrite?.(region, offset, landed);
-      }
-    }
+    await this.#write(this.#access(view, payload.length - 16, "REGION_WRITE"), payload.subarray(16));
     return [payload.slice(0, 16)];
+  }
+
+  /**
+   * VFIO_USER_REGION_WRITE_MULTI: { wr_cnt u64, then wr_cnt of { offset u64, region u32,
+   * count u32 (at most 8), data[8] } }, done in order; the reply is the count done.
+   */
+  async #regionWriteMulti(payload: Uint8Array): Promise<Uint8Array[]> {
+    const view = payloadView(payload, 8, "REGION_WRITE_MULTI");
+    const writes = view.getBigUint64(0, true);
+    if (BigInt(payload.length) !== 8n + 24n * writes) throw new VfioUserError("EINVAL", `REGION_WRITE_MULTI says ${writes} writes in ${payload.length} bytes`);
+    for (let i = 0; i < Number(writes); i++) {
+      const entry = payload.subarray(8 + 24 * i, 32 + 24 * i);
+      const count = view.getUint32(8 + 24 * i + 12, true);
+      if (count > 8) throw new VfioUserError("EINVAL", `REGION_WRITE_MULTI write ${i} of ${count} bytes (at most 8)`);
+      const entryView = new DataView(entry.buffer, entry.byteOffset, 16);
+      await this.#write(this.#access(entryView, count, "REGION_WRITE_MULTI"), entry.subarray(16, 16 + count));
+    }
+    return [payload.slice(0, 8)];
+  }
+
+  /** A checked write of `data` into config space or one of the device's regions. */
+  async #write({ region, offset, count }: { region: number; offset: number; count: number }, data: Uint8Array): Promise<void> {
+    if (region < 0) {
+      this.#config.write(offset, data.subarray(0, count));
+      return;
+    }
+    // The device's own write (refused while it is stopped: a stopped device does not change).
+    const size = this.#device.model.regions[region]!.size;
+    if (offset >= size) return;
+    const landed = data.subarray(0, Math.min(count, size - offset));
+    this.#device.write(region, offset, landed);
+    await this.#options.onRegionWrite?.(region, offset, landed);
   }
 
   #dmaMap(connection: ClientConnection, payload: Uint8Array): Uint8Array[] {

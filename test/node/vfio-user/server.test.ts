@@ -45,7 +45,9 @@ describe("vfio-user server: negotiation and device info", () => {
     const v = await client.version({ capabilities: { max_msg_fds: 8, max_data_xfer_size: 4096, migration: { pgsize: 8192 } } });
     expect(v.major).toBe(0);
     expect(v.minor).toBe(1);
-    expect(v.json).toEqual({ capabilities: { max_msg_fds: 0, max_data_xfer_size: 65536, max_dma_maps: 1024, pgsizes: 4096, migration: { pgsize: 8192 } } });
+    expect(v.json).toEqual({
+      capabilities: { max_msg_fds: 0, max_data_xfer_size: 65536, max_dma_maps: 1024, pgsizes: 4096, write_multiple: true, migration: { pgsize: 8192 } },
+    });
   });
 
   it("commands before VERSION, a second VERSION, another major and bad JSON are EINVAL / ENOTSUP", async () => {
@@ -109,6 +111,32 @@ describe("vfio-user server: regions", () => {
     expect([...regs.subarray(8, 11)]).toEqual([1, 2, 3]);
     regs[20] = 0x77;
     expect((await client.regionRead(0, 20, 1))[0]).toBe(0x77);
+  });
+
+  it("REGION_WRITE_MULTI: small writes in order, the count done in the reply; malformed ones EINVAL", async () => {
+    const { client, device } = await setup();
+    await client.version();
+    const entry = (region: number, offset: number, data: number[]): Buffer => {
+      const e = Buffer.alloc(24);
+      e.writeBigUInt64LE(BigInt(offset), 0);
+      e.writeUInt32LE(region, 8);
+      e.writeUInt32LE(data.length, 12);
+      e.set(data, 16);
+      return e;
+    };
+    const multi = (entries: Buffer[], claimed = entries.length): Buffer => {
+      const head = Buffer.alloc(8);
+      head.writeBigUInt64LE(BigInt(claimed), 0);
+      return Buffer.concat([head, ...entries]);
+    };
+    const reply = await client.call(15, multi([entry(1, 0, [1, 2, 3, 4, 5, 6, 7, 8]), entry(1, 2, [9]), entry(7, 4, [2, 0])]));
+    expect(reply.readBigUInt64LE(0)).toBe(3n);
+    expect([...device.model.view(1).subarray(0, 8)]).toEqual([1, 2, 9, 4, 5, 6, 7, 8]);
+    expect((await client.regionRead(7, 4, 2)).readUInt16LE(0)).toBe(2);
+    await expectErrno(client.call(15, multi([entry(1, 0, [1])], 2)), "EINVAL");
+    const nine = entry(1, 0, []);
+    nine.writeUInt32LE(9, 12);
+    await expectErrno(client.call(15, multi([nine])), "EINVAL");
   });
 
   it("config space: ids, BAR sizing through REGION_WRITE", async () => {
@@ -257,7 +285,7 @@ describe("vfio-user server: reset, clients, socket", () => {
     await client.version();
     await expectErrno(client.call(99), "ENOTSUP");
     await expectErrno(client.call(CMD.DEVICE_GET_REGION_IO_FDS, Buffer.alloc(16)), "ENOTSUP");
-    await expectErrno(client.call(15, Buffer.alloc(8)), "ENOTSUP");
+    await expectErrno(client.call(14, Buffer.alloc(8)), "ENOTSUP");
     expect((await client.deviceInfo()).irqs).toBe(5);
   });
 
