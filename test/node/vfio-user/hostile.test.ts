@@ -190,8 +190,9 @@ describe("vfio-user server against hostile clients", () => {
     );
   });
 
-  it("a client pipelining many large commands without reading replies is served in order", async () => {
-    const { served, device } = await start({ maxDataXferSize: 65536 });
+  it("a client pipelining many large commands without reading replies is served in order (reading pauses meanwhile)", async () => {
+    // 64 messages of 4 KiB against a queue bound of four 8 KiB messages.
+    const { served, device } = await start({ maxDataXferSize: 4096 });
     const c = await raw(served.path);
     const version = Buffer.concat([Buffer.from([0, 0, 1, 0]), Buffer.from("{}\0")]);
     const messages = [encodeMessage(0, CMD.VERSION, version)];
@@ -215,5 +216,39 @@ describe("vfio-user server against hostile clients", () => {
     expect(replies()).toEqual(Array.from({ length: 65 }, (_, i) => i));
     expect(device.model.view(0)[0]).toBe(64);
     c.socket.destroy();
+  });
+
+  it("a client flooding commands while the server waits for its DMA reply is dropped", async () => {
+    let served: Served | undefined;
+    const device = new MigrationDevice({ regions: [{ name: "bar", size: 8192 }] });
+    served = await serve(device, {
+      maxDataXferSize: 4096,
+      dmaTimeoutMs: 60_000,
+      onRegionWrite: async () => {
+        await served!.server.dmaRead(0x1000, 16);
+      },
+    });
+    try {
+      const c = await raw(served.path);
+      const version = Buffer.concat([Buffer.from([0, 0, 1, 0]), Buffer.from("{}\0")]);
+      const map = Buffer.alloc(32);
+      map.writeUInt32LE(32, 0);
+      map.writeUInt32LE(3, 4);
+      map.writeBigUInt64LE(0x1000n, 16);
+      map.writeBigUInt64LE(0x1000n, 24);
+      const write = Buffer.alloc(17);
+      write.writeUInt32LE(0, 8);
+      write.writeUInt32LE(1, 12);
+      c.socket.write(Buffer.concat([encodeMessage(1, CMD.VERSION, version), encodeMessage(2, CMD.DMA_MAP, map), encodeMessage(3, CMD.REGION_WRITE, write)]));
+      // The server now waits for a DMA_READ reply that never comes; the client floods instead.
+      await until(() => c.received().includes(Buffer.from([CMD.DMA_READ, 0])));
+      const big = Buffer.alloc(16 + 4096);
+      big.writeUInt32LE(4096, 12);
+      for (let i = 0; i < 8; i++) c.socket.write(encodeMessage(10 + i, CMD.REGION_WRITE, big));
+      await c.closed;
+      await stillServes(served.path, served);
+    } finally {
+      await served.close();
+    }
   });
 });
