@@ -4,6 +4,7 @@
 // fd for the client, since vfio-user carries the data in messages instead. DMA logging's ranges
 // and bitmap are inline in both (the adapter's byte form is vfio-user's).
 import { MigrationError } from "../../core/errors.js";
+import { reportLayout } from "../../device/dma-logging.js";
 import type { MigrationDevice } from "../../migration/v2/migration-device.js";
 import type { VfioDeviceFile } from "../../migration/vfio-bytes/index.js";
 import {
@@ -31,12 +32,10 @@ const SESSION_STATES = new Set([VFIO_DEVICE_STATE_STOP_COPY, VFIO_DEVICE_STATE_R
 /** Bytes after the 8-byte feature header that a GET of feature `index` filled in `arg`. */
 function getDataBytes(index: number, arg: Uint8Array): number {
   if (index === VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT && arg.length >= 32) {
+    // The report struct, then the bitmap the device filled (the ioctl succeeded: its layout is valid).
     const view = new DataView(arg.buffer, arg.byteOffset, arg.length);
-    const length = view.getBigUint64(16, true);
-    const pageSize = view.getBigUint64(24, true);
-    if (pageSize === 0n) return arg.length - 8;
-    const pages = (length + pageSize - 1n) / pageSize;
-    return 24 + Number(((pages + 63n) / 64n) * 8n);
+    const { bitmapBytes } = reportLayout({ iova: view.getBigUint64(8, true), length: view.getBigUint64(16, true), pageSize: view.getBigUint64(24, true) });
+    return 24 + Number(bitmapBytes);
   }
   // MIGRATION (flags), MIG_DEVICE_STATE (state, fd), MIG_DATA_SIZE (length): 8 bytes each.
   return 8;
