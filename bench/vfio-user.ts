@@ -152,7 +152,7 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length
 
 export async function vfioUserBenchmarks(config: BenchConfig): Promise<Row[]> {
   const size = config.smoke ? 16 * MiB : 256 * MiB;
-  const runs = config.smoke ? 1 : 5;
+  const runs = config.smoke ? 1 : 9;
   const dir = mkdtempSync(join(tmpdir(), "migstream-bench-vfu-"));
   const server = await startChild([cli, "vfio-user", "--socket", join(dir, "dev.sock"), "--size", String(size)], /listening on /);
   try {
