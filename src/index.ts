@@ -45,7 +45,7 @@ export {
 export { reserveStaging } from "./codec/staging-pool.js";
 
 // Device model and migration state machines
-export { DeviceModel, type DirtyTracking, type DeviceModelOptions } from "./device/device-model.js";
+export { DeviceModel, type DirtyTracking, type DeviceModelOptions, type DeviceRegionSpec, type MemoryRegionSpec } from "./device/device-model.js";
 export {
   DmaLogging,
   DMA_LOG_MAX_RANGES,

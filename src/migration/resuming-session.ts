@@ -14,7 +14,10 @@ export interface ResumingOptions extends DecoderLimits {
 export class ResumingSession {
   readonly #target: MemoryTarget;
   readonly #decoder: StreamDecoder;
+  /** Ended: finished (RESUMING left) or aborted (reset). */
   #closed = false;
+  /** The writer said it is done (close()): no more writes, the resume still completes. */
+  #writerDone = false;
   #bytes = 0;
 
   constructor(device: DeviceModel, options: ResumingOptions) {
@@ -38,8 +41,9 @@ export class ResumingSession {
     });
   }
 
+  /** True once no more bytes are taken: the writer closed it, or the session ended. */
   get closed(): boolean {
-    return this.#closed;
+    return this.#closed || this.#writerDone;
   }
 
   /** Stream bytes accepted so far. */
@@ -54,7 +58,7 @@ export class ResumingSession {
 
   /** Accepts stream bytes. A stream error is thrown here and again when RESUMING ends. */
   write(chunk: Uint8Array): number {
-    if (this.#closed) throw new MigrationError("EINVAL", "write to a closed resuming session");
+    if (this.#closed || this.#writerDone) throw new MigrationError("EINVAL", "write to a closed resuming session");
     if (!(chunk instanceof Uint8Array)) throw new MigrationError("EINVAL", "resuming data must be a Uint8Array");
     this.#decoder.push(chunk);
     this.#bytes += chunk.length;
@@ -72,8 +76,17 @@ export class ResumingSession {
     return { regions: this.#target.take(), config: this.#decoder.config };
   }
 
-  /** Abandons the stream (reset): staging is freed, the device untouched. */
+  /**
+   * The writer is done (close(2) on the data fd): later writes are refused, but the resume is not
+   * aborted. QEMU closes the fd in load_cleanup before it leaves RESUMING; the stream is
+   * validated and applied when RESUMING is left, as without the close.
+   */
   close(): void {
+    this.#writerDone = true;
+  }
+
+  /** Abandons the stream (a device reset): staging is freed, the device untouched. */
+  abort(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#decoder.abort();

@@ -7,7 +7,7 @@ import * as api from "../../src/index.js";
 import { migrateIn, migrateOut } from "../../src/migration/precopy.js";
 import { MigrationDevice } from "../../src/migration/v2/migration-device.js";
 import { MIGRATION_STATES, type MigrationState, migrationPath } from "../../src/migration/v2/states.js";
-import { asSaving, concat, drain, expectCode, makeDevice, PAGE, randomBytes, rng } from "./helpers.js";
+import { asResuming, asSaving, concat, drain, expectCode, makeDevice, PAGE, randomBytes, rng } from "./helpers.js";
 
 describe("callbacks.arc", () => {
   it("sees every arc of a combination path, leaving P2P (the un-quiesce) included", async () => {
@@ -110,6 +110,44 @@ describe("reset()", () => {
     await expectCode(() => device.reset(), "EIO");
     expect(device.state).toBe("RUNNING");
     device.free();
+  });
+});
+
+describe("closing a RESUMING session", () => {
+  async function streamOf(seed: number): Promise<{ source: MigrationDevice; chunks: Uint8Array[] }> {
+    const source = makeDevice();
+    source.write("ram", 0, randomBytes(rng(seed), 40 * PAGE));
+    const session = asSaving(await source.setState("STOP_COPY"));
+    return { source, chunks: drain(session).chunks };
+  }
+
+  it("'QEMU closes it in load_cleanup before leaving RESUMING': close() stops writes but the resume completes", async () => {
+    const { source, chunks } = await streamOf(41);
+    const target = makeDevice();
+    const session = asResuming(await target.setState("RESUMING"));
+    for (const chunk of chunks) session.write(chunk);
+    session.close();
+    expect(session.closed).toBe(true);
+    await expectCode(() => session.write(new Uint8Array(1)), "EINVAL");
+    await target.setState("RUNNING");
+    expect(target.model.digest()).toBe(source.model.digest());
+    source.free();
+    target.free();
+  });
+
+  it("a closed session whose stream is incomplete fails when RESUMING is left (validation happens there)", async () => {
+    const { source, chunks } = await streamOf(42);
+    const target = makeDevice();
+    const before = target.model.digest();
+    const session = asResuming(await target.setState("RESUMING"));
+    session.write(chunks[0]!.subarray(0, 1000));
+    session.close();
+    await expectCode(() => target.setState("STOP"), "ENODATA");
+    expect(target.state).toBe("ERROR");
+    target.reset();
+    expect(target.model.digest()).toBe(before);
+    source.free();
+    target.free();
   });
 });
 

@@ -3,6 +3,7 @@
 // driven only through ioctl / read / write, and one test per errno the kernel answers.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { MigrationError } from "../../src/core/errors.js";
 import {
   dmaLoggingReportArg,
   dmaLoggingStartArg,
@@ -32,7 +33,9 @@ import {
   VFIO_DEVICE_RESET,
   VFIO_DEVICE_STATE_ERROR,
   VFIO_DEVICE_STATE_PRE_COPY,
+  VFIO_DEVICE_STATE_PRE_COPY_P2P,
   VFIO_DEVICE_STATE_RESUMING,
+  VFIO_DEVICE_STATE_RUNNING_P2P,
   VFIO_DEVICE_STATE_RUNNING,
   VFIO_DEVICE_STATE_STOP,
   VFIO_DEVICE_STATE_STOP_COPY,
@@ -43,7 +46,7 @@ import {
   VFIO_PRECOPY_INFO_REINIT,
 } from "../../src/migration/uapi.js";
 import type { MigrationDevice } from "../../src/migration/v2/migration-device.js";
-import { expectCode, fillRandom, makeDevice, randomBytes, rng } from "./helpers.js";
+import { expectCode, FEATURE_SETS, fillRandom, makeDevice, randomBytes, rng } from "./helpers.js";
 
 const GET = VFIO_DEVICE_FEATURE_GET;
 const SET = VFIO_DEVICE_FEATURE_SET;
@@ -262,6 +265,34 @@ describe("a full migration through ioctl / read / write", () => {
       }),
       { seed: 0x18, numRuns: 12 },
     );
+  });
+
+  it.each(FEATURE_SETS)("features $name: the flags GET reports decide the path, and the device arrives whole", async ({ features }) => {
+    const source = makeDevice({ features });
+    const target = makeDevice({ features });
+    fillRandom(source, 77);
+    const src = openVfioDevice(source);
+    const dst = openVfioDevice(target);
+    const flags = Number(readFeatureU64(await feature(src, vfioFeatureArg(GET | VFIO_DEVICE_FEATURE_MIGRATION, 8))));
+    expect(flags).toBe(1 | (features.p2p ? VFIO_MIGRATION_P2P : 0) | (features.precopy ? VFIO_MIGRATION_PRE_COPY : 0));
+    const stream: Uint8Array[] = [];
+    let fd: number;
+    if ((flags & VFIO_MIGRATION_PRE_COPY) !== 0) {
+      // QEMU's order with P2P: PRE_COPY_P2P before STOP_COPY (the prepare step).
+      fd = await setState(src, (flags & VFIO_MIGRATION_P2P) !== 0 ? VFIO_DEVICE_STATE_PRE_COPY_P2P : VFIO_DEVICE_STATE_PRE_COPY);
+      expect(await readAll(src, fd, stream, 65536)).toBe("enomsg");
+      expect(await setState(src, VFIO_DEVICE_STATE_STOP_COPY)).toBe(-1);
+    } else {
+      if ((flags & VFIO_MIGRATION_P2P) !== 0) expect(await setState(src, VFIO_DEVICE_STATE_RUNNING_P2P)).toBe(-1);
+      fd = await setState(src, VFIO_DEVICE_STATE_STOP_COPY);
+    }
+    expect(await readAll(src, fd, stream, 65536)).toBe("eof");
+    const wfd = await setState(dst, VFIO_DEVICE_STATE_RESUMING);
+    await writeAll(dst, wfd, stream);
+    expect(await setState(dst, VFIO_DEVICE_STATE_RUNNING)).toBe(-1);
+    expect(target.model.digest()).toBe(source.model.digest());
+    source.free();
+    target.free();
   });
 
   it("write(2) may be short: at most maxWrite bytes are taken per call", async () => {
@@ -621,5 +652,43 @@ describe("errno on the data fds", () => {
     await expectCode(() => dst.ioctl(VFIO_DEVICE_FEATURE, migStateSetArg(VFIO_DEVICE_STATE_STOP)), "ENODATA");
     expect(target.state).toBe("ERROR");
     free();
+  });
+});
+
+describe("hostile arguments", () => {
+  it("any bytes as an ioctl argument give 0 or a MigrationError, and the device stays usable (property, fixed seed)", async () => {
+    const device = makeDevice();
+    fillRandom(device, 90);
+    const file = openVfioDevice(device);
+    const requests = [VFIO_DEVICE_FEATURE, VFIO_DEVICE_RESET, VFIO_MIG_GET_PRECOPY_INFO, 0x3b70];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...requests),
+        fc.integer({ min: 0, max: 12 }),
+        fc.integer({ min: 0, max: 7 }),
+        fc.uint8Array({ maxLength: 120 }),
+        fc.option(fc.integer({ min: -1, max: 8 }), { nil: undefined }),
+        async (request, featureIndex, ops, tail, fd) => {
+          // Mostly well-formed headers with any data after them, sometimes garbage throughout.
+          const arg = new Uint8Array(8 + tail.length);
+          const view = new DataView(arg.buffer);
+          view.setUint32(0, tail.length % 3 === 0 ? tail.length * 1000 : 8 + tail.length, true);
+          view.setUint32(4, featureIndex | (ops << 16), true);
+          arg.set(tail, 8);
+          try {
+            expect(await file.ioctl(request, arg, fd)).toBe(0);
+          } catch (error) {
+            expect(error).toBeInstanceOf(MigrationError);
+          }
+          // Whatever happened, GET answers and a reset brings the device back.
+          const get = migStateGetArg();
+          await file.ioctl(VFIO_DEVICE_FEATURE, get);
+          expect(readMigState(get).deviceState).toBeLessThan(8);
+          if (readMigState(get).deviceState === VFIO_DEVICE_STATE_RESUMING || readMigState(get).deviceState === VFIO_DEVICE_STATE_ERROR) device.reset();
+        },
+      ),
+      { seed: 0x5eed, numRuns: 400 },
+    );
+    device.free();
   });
 });

@@ -72,6 +72,12 @@ function isThenable<T>(value: unknown): value is PromiseLike<T> {
   return (typeof value === "object" || typeof value === "function") && value !== null && typeof (value as { then?: unknown }).then === "function";
 }
 
+/** Ends a session for good (a reset): a resuming one is aborted, not just closed by its writer. */
+function endSession(session: Session): void {
+  if (session instanceof ResumingSession) session.abort();
+  else session.close();
+}
+
 const RUNNING_STATES: ReadonlySet<MigrationState> = new Set(["RUNNING", "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"]);
 
 export class MigrationDevice {
@@ -320,7 +326,7 @@ export class MigrationDevice {
         if (this.#resets !== resets) {
           // The device was reset while the arc was in flight: reset wins, the arc's result
           // (a session it opened included) is discarded.
-          session?.close();
+          if (session) endSession(session);
           if (this.#session === session) this.#session = undefined;
           throw this.#interrupted(from, target);
         }
@@ -359,7 +365,7 @@ export class MigrationDevice {
     this.#resets++;
     this.#resetController.abort();
     this.#resetController = new AbortController();
-    this.#session?.close();
+    if (this.#session) endSession(this.#session);
     this.#session = undefined;
     this.#state = "RUNNING";
     this.#committed = "RUNNING";
