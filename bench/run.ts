@@ -1,4 +1,4 @@
-// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,emulator-memory,live-migration,cli]
+// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,emulator-memory,live-migration,cli,vfio-user]
 // Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
 // same run, and to its pure-TS reference, and whether each target was met. --json prints the same
 // rows as JSON only (npm's -s keeps npm's own banner off stdout), or with a file name writes the
@@ -12,6 +12,7 @@ import { type BenchConfig, printTable, type Row, targetMet } from "./harness.js"
 import { kernelBenchmarks } from "./kernels.js";
 import { liveBenchmarks, liveMigrationBenchmarks } from "./live.js";
 import { emulatorMemoryBenchmarks } from "./emulator-memory.js";
+import { vfioUserBenchmarks } from "./vfio-user.js";
 
 const args = process.argv.slice(2);
 const config: BenchConfig = { smoke: args.includes("--smoke") };
@@ -36,6 +37,7 @@ if (want("cli")) sections.push({ name: "cli", rows: await cliBenchmarks(config.s
 if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
 if (want("emulator-memory")) sections.push({ name: "emulator memory", rows: await emulatorMemoryBenchmarks(config.smoke ? 4 * MiB : 64 * MiB, config) });
 if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
+if (want("vfio-user")) sections.push({ name: "vfio-user", rows: await vfioUserBenchmarks(config) });
 
 if (json) {
   const rows = sections.flatMap((s) => s.rows).map((row) => ({ ...row, met: targetMet(row) ?? null }));

@@ -43,3 +43,5 @@ export {
   type TlsPsk,
   type TransportSecurity,
 } from "./tcp.js";
+export { serveVfioUser, type VfioUserServer, type VfioUserServerOptions } from "./vfio-user/server.js";
+export type { PciIdentity } from "./vfio-user/pci.js";
