@@ -23,7 +23,7 @@ import { createFileDecoder } from "../files.js";
 import { Admission, type AdmissionOptions } from "./admission.js";
 import { checkTimeout, ProgressDeadline, PROGRESS_BYTES } from "./deadline.js";
 import { serverTlsOptions, type TransportSecurity } from "./tls.js";
-import { ioError, verdictLine } from "./verdict.js";
+import { endsWithEndRecord, errLine, ioError, okLine, StreamTail, verdictProof } from "./verdict.js";
 
 export interface Peer {
   host: string;
@@ -121,12 +121,17 @@ export async function receiveStream<R>(
     socket.destroy(new MigrationError("ECANCELED", "receive aborted"));
   };
   signal?.addEventListener("abort", onAbort, { once: true });
+  // The stream goes to the sink as it arrives, but for the trailer the sender writes after it.
+  const tail = new StreamTail();
+  let proof = "";
   try {
     sink = await open(header, peer);
     const take = async (chunk: Uint8Array): Promise<void> => {
-      bytes += chunk.length;
       deadline.moved(chunk.length);
-      await sink!.write(chunk);
+      for (const part of tail.push(chunk)) {
+        bytes += part.length;
+        await sink!.write(part);
+      }
       options.onProgress?.(bytes);
     };
     for (const chunk of owner.first) await take(chunk);
@@ -137,9 +142,22 @@ export async function receiveStream<R>(
       if (next.done) break;
       await take(next.value);
     }
+    const end = tail.end();
+    if ("rest" in end) {
+      bytes += end.rest.length;
+      await sink.write(end.rest);
+      // A cut stream: the sink names where it stopped (and throws). A complete one without a
+      // trailer comes from a sender older than the verdict proof.
+      if (!endsWithEndRecord(tail.streamEnd, bytes)) await sink.finish();
+      throw new MigrationError(
+        "EPROTONOSUPPORT",
+        "the sender did not follow the stream with the verdict nonce (a migstream sender older than the verdict proof): upgrade it",
+      );
+    }
     // The end of the stream is progress; storing it (fsync, rename, commit) gets a full period.
     deadline.restart();
     result = await sink.finish();
+    proof = verdictProof(bytes, tail.streamEnd, end.nonce);
   } catch (caught) {
     error = asReceiveError(caught, bytes);
     sink?.abort();
@@ -147,7 +165,7 @@ export async function receiveStream<R>(
     deadline.stop();
     signal?.removeEventListener("abort", onAbort);
   }
-  await reply(socket, error, bytes);
+  await reply(socket, error ? errLine(error) : okLine(bytes, proof), error !== undefined);
   if (error) {
     if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted");
     throw error;
@@ -279,7 +297,7 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
         report(raw, caught instanceof Error ? caught : new Error(String(caught)));
         // A refused header is worth telling (an honest sender with a bad stream learns why); a
         // timed-out, dropped or broken connection just goes.
-        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, caught, 0);
+        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, errLine(caught), true);
         else socket.destroy();
       }
     };
@@ -326,20 +344,20 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
 }
 
 /**
- * Sends the verdict and closes. After a refusal the sender may still be writing: keep reading
- * (and discarding) briefly so it gets the verdict instead of a reset.
+ * Sends the verdict line and closes. After a refusal the sender may still be writing: keep
+ * reading (and discarding) briefly so it gets the verdict instead of a reset.
  */
-function reply(socket: Socket, error: MigrationError | undefined, bytes: number): Promise<void> {
+function reply(socket: Socket, line: string, refusal: boolean): Promise<void> {
   if (socket.destroyed) return Promise.resolve();
   return new Promise<void>((resolve) => {
-    const timer = setTimeout(() => socket.destroy(), error ? 2_000 : 10_000);
+    const timer = setTimeout(() => socket.destroy(), refusal ? 2_000 : 10_000);
     socket.once("close", () => {
       clearTimeout(timer);
       resolve();
     });
     socket.on("error", () => undefined);
     socket.on("data", () => undefined);
-    socket.end(verdictLine(error, bytes));
+    socket.end(line);
     socket.resume();
   });
 }
