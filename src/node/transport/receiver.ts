@@ -46,6 +46,8 @@ export interface ListenOptions extends AdmissionOptions {
   maxStateSize?: number;
   /** Largest record payload accepted. Default 16 MiB. */
   maxRecordPayload?: number;
+  /** Most pages the stream may make the target write (see DecoderLimits). Default: the state's pages × (3 + rounds seen). */
+  maxPagesApplied?: number;
   signal?: AbortSignal;
   /** Called once the server listens, with the bound address (port 0 picks a free port). */
   onListening?: (address: Peer) => void;
@@ -412,6 +414,7 @@ export async function receiveDevice(options: ReceiveOptions): Promise<ReceiveRes
         maxStateSize: options.maxStateSize ?? DEFAULT_LIMITS.maxStateSize,
         maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
         maxHeaderSize: DEFAULT_LIMITS.maxHeaderSize,
+        ...(options.maxPagesApplied !== undefined ? { maxPagesApplied: options.maxPagesApplied } : {}),
       },
     });
     let session: ResumingSession;
@@ -465,6 +468,7 @@ export async function receiveFile(output: string, options: ReceiveFileOptions): 
       ...(options.deviceId !== undefined ? { deviceId: options.deviceId } : {}),
       ...(options.maxStateSize !== undefined ? { maxStateSize: options.maxStateSize } : {}),
       ...(options.maxRecordPayload !== undefined ? { maxRecordPayload: options.maxRecordPayload } : {}),
+      ...(options.maxPagesApplied !== undefined ? { maxPagesApplied: options.maxPagesApplied } : {}),
     });
     return {
       write: (chunk) => decoder.push(chunk),
