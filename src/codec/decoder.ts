@@ -8,7 +8,7 @@ import { xxh3 } from "../core/xxh3.js";
 import { DEFAULT_LIMITS, HEADER_FIXED, HEADER_PREFIX, RECORD_OVERHEAD, TAG_CONFIG, TAG_ROUND } from "../format/constants.js";
 import { checkMagic, parseHeader, parseHeaderPrefix, type RegionSpec, type StreamHeader } from "../format/header.js";
 import { kernelError } from "./decode-errors.js";
-import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_RECORD, DecMode, Region, stableView } from "./contexts.js";
+import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_NEED_STAGING, DECODE_RECORD, DecMode, Region, stableView } from "./contexts.js";
 
 export interface DecoderLimits {
   /** Largest state a stream may declare. Default 1 GiB. */
@@ -59,7 +59,10 @@ export interface DataRecord {
 
 /** A region the kernel applies records into, in core memory. */
 export interface StagingRegion {
-  /** The staging block (region size). */
+  /**
+   * The staging block (region size), or 0: the plan's `stage` makes it when a record first
+   * writes into the region (pages of a region without staging are zeros until then).
+   */
   ptr: number;
   /** True if the block holds only zeros (fresh memory): ZERO records over it cost nothing. */
   zeroed: boolean;
@@ -83,6 +86,11 @@ export interface TargetPlan {
    * zeros (repeated coverage is absorbed); `startsZeroed` says every page starts as zeros.
    */
   zeroRuns?: { startsZeroed: boolean };
+  /**
+   * Makes region i's staging block when a record first writes into it (regions given with
+   * ptr 0); `zeroed` says whether it holds zeros (otherwise its content is unspecified).
+   */
+  stage?: (region: number) => { ptr: number; zeroed: boolean };
 }
 
 /**
@@ -165,6 +173,8 @@ export class StreamDecoder {
   #ctx: ContextView | undefined;
   #regions = 0;
   #haves: number[] = [];
+  #stage: TargetPlan["stage"];
+  #pageSize = 0;
   #win = 0;
   #winCap = 0;
   #winLen = 0;
@@ -343,6 +353,8 @@ export class StreamDecoder {
     const opened = this.#target.open(header);
     const plan: TargetPlan = Array.isArray(opened) ? { staging: opened.map((ptr) => ({ ptr, zeroed: false })) } : (opened ?? {});
     const staging = plan.staging;
+    this.#stage = plan.stage;
+    this.#pageSize = header.pageSize;
     const count = header.regions.length;
     const entry = c.exports.region_entry_size();
     this.#regions = c.alloc(entry * count);
@@ -368,7 +380,8 @@ export class StreamDecoder {
       const stage = staging?.[i];
       const zero = c.alloc(bitmapBytes);
       this.#haves.push(zero);
-      const zeroed = stage ? stage.zeroed && !stage.cow : (plan.zeroRuns?.startsZeroed ?? false);
+      // Staging not made yet is zeros until a record writes into it (then #staged sees to it).
+      const zeroed = stage ? stage.ptr === 0 || (stage.zeroed && !stage.cow) : (plan.zeroRuns?.startsZeroed ?? false);
       c.u8.fill(zeroed ? 0xff : 0, zero, zero + bitmapBytes);
       const r = new ContextView(c.memory, this.#regions + i * entry);
       r.setU64(Region.SIZE, BigInt(region.size));
@@ -461,8 +474,53 @@ export class StreamDecoder {
         }
         if (status === DECODE_END) this.#ended = true;
         else if (status === DECODE_RECORD) this.#record(c);
+        else if (status === DECODE_NEED_STAGING) this.#staged(c, ctx.u16(Dec.R_REGION));
       }
     });
+  }
+
+  /**
+   * A record is about to write into region `i` for the first time: its staging is made now. A
+   * block that does not hold zeros (reused memory) gets zeros where earlier ZERO records were
+   * absorbed (pages held and known zero); pages not delivered yet stop being known zero, so a
+   * later ZERO record over them writes.
+   */
+  #staged(c: Core, i: number): void {
+    const made = this.#stage!(i);
+    const entry = new ContextView(c.memory, this.#regions + i * c.exports.region_entry_size());
+    entry.setU32(Region.STAGING, made.ptr);
+    if (made.zeroed) return;
+    const pages = entry.u32(Region.PAGES);
+    const size = Number(entry.u64(Region.SIZE));
+    const words = Math.ceil(pages / 64) * 2;
+    const have = new Uint32Array(c.memory.buffer, this.#haves[2 * i]!, words);
+    const zero = new Uint32Array(c.memory.buffer, this.#haves[2 * i + 1]!, words);
+    const u8 = c.u8;
+    const pageSize = this.#pageSize;
+    let run = -1;
+    const close = (end: number): void => {
+      if (run >= 0) u8.fill(0, made.ptr + run * pageSize, made.ptr + Math.min(end * pageSize, size));
+      run = -1;
+    };
+    for (let w = 0; w < words; w++) {
+      const known = (zero[w]! & have[w]!) >>> 0;
+      zero[w] = known;
+      const first = w * 32;
+      if (known === 0xffffffff) {
+        if (run < 0) run = first;
+        continue;
+      }
+      if (known === 0) {
+        close(first);
+        continue;
+      }
+      for (let b = 0; b < 32; b++) {
+        if (known & (1 << b)) {
+          if (run < 0) run = first + b;
+        } else close(first + b);
+      }
+    }
+    close(pages);
   }
 
   #record(c: Core): void {
