@@ -157,6 +157,9 @@ const unfinished = new FinalizationRegistry<HeldMemory>((held) => {
  */
 const disposeKey: typeof Symbol.dispose = Symbol.dispose ?? (Symbol.for("nodejs.dispose") as typeof Symbol.dispose);
 
+/** The record window's first size; it doubles as larger records arrive. */
+const FIRST_WINDOW = 256 * 1024;
+
 export class StreamDecoder {
   readonly #options: DecoderOptions;
   /** The base; a view of core memory is detached when memory grows (reading the header may). */
@@ -177,6 +180,9 @@ export class StreamDecoder {
   #pageSize = 0;
   #win = 0;
   #winCap = 0;
+  /** The largest the window may grow: one record of the header's maximum size. */
+  #winMax = 0;
+  #held: HeldMemory | undefined;
   #winLen = 0;
   /** Where LZ4 records are decoded for targets that apply records themselves. */
   #lz4Scratch = 0;
@@ -410,14 +416,16 @@ export class StreamDecoder {
       ctx.setU32(Dec.LZ4_SCRATCH, this.#lz4Scratch);
     }
     ctx.setU64(Dec.DIGEST, header.checksumValue);
-    this.#winCap = header.maxRecordPayload + RECORD_OVERHEAD + 64;
+    this.#winMax = header.maxRecordPayload + RECORD_OVERHEAD + 64;
+    this.#winCap = Math.min(this.#winMax, FIRST_WINDOW);
     this.#win = c.alloc(this.#winCap);
     this.#winStart = header.length;
     this.#header = header;
     this.#phase = "records";
     const ptrs = [ctx.ptr, this.#regions, this.#win, ...this.#haves];
     if (this.#lz4Scratch) ptrs.push(this.#lz4Scratch);
-    unfinished.register(this, { core: c, ptrs, target: this.#target }, this);
+    this.#held = { core: c, ptrs, target: this.#target };
+    unfinished.register(this, this.#held, this);
   }
 
   #feed(chunk: Uint8Array, from: number): void {
@@ -436,14 +444,22 @@ export class StreamDecoder {
       at += used;
       const rest = length - at;
       if (rest > 0) {
-        if (rest > this.#winCap) throw new MigrationError("EBADMSG", "internal: record larger than the window");
+        if (rest > this.#winCap) this.#grow(rest);
         c.u8.copyWithin(this.#win, ptr + at, ptr + length);
         this.#winLen = rest;
       }
       return;
     }
-    while (at < chunk.length) {
-      const take = Math.min(this.#winCap - this.#winLen, chunk.length - at);
+    // Staging made on a record's first write, and a window that grows, allocate: a chunk that
+    // lives in core memory is looked up again by offset afterwards (its view may be detached).
+    const inCore = c.owns(chunk);
+    const chunkPtr = chunk.byteOffset;
+    const chunkLength = chunk.length;
+    const view = (): Uint8Array => (inCore && !c.owns(chunk) ? new Uint8Array(c.memory.buffer, chunkPtr, chunkLength) : chunk);
+    while (at < chunkLength) {
+      if (this.#winLen === this.#winCap) this.#grow(this.#winCap + 1);
+      chunk = view();
+      const take = Math.min(this.#winCap - this.#winLen, chunkLength - at);
       c.u8.set(chunk.subarray(at, at + take), this.#win + this.#winLen);
       this.#winLen += take;
       this.#consumed += take;
@@ -455,6 +471,23 @@ export class StreamDecoder {
         this.#winStart += used;
       }
     }
+  }
+
+  /**
+   * Grows the window to at least `need` bytes (doubling), up to the largest record the header
+   * allows: it holds the part of a record not received yet, so it grows with records that
+   * arrived, not with the header's maximum record size.
+   */
+  #grow(need: number): void {
+    const c = this.#core;
+    const cap = Math.min(this.#winMax, Math.max(need, this.#winCap * 2));
+    if (cap < need) throw new MigrationError("EBADMSG", "internal: record larger than the window");
+    const next = c.alloc(cap);
+    c.u8.copyWithin(next, this.#win, this.#win + this.#winLen);
+    c.free(this.#win);
+    if (this.#held) this.#held.ptrs[this.#held.ptrs.indexOf(this.#win)] = next;
+    this.#win = next;
+    this.#winCap = cap;
   }
 
   /** Runs the kernel over [ptr, ptr+len) (stream offset `streamPos`); returns bytes consumed. */
@@ -605,6 +638,7 @@ export class StreamDecoder {
 
   #release(): void {
     unfinished.unregister(this);
+    this.#held = undefined;
     const c = this.#core;
     const ctx = this.#ctx;
     if (ctx) {
