@@ -8,7 +8,18 @@ import { xxh3 } from "../core/xxh3.js";
 import { DEFAULT_LIMITS, HEADER_FIXED, HEADER_PREFIX, RECORD_OVERHEAD, TAG_CONFIG, TAG_ROUND } from "../format/constants.js";
 import { checkMagic, parseHeader, parseHeaderPrefix, type RegionSpec, type StreamHeader } from "../format/header.js";
 import { kernelError } from "./decode-errors.js";
-import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_NEED_STAGING, DECODE_RECORD, DecMode, Region, stableView } from "./contexts.js";
+import {
+  ContextView,
+  Dec,
+  DECODE_END,
+  DECODE_NEED_MORE,
+  DECODE_NEED_SCRATCH,
+  DECODE_NEED_STAGING,
+  DECODE_RECORD,
+  DecMode,
+  Region,
+  stableView,
+} from "./contexts.js";
 
 export interface DecoderLimits {
   /** Largest state a stream may declare. Default 1 GiB. */
@@ -411,10 +422,7 @@ export class StreamDecoder {
     ctx.setU8(Dec.SHIFT, shift);
     ctx.setU32(Dec.MAXPAYLOAD, header.maxRecordPayload);
     ctx.setU32(Dec.MODE, (staging ? DecMode.APPLY : plan.zeroRuns ? DecMode.ZERO_RUNS : 0) | (header.compression === "lz4" ? DecMode.LZ4 : 0));
-    if (header.compression === "lz4" && !staging) {
-      this.#lz4Scratch = c.alloc(header.maxRecordPayload);
-      ctx.setU32(Dec.LZ4_SCRATCH, this.#lz4Scratch);
-    }
+
     ctx.setU64(Dec.DIGEST, header.checksumValue);
     this.#winMax = header.maxRecordPayload + RECORD_OVERHEAD + 64;
     this.#winCap = Math.min(this.#winMax, FIRST_WINDOW);
@@ -423,7 +431,6 @@ export class StreamDecoder {
     this.#header = header;
     this.#phase = "records";
     const ptrs = [ctx.ptr, this.#regions, this.#win, ...this.#haves];
-    if (this.#lz4Scratch) ptrs.push(this.#lz4Scratch);
     this.#held = { core: c, ptrs, target: this.#target };
     unfinished.register(this, this.#held, this);
   }
@@ -508,6 +515,12 @@ export class StreamDecoder {
         if (status === DECODE_END) this.#ended = true;
         else if (status === DECODE_RECORD) this.#record(c);
         else if (status === DECODE_NEED_STAGING) this.#staged(c, ctx.u16(Dec.R_REGION));
+        else if (status === DECODE_NEED_SCRATCH) {
+          // The first LZ4 record for a target that takes decoded records: room for the largest.
+          this.#lz4Scratch = c.alloc(this.#header!.maxRecordPayload);
+          this.#held?.ptrs.push(this.#lz4Scratch);
+          ctx.setU32(Dec.LZ4_SCRATCH, this.#lz4Scratch);
+        }
       }
     });
   }

@@ -3,6 +3,7 @@
 // process with --expose-gc against the built package; disposal runs here.
 import { execFileSync } from "node:child_process";
 import { beforeAll, describe, expect, it } from "vitest";
+import { StreamDecoder } from "../../src/codec/decoder.js";
 import { core } from "../../src/core/instance.js";
 import { createDecoder, encodeSnapshot } from "../../src/index.js";
 import { encodeHeader } from "../../src/format/header.js";
@@ -51,6 +52,34 @@ describe("decoders that are not finished", () => {
     decoder.end();
     expect(Buffer.from(decoder.result()).equals(Buffer.from(state))).toBe(true);
     expect(core().allocatedBytes).toBeLessThanOrEqual(before + (8 << 20) + (1 << 20));
+  });
+
+  it("a header that allows LZ4 takes no LZ4 scratch until an LZ4 record arrives (targets that take decoded records)", () => {
+    const lz4Claim = encodeHeader({
+      checksum: "xxh3",
+      pageSize: 4096,
+      maxRecordPayload: 16 << 20,
+      deviceId: "",
+      baseDigest: undefined,
+      compression: "lz4",
+      regions: [{ name: "state", size: GiB }],
+    }).bytes;
+    const discard = { open: () => undefined, apply: () => undefined, commit: () => undefined, abort: () => undefined };
+    const before = core().allocatedBytes;
+    const decoders = Array.from({ length: 300 }, () => {
+      const decoder = new StreamDecoder(discard);
+      decoder.push(lz4Claim);
+      return decoder;
+    });
+    expect(core().allocatedBytes - before).toBeLessThan(300 * (512 << 10));
+    for (const d of decoders) d.abort();
+    // An LZ4 stream still verifies through such a target.
+    const state = new Uint8Array(4 << 20).fill(3);
+    const stream = encodeSnapshot(state, { compress: "lz4" });
+    const verifier = new StreamDecoder(discard);
+    verifier.push(stream, true);
+    expect(verifier.summary().records.lz4).toBeGreaterThan(0);
+    expect(core().allocatedBytes).toBe(before);
   });
 
   it("the disposal key is Symbol.dispose, which on Node is the registered nodejs.dispose symbol", () => {
