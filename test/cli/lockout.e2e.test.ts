@@ -61,6 +61,12 @@ async function trial(name: string, tls: "none" | "certs", kinds: readonly Hostil
     expect(sent.code, sent.stderr).toBe(0);
     expect(received.code, received.stderr.slice(-2000)).toBe(0);
     expect(readFileSync(output).equals(readFileSync(at("vm.state")))).toBe(true);
+    // A flood is named for its first 20 drops, then counted: stderr stays readable.
+    if (horde) {
+      expect(received.stderr).toMatch(/further dropped connections are counted, not shown/);
+      expect(received.stderr).toMatch(/migstream: \d+ connections dropped before one owned the migration/);
+      expect(received.stderr.split("\n").filter((l) => l.startsWith("migstream: dropped")).length).toBe(20);
+    }
     return { senderMs, ...(horde ? { horde: { connected: horde.connected, dropped: horde.dropped } } : {}) };
   } finally {
     horde?.stop();
