@@ -19,7 +19,7 @@ import { validateRegions } from "../format/header.js";
 export interface StagedContent {
   readonly length: number;
   /** Makes this the content of the region whose block is `current`; returns the block that holds it now. */
-  install(current: CoreBuffer): CoreBuffer;
+  install(current: CoreBuffer | undefined): CoreBuffer;
   /** Copies the content into `out` (`base` supplies what a copy-on-write staging never wrote). */
   copyTo(out: Uint8Array, base: Uint8Array | undefined): void;
   free(): void;
@@ -75,30 +75,37 @@ export class TrackedRegion {
     this.size = this.memory ? this.memory.length : (spec as RegionSpec).size;
     this.pages = Math.ceil(this.size / pageSize);
     this.bitmapBytes = Math.ceil(this.pages / 8);
-    const external = this.memory !== undefined;
     const buffers = allocating((alloc) => ({
-      data: external ? undefined : alloc(this.size, true),
       pending: alloc(this.bitmapBytes, true),
       scratch: alloc(this.bitmapBytes),
       // Shadow and hashes start unspecified: the first pass sends every page and sets them.
       shadow: tracking === "shadow" ? alloc(this.size) : undefined,
       hashes: tracking === "hash" ? alloc(this.pages * 8) : undefined,
     }));
-    this.#data = buffers.data;
     this.pending = buffers.pending;
     this.scratch = buffers.scratch;
     this.shadow = buffers.shadow;
     this.hashes = buffers.hashes;
   }
 
-  /** The region's block of core memory; EINVAL for a region over the embedder's memory. */
+  /**
+   * The region's bytes in core memory, made (zeros) on first use: a device created to receive a
+   * migration costs nothing until a state is installed in it, however large the stream's
+   * header says its regions are. EINVAL for a region over the embedder's memory.
+   */
   get data(): CoreBuffer {
-    if (!this.#data) throw new MigrationError("EINVAL", `region ${JSON.stringify(this.name)} lives in the embedder's memory, not in core memory`);
+    if (this.memory) throw new MigrationError("EINVAL", `region ${JSON.stringify(this.name)} lives in the embedder's memory, not in core memory`);
+    this.#data ??= new CoreBuffer(this.size, true);
     return this.#data;
   }
 
   set data(block: CoreBuffer) {
     this.#data = block;
+  }
+
+  /** The region's block if it was made, without making it. */
+  get madeData(): CoreBuffer | undefined {
+    return this.#data;
   }
 
   /** The region's bytes, wherever they live (a view into core memory: take it again after allocating). */
@@ -139,6 +146,7 @@ export class TrackedRegion {
 
   free(): void {
     for (const b of [this.#data, this.pending, this.scratch, this.shadow, this.hashes]) b?.free();
+    this.#data = undefined;
   }
 }
 
@@ -304,10 +312,10 @@ export class DeviceModel {
           next.free();
         }
       } else if (next instanceof CoreBuffer) {
-        r.data.free();
+        r.madeData?.free();
         r.data = next;
       } else {
-        r.data = next.install(r.data);
+        r.data = next.install(r.madeData);
       }
     });
     this.resetTracking();
