@@ -4,6 +4,7 @@
 // when a chunk must be made resident.
 import { MigrationError } from "../core/errors.js";
 import { type Core, guarded } from "../core/instance.js";
+import { latin1Bytes } from "./latin1.js";
 
 /** A RAM block as the stream's block list declares it. */
 export interface RamBlock {
@@ -119,8 +120,7 @@ export class RamKernel {
     const c = this.#core;
     const x = c.exports;
     const entry = x.qemu_ram_block_entry_size();
-    // Names travel as raw bytes; the reader decoded them as Latin-1, one char per byte.
-    const names = blocks.map((b) => Uint8Array.from(b.name, (ch) => ch.charCodeAt(0)));
+    const names = blocks.map((b) => latin1Bytes(b.name));
     this.#ctx = c.allocZeroed(x.qemu_ram_context_size());
     this.#table = c.allocZeroed(entry * Math.max(blocks.length, 1));
     this.#names = c.alloc(names.reduce((n, b) => n + b.length, 0));

@@ -17,6 +17,7 @@ import {
   RamFlag,
   Section,
 } from "./constants.js";
+import { latin1 } from "./latin1.js";
 import { type RamBlock, RamKernel, type RamMode, RamStatus, ramProblem } from "./ram-kernel.js";
 import { type DeviceLayout, findDescription, parseVmDescription, type VmDescription } from "./vmdesc.js";
 
@@ -82,18 +83,7 @@ export interface QemuDeviceState {
   tail: Uint8Array;
 }
 
-type State =
-  | "header"
-  | "configuration"
-  | "configSubsection"
-  | "section"
-  | "ramBlocks"
-  | "ram"
-  | "footer"
-  | "devices"
-  | "description"
-  | "buffer"
-  | "done";
+type State = "header" | "configuration" | "configSubsection" | "section" | "ramBlocks" | "ram" | "footer" | "devices" | "description" | "buffer" | "done";
 
 /** Input is taken in slices of this size, so the window never holds much more than one. */
 const SLICE = 1 << 20;
@@ -142,7 +132,8 @@ export class QemuStreamReader {
       keepDeviceState: options.keepDeviceState ?? true,
     };
     for (const [name, value] of Object.entries(this.#options)) {
-      if (typeof value === "number" && (!Number.isSafeInteger(value) || value < 0)) throw new MigrationError("EINVAL", `QEMU reader: ${name} must be a non-negative integer`);
+      if (typeof value === "number" && (!Number.isSafeInteger(value) || value < 0))
+        throw new MigrationError("EINVAL", `QEMU reader: ${name} must be a non-negative integer`);
     }
     this.#mode = options.ram ?? { kind: "check" };
     this.#core = guarded((c) => c);
@@ -176,7 +167,9 @@ export class QemuStreamReader {
     try {
       if (this.#state === "buffer") this.#finishBuffered();
       if (this.#state !== "done") {
-        throw new MigrationError("ENODATA", `stream ends at byte ${this.#offset + this.#avail} inside ${this.#where()}`, { byteOffset: this.#offset + this.#avail });
+        throw new MigrationError("ENODATA", `stream ends at byte ${this.#offset + this.#avail} inside ${this.#where()}`, {
+          byteOffset: this.#offset + this.#avail,
+        });
       }
       if (this.#mode.kind === "spill") this.#kernel?.flush();
     } catch (error) {
@@ -317,7 +310,8 @@ export class QemuStreamReader {
     const v = this.#view();
     if (v.getUint32(0) !== QEMU_MAGIC) throw this.#corrupt("not a QEMU migration stream (bad magic)", this.#offset);
     const version = v.getUint32(4);
-    if (version !== QEMU_VERSION) throw new MigrationError("EPROTONOSUPPORT", `QEMU stream file version ${version} (only ${QEMU_VERSION} is read)`, { byteOffset: this.#offset + 4 });
+    if (version !== QEMU_VERSION)
+      throw new MigrationError("EPROTONOSUPPORT", `QEMU stream file version ${version} (only ${QEMU_VERSION} is read)`, { byteOffset: this.#offset + 4 });
     this.#consume(8);
     this.#state = "configuration";
     return true;
@@ -375,7 +369,12 @@ export class QemuStreamReader {
         p += 1 + len;
       }
       for (const cap of caps) {
-        const feature = cap === "x-ignore-shared" ? "x-ignore-shared (shared RAM is not in the stream)" : cap === "mapped-ram" ? "mapped-ram (pages at fixed file offsets)" : `the ${cap} capability`;
+        const feature =
+          cap === "x-ignore-shared"
+            ? "x-ignore-shared (shared RAM is not in the stream)"
+            : cap === "mapped-ram"
+              ? "mapped-ram (pages at fixed file offsets)"
+              : `the ${cap} capability`;
         throw new MigrationError("EPROTONOSUPPORT", `stream written with ${feature}: not decoded`, { byteOffset: at });
       }
       this.#consume(p);
@@ -404,7 +403,8 @@ export class QemuStreamReader {
           throw new MigrationError("EPROTONOSUPPORT", `stream carries ${feature}: not decoded`, { byteOffset: at });
         }
         if (this.#ram) throw this.#corrupt("a second RAM section start", at);
-        if (version !== RAM_SECTION_VERSION) throw new MigrationError("EPROTONOSUPPORT", `RAM section version ${version} (only ${RAM_SECTION_VERSION} is read)`, { byteOffset: at });
+        if (version !== RAM_SECTION_VERSION)
+          throw new MigrationError("EPROTONOSUPPORT", `RAM section version ${version} (only ${RAM_SECTION_VERSION} is read)`, { byteOffset: at });
         // The prologue (header and configuration) ends here.
         this.#closePrologue();
         this.#ram = { id, instance, version };
@@ -483,10 +483,12 @@ export class QemuStreamReader {
       const size = v().getBigUint64(1 + len);
       const at = this.#offset;
       if (len === 0) throw this.#corrupt("RAM block with an empty name", at);
-      if (size === 0n || size > BigInt(this.#blocksLeft)) throw this.#corrupt(`RAM block ${JSON.stringify(name)} of ${size} bytes does not fit the declared total of ${this.#ramTotal}`, at);
+      if (size === 0n || size > BigInt(this.#blocksLeft))
+        throw this.#corrupt(`RAM block ${JSON.stringify(name)} of ${size} bytes does not fit the declared total of ${this.#ramTotal}`, at);
       if (size % BigInt(QEMU_PAGE_SIZE) !== 0n) throw this.#corrupt(`RAM block ${JSON.stringify(name)} of ${size} bytes is not whole pages`, at);
       if (this.#blocks.some((b) => b.name === name)) throw this.#corrupt(`RAM block ${JSON.stringify(name)} declared twice`, at);
-      if (this.#blocks.length >= this.#options.maxBlocks) throw new MigrationError("E2BIG", `more than ${this.#options.maxBlocks} RAM blocks`, { byteOffset: at });
+      if (this.#blocks.length >= this.#options.maxBlocks)
+        throw new MigrationError("E2BIG", `more than ${this.#options.maxBlocks} RAM blocks`, { byteOffset: at });
       this.#blocks.push({ name, size: Number(size) });
       this.#blocksLeft -= Number(size);
       this.#consume(9 + len);
@@ -565,7 +567,10 @@ export class QemuStreamReader {
       const got = fits ? latin1(bytes.subarray(p + 2, p + 2 + len)) : undefined;
       const gotVersion = fits ? new DataView(bytes.buffer, bytes.byteOffset + p + 2 + len, 4).getUint32(0) : -1;
       if (got !== mark.name || gotVersion !== mark.version) {
-        throw this.#corrupt(`device section ${JSON.stringify(name)}: subsection ${JSON.stringify(mark.name)} version ${mark.version} of the VM description is not in the stream`, at + p);
+        throw this.#corrupt(
+          `device section ${JSON.stringify(name)}: subsection ${JSON.stringify(mark.name)} version ${mark.version} of the VM description is not in the stream`,
+          at + p,
+        );
       }
     }
     const footer = head + layout.dataLength;
@@ -584,7 +589,9 @@ export class QemuStreamReader {
     if (v.getUint8(0) !== Section.VMDESCRIPTION) throw this.#corrupt("no VM description after EOF", this.#offset);
     const len = v.getUint32(1);
     if (len > this.#options.maxDescriptionBytes) {
-      throw new MigrationError("E2BIG", `VM description of ${len} bytes exceeds the limit of ${this.#options.maxDescriptionBytes}`, { byteOffset: this.#offset });
+      throw new MigrationError("E2BIG", `VM description of ${len} bytes exceeds the limit of ${this.#options.maxDescriptionBytes}`, {
+        byteOffset: this.#offset,
+      });
     }
     if (this.#avail < 5 + len) return false;
     const json = this.#peek(len, 5);
@@ -608,7 +615,9 @@ export class QemuStreamReader {
     }
     const jsonAt = eof + 6;
     if (this.#avail - jsonAt > this.#options.maxDescriptionBytes) {
-      throw new MigrationError("E2BIG", `VM description of ${this.#avail - jsonAt} bytes exceeds the limit of ${this.#options.maxDescriptionBytes}`, { byteOffset: this.#offset + eof });
+      throw new MigrationError("E2BIG", `VM description of ${this.#avail - jsonAt} bytes exceeds the limit of ${this.#options.maxDescriptionBytes}`, {
+        byteOffset: this.#offset + eof,
+      });
     }
     if (eof > this.#options.maxDeviceBytes) {
       throw new MigrationError("E2BIG", `device sections of ${eof} bytes exceed the limit of ${this.#options.maxDeviceBytes}`, { byteOffset: this.#offset });
@@ -658,12 +667,6 @@ export class QemuStreamReader {
 /** Is `data` the start of a QEMU migration stream (its magic)? */
 export function isQemuStream(data: Uint8Array): boolean {
   return data.length >= 4 && data[0] === 0x51 && data[1] === 0x45 && data[2] === 0x56 && data[3] === 0x4d;
-}
-
-function latin1(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return s;
 }
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {

@@ -57,7 +57,8 @@ export function parseVmDescription(json: Uint8Array, maxDataBytes: number, at?: 
   }
   if (typeof doc !== "object" || doc === null || Array.isArray(doc)) throw bad("not a JSON object", at);
   const { page_size: pageSize, devices } = doc as { page_size?: unknown; devices?: unknown };
-  if (pageSize !== QEMU_PAGE_SIZE) throw new MigrationError("EPROTONOSUPPORT", `VM description: page size ${String(pageSize)} (only ${QEMU_PAGE_SIZE}, x86, is read)`);
+  if (pageSize !== QEMU_PAGE_SIZE)
+    throw new MigrationError("EPROTONOSUPPORT", `VM description: page size ${String(pageSize)} (only ${QEMU_PAGE_SIZE}, x86, is read)`);
   if (!Array.isArray(devices)) throw bad("no devices array", at);
   let budget = maxDataBytes;
   const layouts: DeviceLayout[] = [];
@@ -82,7 +83,11 @@ function walk(desc: object, start: number, marks: SubsectionMark[], depth: numbe
   if (!Array.isArray(fields)) throw bad(`${where} has no fields array`, at);
   let length = 0;
   const over = (): MigrationError =>
-    new MigrationError("E2BIG", `VM description: ${where} claims more device data than the limit of ${budget} bytes`, at === undefined ? {} : { byteOffset: at });
+    new MigrationError(
+      "E2BIG",
+      `VM description: ${where} claims more device data than the limit of ${budget} bytes`,
+      at === undefined ? {} : { byteOffset: at },
+    );
   for (const field of fields) {
     const { size, array_len: arrayLen } = (field ?? {}) as { size?: unknown; array_len?: unknown };
     if (!isCount(size) || (arrayLen !== undefined && !isCount(arrayLen))) throw bad(`${where}: a field without a valid size`, at);
