@@ -124,7 +124,7 @@ export class RamKernel {
     this.#ctx = c.allocZeroed(x.qemu_ram_context_size());
     this.#table = c.allocZeroed(entry * Math.max(blocks.length, 1));
     this.#names = c.alloc(names.reduce((n, b) => n + b.length, 0));
-    for (const [i, block] of blocks.entries()) {
+    for (const block of blocks) {
       const shift = chunkShift(block.size);
       const tableBytes = mode.kind === "check" ? 0 : Math.ceil(block.size / 2 ** shift) * 4;
       this.#shifts.push(shift);

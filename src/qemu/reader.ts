@@ -116,8 +116,6 @@ export class QemuStreamReader {
   #sections: QemuSectionInfo[] = [];
   #deviceIndex = 0;
   #deviceStart = -1;
-  #eofAt = -1;
-  #descriptionBytes: Uint8Array | undefined;
 
   #prologue: Uint8Array[] | undefined = [];
   #tail: Uint8Array[] = [];
@@ -537,7 +535,6 @@ export class QemuStreamReader {
       if (this.#deviceIndex !== desc.devices.length) {
         throw this.#corrupt(`EOF after ${this.#deviceIndex} device sections, but the VM description lists ${desc.devices.length}`, at);
       }
-      this.#eofAt = at;
       this.#consume(1);
       this.#state = "description";
       return true;
@@ -596,7 +593,6 @@ export class QemuStreamReader {
     if (this.#avail < 5 + len) return false;
     const json = this.#peek(len, 5);
     if (this.#given && !equalBytes(json, this.#given)) throw this.#corrupt("the stream's VM description differs from the one given", this.#offset);
-    this.#descriptionBytes = json.slice();
     this.#consume(5 + len);
     this.#state = "done";
     return true;
