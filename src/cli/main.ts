@@ -8,6 +8,7 @@ import { Command, CommanderError } from "commander";
 import { abortPendingFiles } from "../node/atomic-file.js";
 import { registerCodecCommands } from "./commands/codec.js";
 import { registerLiveCommands } from "./commands/live.js";
+import { registerQemuCommands } from "./commands/qemu.js";
 import { CliError, context, EXIT, exitCodeFor, reportFailure, SIGNAL_EXIT } from "./common.js";
 
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
@@ -42,6 +43,7 @@ const program = new Command("migstream")
 
 registerCodecCommands(program);
 registerLiveCommands(program);
+registerQemuCommands(program);
 
 // Usage errors: one line and where to read more (not the whole help).
 program.exitOverride();

@@ -40,6 +40,8 @@ export interface QemuReaderOptions {
   maxDescriptionBytes?: number;
   /** Keep the bytes a writer needs to re-create the stream (deviceState()). Default true. */
   keepDeviceState?: boolean;
+  /** Called with the block list once it is complete, before any page is read. */
+  onblocks?: (blocks: readonly RamBlock[]) => void;
 }
 
 export const QEMU_READER_DEFAULTS = {
@@ -89,7 +91,8 @@ type State = "header" | "configuration" | "configSubsection" | "section" | "ramB
 const SLICE = 1 << 20;
 
 export class QemuStreamReader {
-  readonly #options: Required<Omit<QemuReaderOptions, "description" | "ram">>;
+  readonly #options: Required<Omit<QemuReaderOptions, "description" | "ram" | "onblocks">>;
+  readonly #onblocks: ((blocks: readonly RamBlock[]) => void) | undefined;
   readonly #mode: RamMode;
   #given: Uint8Array | undefined;
   #description: VmDescription | undefined;
@@ -134,6 +137,7 @@ export class QemuStreamReader {
         throw new MigrationError("EINVAL", `QEMU reader: ${name} must be a non-negative integer`);
     }
     this.#mode = options.ram ?? { kind: "check" };
+    this.#onblocks = options.onblocks;
     this.#core = guarded((c) => c);
     if (options.description !== undefined) {
       if (options.description.length > this.#options.maxDescriptionBytes) {
@@ -492,6 +496,7 @@ export class QemuStreamReader {
       this.#consume(9 + len);
       this.#ramInfo!.bytes += 9 + len;
     }
+    this.#onblocks?.(this.#blocks.map((b) => ({ ...b })));
     this.#kernel = new RamKernel(this.#blocks, this.#mode, QEMU_PAGE_SIZE);
     this.#state = "ram";
     return true;
