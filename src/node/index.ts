@@ -43,3 +43,18 @@ export {
   type TlsPsk,
   type TransportSecurity,
 } from "./tcp.js";
+export {
+  readQemuDescription,
+  isQemuFile,
+  inspectQemuStream,
+  decodeQemuToFile,
+  writeQemuStream,
+  concatenatedSources,
+  encodeQemuAsMigstream,
+  decodeMigstreamOfQemu,
+  type BlockSource,
+  type QemuDecodeOptions,
+  type QemuDecodeResult,
+  type QemuFileOptions,
+  type QemuInspectReport,
+} from "./qemu-files.js";
