@@ -1,4 +1,4 @@
-// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,live-migration,cli]
+// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,live-migration,cli,qemu]
 // Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
 // same run, and to its pure-TS reference, and whether each target was met. --json prints the same
 // rows as JSON only (npm's -s keeps npm's own banner off stdout), or with a file name writes the
@@ -11,6 +11,7 @@ import { compressionBenchmarks } from "./compression.js";
 import { type BenchConfig, printTable, type Row, targetMet } from "./harness.js";
 import { kernelBenchmarks } from "./kernels.js";
 import { liveBenchmarks, liveMigrationBenchmarks } from "./live.js";
+import { qemuBenchmarks } from "./qemu.js";
 
 const args = process.argv.slice(2);
 const config: BenchConfig = { smoke: args.includes("--smoke") };
@@ -33,6 +34,7 @@ if (want("codec")) sections.push({ name: "codec", rows: await codecBenchmarks(co
 if (want("compression")) sections.push({ name: "compression", rows: await compressionBenchmarks(config.smoke ? MiB : 64 * MiB, config) });
 if (want("cli")) sections.push({ name: "cli", rows: await cliBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
+if (want("qemu")) sections.push({ name: "qemu", rows: await qemuBenchmarks(config) });
 if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
 
 if (json) {
