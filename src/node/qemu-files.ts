@@ -83,7 +83,16 @@ async function pump(reader: QemuStreamReader, source: Source, onprogress?: (byte
 function readerFor(path: string | undefined, ram: RamMode, options: QemuFileOptions & Pick<QemuReaderOptions, "onblocks">): QemuStreamReader {
   const { onprogress: _progress, ...limits } = options;
   const description = path === undefined ? undefined : readQemuDescription(path, limits.maxDescriptionBytes);
-  return new QemuStreamReader({ ...limits, ram, ...(description ? { description } : {}) });
+  if (description) {
+    try {
+      return new QemuStreamReader({ ...limits, ram, description });
+    } catch (error) {
+      if (!(error instanceof MigrationError)) throw error;
+      // A description the reader refuses: read the stream in one pass instead, which meets the
+      // same problem where it is in the stream (and says so with its byte offset).
+    }
+  }
+  return new QemuStreamReader({ ...limits, ram });
 }
 
 export interface QemuInspectReport {

@@ -143,4 +143,3 @@ describe.skipIf(!enabled)("against QEMU 7.2", () => {
     }, 180_000);
   });
 });
-
