@@ -2,6 +2,8 @@
 // separate bytes, so that a test can change exactly one thing. Golden streams from QEMU itself
 // are in test/fixtures/qemu/.
 
+import { concat } from "../codec/stream-builder.js";
+
 const enc = new TextEncoder();
 
 export function u8(...bytes: number[]): Uint8Array {
@@ -26,15 +28,8 @@ export function be64(n: bigint | number): Uint8Array {
   return b;
 }
 
-export function cat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+/** Concatenation of byte arrays (the codec tests' helper). */
+export const cat = (...parts: Uint8Array[]): Uint8Array => concat(...parts);
 
 function str8(s: string): Uint8Array {
   const b = enc.encode(s);
