@@ -144,7 +144,11 @@ export async function decodeQemuToFile(source: Source, output: string, path?: st
       if (wanted < 0 || block === wanted) file.writeAt(bytes, bases[block]! + offset);
     },
     read: (block: number, offset: number, into: Uint8Array) => {
-      if (wanted >= 0 && block !== wanted) return into.fill(0) && undefined;
+      // Blocks other than the one asked for are never written out: they read back as zeros.
+      if (wanted >= 0 && block !== wanted) {
+        into.fill(0);
+        return;
+      }
       let done = 0;
       while (done < into.length) {
         const n = readSync(file.fd, into, done, into.length - done, bases[block]! + offset + done);
