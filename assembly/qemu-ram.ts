@@ -25,7 +25,7 @@
 // 2 NEED_CHUNK (`needBlock`, `needChunk`; the record at `pos` is not applied yet), negative for a
 // malformed record at `pos` (see below; `detail` carries the flags or the XBZRLE status).
 import { bytesZero } from "./mem";
-import { validate } from "./xbzrle";
+import { validate, xbzrle_decode } from "./xbzrle";
 
 const FLAG_ZERO: u64 = 0x02;
 const FLAG_MEM_SIZE: u64 = 0x04;
@@ -220,7 +220,7 @@ export function qemu_ram_run(ctx: usize): i32 {
         const page = <usize>chunk + within;
         if (kind == FLAG_ZERO) memory.fill(page, fill, pageSize);
         else if (kind == FLAG_PAGE) memory.copy(page, input + q, pageSize);
-        else applyDelta(delta, deltaLen, page);
+        else xbzrle_decode(delta, deltaLen, page, pageSize);
       }
     }
     if (kind == FLAG_ZERO) zero++;
@@ -236,30 +236,6 @@ export function qemu_ram_run(ctx: usize): i32 {
   store<u64>(ctx + QRAM_ZERO, zero);
   store<u64>(ctx + QRAM_XBZRLE, xbzrle);
   return status;
-}
-
-/** Applies a delta that validate() accepted: runs of new bytes copied over the page. */
-function applyDelta(delta: usize, deltaLen: usize, page: usize): void {
-  let i: usize = 0;
-  let d: usize = 0;
-  while (i < deltaLen) {
-    let z = <usize>load<u8>(delta + i);
-    if (z < 0x80) i += 1;
-    else {
-      z = (z & 0x7f) | (<usize>load<u8>(delta + i + 1) << 7);
-      i += 2;
-    }
-    d += z;
-    let n = <usize>load<u8>(delta + i);
-    if (n < 0x80) i += 1;
-    else {
-      n = (n & 0x7f) | (<usize>load<u8>(delta + i + 1) << 7);
-      i += 2;
-    }
-    memory.copy(page + d, delta + i, n);
-    i += n;
-    d += n;
-  }
 }
 
 /**
