@@ -40,6 +40,20 @@ describe("CLI on QEMU streams (golden files)", () => {
     expect(existsSync(d("none.ram"))).toBe(false);
   });
 
+  it("stdin: recognised by its magic too (inspect, decode), and a migstream stream on stdin still is one", async () => {
+    const inspect = await run(["inspect", "-", "--json"], { input: readFileSync(XBZRLE) });
+    expect(inspect.code, inspect.stderr).toBe(0);
+    expect(JSON.parse(inspect.stdout.toString())).toMatchObject({ format: "qemu", valid: true, pages: { xbzrle: expect.any(Number) } });
+    const piped = await run(["decode", "-", "-o", d("piped.ram")], { input: readFileSync(XBZRLE) });
+    expect(piped.code, piped.stderr).toBe(0);
+    await run(["decode", XBZRLE, "-o", d("file.ram")]);
+    expect(readFileSync(d("piped.ram")).equals(readFileSync(d("file.ram")))).toBe(true);
+    await run(["convert", XBZRLE, "-o", d("s.mig")]);
+    const mig = await run(["verify", "-", "--json"], { input: readFileSync(d("s.mig")) });
+    expect(mig.code, mig.stderr).toBe(0);
+    expect(JSON.parse(mig.stdout.toString()).format).toBeUndefined();
+  });
+
   it("a damaged stream: decode exits 2 and leaves nothing; inspect --json reports it invalid with the offset", async () => {
     const bad = Buffer.from(readFileSync(FIXTURE));
     bad[bad.length - 200]! ^= 0xff; // inside the VM description: no longer JSON

@@ -28,7 +28,7 @@ import {
   errorJson,
 } from "../common.js";
 import { headerJson, recordsJson, resources } from "../json.js";
-import { isQemuFile, qemuApply, qemuDecode, qemuDiff, qemuEncodeTemplate, qemuInspect, qemuVerify } from "./qemu.js";
+import { isQemuInput, qemuApply, qemuDecode, qemuDiff, qemuEncodeTemplate, qemuInspect, qemuVerify } from "./qemu.js";
 
 interface CommonFlags {
   json?: boolean;
@@ -92,7 +92,7 @@ function decodeOptions(command: Command): Command {
 
 async function runEncode(command: "encode" | "diff", snapshot: string, flags: EncodeFlags): Promise<void> {
   if (flags.template !== undefined) return qemuEncodeTemplate(snapshot, { ...flags, template: flags.template });
-  if (command === "diff" && flags.base !== undefined && (isQemuFile(flags.base) || isQemuFile(snapshot))) {
+  if (command === "diff" && flags.base !== undefined && ((await isQemuInput(flags.base)) || (await isQemuInput(snapshot)))) {
     return qemuDiff(flags.base, snapshot, (oldRam, newRam) => runEncode("diff", newRam, { ...flags, base: oldRam }));
   }
   const started = performance.now();
@@ -165,8 +165,8 @@ async function* progressSource(source: AsyncIterable<Uint8Array>, progress: Prog
 }
 
 async function runDecode(command: "decode" | "apply", stream: string, flags: DecodeFlags): Promise<void> {
-  if (command === "decode" && isQemuFile(stream)) return qemuDecode(stream, flags);
-  if (command === "apply" && flags.base !== undefined && isQemuFile(flags.base)) return qemuApply(flags.base, stream, flags);
+  if (command === "decode" && (await isQemuInput(stream))) return qemuDecode(stream, flags);
+  if (command === "apply" && flags.base !== undefined && (await isQemuInput(flags.base))) return qemuApply(flags.base, stream, flags);
   const started = performance.now();
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [stream, flags.base] });
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
@@ -287,7 +287,7 @@ function compressedJson(summary: DecoderSummary): { records: number; bytes: numb
 }
 
 async function runInspect(stream: string, flags: CommonFlags & { maxRecord: string; maxState: string }): Promise<void> {
-  if (isQemuFile(stream)) return qemuInspect(stream, flags);
+  if (await isQemuInput(stream)) return qemuInspect(stream, flags);
   const started = performance.now();
   const progress = new Progress("inspect", flags);
   const total = inputSize(stream);
@@ -365,7 +365,7 @@ async function runInspect(stream: string, flags: CommonFlags & { maxRecord: stri
  * with --base the base is checked too (another base: exit 3).
  */
 async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "force">): Promise<void> {
-  if (isQemuFile(stream)) return qemuVerify(stream, flags);
+  if (await isQemuInput(stream)) return qemuVerify(stream, flags);
   const started = performance.now();
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
   const progress = new Progress("verify", flags);

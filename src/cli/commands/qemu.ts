@@ -6,7 +6,7 @@ import { statSync } from "node:fs";
 import type { Command } from "commander";
 import { decodeToFile } from "../../node/files.js";
 import { MigrationError } from "../../core/errors.js";
-import type { QemuStreamSummary } from "../../qemu/reader.js";
+import { isQemuStream, type QemuStreamSummary } from "../../qemu/reader.js";
 import {
   type BlockSource,
   concatenatedSources,
@@ -37,7 +37,54 @@ import {
 } from "../common.js";
 import { resources } from "../json.js";
 
-export { isQemuFile };
+/**
+ * Is this input a QEMU migration stream (its magic, "QEVM")? A file is read at its start; stdin
+ * ("-") is peeked at: its first bytes are read and pushed back, so whichever command reads it
+ * next gets the whole stream.
+ */
+export async function isQemuInput(path: string | undefined): Promise<boolean> {
+  if (path === undefined) return false;
+  if (path !== "-") return isQemuFile(path);
+  const stdin = process.stdin;
+  if (stdin.isTTY) return false;
+  // A pipe may deliver fewer than the four bytes of the magic first: read until there are four.
+  const parts: Buffer[] = [];
+  let have = 0;
+  while (have < 4) {
+    const chunk = await new Promise<Buffer | null>((resolve, reject) => {
+      const tryRead = (): void => {
+        const data = stdin.read() as Buffer | null;
+        if (data !== null) {
+          cleanup();
+          resolve(data);
+        }
+      };
+      const onEnd = (): void => {
+        cleanup();
+        resolve(null);
+      };
+      const onError = (error: Error): void => {
+        cleanup();
+        reject(error);
+      };
+      const cleanup = (): void => {
+        stdin.off("readable", tryRead);
+        stdin.off("end", onEnd);
+        stdin.off("error", onError);
+      };
+      stdin.on("readable", tryRead);
+      stdin.once("end", onEnd);
+      stdin.once("error", onError);
+      tryRead();
+    });
+    if (chunk === null) break;
+    parts.push(chunk);
+    have += chunk.length;
+  }
+  const head = Buffer.concat(parts);
+  if (head.length > 0) stdin.unshift(head);
+  return isQemuStream(head);
+}
 
 interface Flags {
   json?: boolean;
@@ -181,7 +228,7 @@ async function decodeToTemp(stream: string, name: string): Promise<{ path: strin
 export async function qemuConvert(input: string, flags: Flags & { output: string }): Promise<void> {
   const started = performance.now();
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [input] });
-  if (isQemuFile(input)) {
+  if (await isQemuInput(input)) {
     const ram = await decodeToTemp(input, "qemu.ram");
     try {
       let written = 0;
@@ -268,9 +315,9 @@ export async function qemuEncodeTemplate(snapshot: string, flags: Flags & { outp
  * ordinary diff, which `run` is.
  */
 export async function qemuDiff(oldPath: string, newPath: string, run: (oldRam: string, newRam: string) => Promise<void>): Promise<void> {
-  const old = isQemuFile(oldPath) ? await decodeToTemp(oldPath, "old.ram") : undefined;
+  const old = (await isQemuInput(oldPath)) ? await decodeToTemp(oldPath, "old.ram") : undefined;
   try {
-    const next = isQemuFile(newPath) ? await decodeToTemp(newPath, "new.ram") : undefined;
+    const next = (await isQemuInput(newPath)) ? await decodeToTemp(newPath, "new.ram") : undefined;
     try {
       await run(old?.path ?? oldPath, next?.path ?? newPath);
     } finally {
