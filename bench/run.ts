@@ -1,4 +1,4 @@
-// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,emulator-memory,live-migration,cli,vfio-user]
+// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,emulator-memory,live-migration,cli,vfio-user,qemu]
 // Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
 // same run, and to its pure-TS reference, and whether each target was met. --json prints the same
 // rows as JSON only (npm's -s keeps npm's own banner off stdout), or with a file name writes the
@@ -13,6 +13,7 @@ import { kernelBenchmarks } from "./kernels.js";
 import { liveBenchmarks, liveMigrationBenchmarks } from "./live.js";
 import { emulatorMemoryBenchmarks } from "./emulator-memory.js";
 import { vfioUserBenchmarks } from "./vfio-user.js";
+import { qemuBenchmarks } from "./qemu.js";
 
 const args = process.argv.slice(2);
 const config: BenchConfig = { smoke: args.includes("--smoke") };
@@ -36,6 +37,7 @@ if (want("compression")) sections.push({ name: "compression", rows: await compre
 if (want("cli")) sections.push({ name: "cli", rows: await cliBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
 if (want("emulator-memory")) sections.push({ name: "emulator memory", rows: await emulatorMemoryBenchmarks(config.smoke ? 4 * MiB : 64 * MiB, config) });
+if (want("qemu")) sections.push({ name: "qemu", rows: await qemuBenchmarks(config) });
 if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
 if (want("vfio-user")) sections.push({ name: "vfio-user", rows: await vfioUserBenchmarks(config) });
 

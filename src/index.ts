@@ -94,3 +94,16 @@ export {
   REG_DATA_SIZE,
   DATA_WINDOW_OFFSET,
 } from "./migration/v1/migration-region.js";
+
+// QEMU's migration stream (docs/QEMU.md): a push reader and a writer QEMU 7.2 loads.
+export {
+  QemuStreamReader,
+  isQemuStream,
+  QEMU_READER_DEFAULTS,
+  type QemuReaderOptions,
+  type QemuStreamSummary,
+  type QemuSectionInfo,
+  type QemuDeviceState,
+} from "./qemu/reader.js";
+export { QemuStreamWriter, type QemuWriterSummary } from "./qemu/writer.js";
+export type { RamBlock as QemuRamBlock, RamMode as QemuRamMode, RamSpill as QemuRamSpill } from "./qemu/ram-kernel.js";

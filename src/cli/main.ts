@@ -9,6 +9,7 @@ import { abortPendingFiles } from "../node/atomic-file.js";
 import { registerCodecCommands } from "./commands/codec.js";
 import { registerLiveCommands } from "./commands/live.js";
 import { registerVfioUserCommand } from "./commands/vfio-user.js";
+import { registerQemuCommands } from "./commands/qemu.js";
 import { CliError, context, EXIT, exitCodeFor, reportFailure, SIGNAL_EXIT } from "./common.js";
 
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
@@ -44,6 +45,7 @@ const program = new Command("migstream")
 registerCodecCommands(program);
 registerLiveCommands(program);
 registerVfioUserCommand(program);
+registerQemuCommands(program);
 
 // Usage errors: one line and where to read more (not the whole help).
 program.exitOverride();

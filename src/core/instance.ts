@@ -40,6 +40,20 @@ export interface CoreExports {
   lz4_error_offset(): number;
   lz4_table_size(): number;
   lz4_bound(len: number): number;
+  qemu_ram_context_size(): number;
+  qemu_ram_block_entry_size(): number;
+  qemu_ram_run(ctx: number): number;
+  qemu_ram_write(
+    src: number,
+    len: number,
+    pageSize: number,
+    offset: bigint,
+    name: number,
+    nameLen: number,
+    continued: number,
+    out: number,
+    zeroCount: number,
+  ): number;
 }
 
 const WASM_PAGE = 65536;

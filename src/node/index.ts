@@ -45,3 +45,18 @@ export {
 } from "./tcp.js";
 export { serveVfioUser, type VfioUserServer, type VfioUserServerOptions } from "./vfio-user/server.js";
 export type { PciIdentity } from "./vfio-user/pci.js";
+export {
+  readQemuDescription,
+  isQemuFile,
+  inspectQemuStream,
+  decodeQemuToFile,
+  writeQemuStream,
+  concatenatedSources,
+  encodeQemuAsMigstream,
+  decodeMigstreamOfQemu,
+  type BlockSource,
+  type QemuDecodeOptions,
+  type QemuDecodeResult,
+  type QemuFileOptions,
+  type QemuInspectReport,
+} from "./qemu-files.js";

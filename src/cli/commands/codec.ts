@@ -28,6 +28,7 @@ import {
   errorJson,
 } from "../common.js";
 import { headerJson, recordsJson, resources } from "../json.js";
+import { isQemuInput, qemuApply, qemuDecode, qemuDiff, qemuEncodeTemplate, qemuInspect, qemuVerify } from "./qemu.js";
 
 interface CommonFlags {
   json?: boolean;
@@ -46,12 +47,17 @@ interface EncodeFlags extends CommonFlags {
   config?: string;
   verify: boolean;
   force?: boolean;
+  /** A QEMU stream whose device state the output carries (the output is then a QEMU stream). */
+  template?: string;
+  region?: string;
 }
 
 interface DecodeFlags extends ReaderFlags, CommonFlags {
   output: string;
   base?: string;
   force?: boolean;
+  /** QEMU streams: decode only this RAM block. */
+  region?: string;
 }
 
 function encodeOptions(command: Command): Command {
@@ -85,6 +91,10 @@ function decodeOptions(command: Command): Command {
 }
 
 async function runEncode(command: "encode" | "diff", snapshot: string, flags: EncodeFlags): Promise<void> {
+  if (flags.template !== undefined) return qemuEncodeTemplate(snapshot, { ...flags, template: flags.template });
+  if (command === "diff" && flags.base !== undefined && ((await isQemuInput(flags.base)) || (await isQemuInput(snapshot)))) {
+    return qemuDiff(flags.base, snapshot, (oldRam, newRam) => runEncode("diff", newRam, { ...flags, base: oldRam }));
+  }
   const started = performance.now();
   // Everything that can be refused is refused before any work.
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [snapshot, flags.base, flags.config] });
@@ -155,6 +165,8 @@ async function* progressSource(source: AsyncIterable<Uint8Array>, progress: Prog
 }
 
 async function runDecode(command: "decode" | "apply", stream: string, flags: DecodeFlags): Promise<void> {
+  if (command === "decode" && (await isQemuInput(stream))) return qemuDecode(stream, flags);
+  if (command === "apply" && flags.base !== undefined && (await isQemuInput(flags.base))) return qemuApply(flags.base, stream, flags);
   const started = performance.now();
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [stream, flags.base] });
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
@@ -275,6 +287,7 @@ function compressedJson(summary: DecoderSummary): { records: number; bytes: numb
 }
 
 async function runInspect(stream: string, flags: CommonFlags & { maxRecord: string; maxState: string }): Promise<void> {
+  if (await isQemuInput(stream)) return qemuInspect(stream, flags);
   const started = performance.now();
   const progress = new Progress("inspect", flags);
   const total = inputSize(stream);
@@ -352,6 +365,7 @@ async function runInspect(stream: string, flags: CommonFlags & { maxRecord: stri
  * with --base the base is checked too (another base: exit 3).
  */
 async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "force">): Promise<void> {
+  if (await isQemuInput(stream)) return qemuVerify(stream, flags);
   const started = performance.now();
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
   const progress = new Progress("verify", flags);
@@ -413,7 +427,9 @@ export function registerCodecCommands(program: Command): void {
       .command("encode")
       .description("encode a state snapshot into a migration stream")
       .argument("<snapshot>", "snapshot file, or - for stdin")
-      .option("--base <snapshot>", "previous snapshot (or - for stdin): write an incremental stream against it"),
+      .option("--base <snapshot>", "previous snapshot (or - for stdin): write an incremental stream against it")
+      .option("--template <qemu-stream>", "write a QEMU stream: this QEMU stream's device state with the snapshot's RAM (all blocks concatenated)")
+      .option("--region <block>", "with --template: the snapshot is this one RAM block; the others come from the template"),
   )
     .addHelpText(
       "after",
@@ -426,7 +442,8 @@ export function registerCodecCommands(program: Command): void {
       .command("decode")
       .description("decode a migration stream into a snapshot; refuses a stream that does not validate")
       .argument("<stream>", "stream file, or - for stdin")
-      .option("--base <snapshot>", "the base snapshot an incremental stream was made against (or - for stdin)"),
+      .option("--base <snapshot>", "the base snapshot an incremental stream was made against (or - for stdin)")
+      .option("--region <block>", "QEMU streams: only this RAM block (default: all blocks, concatenated in stream order)"),
   )
     .addHelpText("after", "\nExamples:\n  migstream decode vm.mig -o vm.state\n  migstream decode - -o vm.state < vm.mig")
     .action((stream: string, flags: DecodeFlags) => runDecode("decode", stream, flags));
