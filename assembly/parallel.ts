@@ -44,8 +44,9 @@ export function chain_records(digest: u64, ptr: usize, len: usize): u64 {
  * For each whole record of [ptr, ptr+len) (stream offset `streamPos`), writes a 32-byte entry
  * to `table`: u64 stream offset, u64 checksum computed over the record, u32 where its LZ4
  * block was decoded (0: not done), i32 lz4_decompress's result, u32 the LZ4 error offset.
- * A block is decoded (into `area`, up to `areaCap` bytes in all) only for LZ4 records whose
- * checksum matches and whose declared length is at most `maxPayload`. Stops at the first record
+ * A block is decoded (into `area`, up to `areaCap` bytes in all; with `keep` false each over
+ * the last, for callers that only need the verdict) only for LZ4 records whose checksum
+ * matches and whose declared length is at most `maxPayload`. Stops at the first record
  * that does not frame (the decoder reports it itself) or after `cap` entries; returns the count.
  */
 export function precheck_records(
@@ -59,6 +60,7 @@ export function precheck_records(
   cap: u32,
   area: usize,
   areaCap: usize,
+  keep: bool,
 ): u32 {
   let pos: usize = 0;
   let n: u32 = 0;
@@ -85,7 +87,7 @@ export function precheck_records(
         store<u32>(entry, <u32>dst, 16);
         store<i32>(entry, status, 20);
         store<u32>(entry, lz4_error_offset(), 24);
-        used += (declared + 7) & ~(<usize>7);
+        if (keep) used += (declared + 7) & ~(<usize>7);
       }
     }
     n++;

@@ -12,7 +12,7 @@ import { DEFAULT_LIMITS, HEADER_PREFIX, RECORD_OVERHEAD, TAG_DELTA } from "../fo
 import { parseHeaderPrefix } from "../format/header.js";
 import { type DataRecord, type DecodeTarget, type DecoderOptions, type DecoderSummary, StreamDecoder } from "./decoder.js";
 
-/** Stream bytes per worker per segment. */
+/** Stream bytes per worker per segment (default). */
 const PART_BYTES = 4 << 20;
 /** Bytes of one precheck entry (assembly/parallel.ts PRECHECK_ENTRY). */
 const ENTRY = 32;
@@ -54,10 +54,19 @@ export class ParallelDecoder {
   #tableCap = 0;
   #areaCap = 0;
   #headerTaken = false;
+  readonly #payloads: boolean;
+  /** Stream bytes per worker per segment. */
+  readonly #partBytes: number;
   /** Set when the stream stops framing: the rest goes to the decoder as it comes. */
   #direct = false;
 
-  constructor(pool: WorkerPool, target: DecodeTarget, options: DecoderOptions = {}) {
+  /**
+   * `payloads` false: the target never reads a page record's bytes (verification), so LZ4
+   * blocks are decoded by the workers only to check them, each over the last.
+   */
+  constructor(pool: WorkerPool, target: DecodeTarget, options: DecoderOptions = {}, payloads = true, partBytes = PART_BYTES) {
+    this.#payloads = payloads;
+    this.#partBytes = partBytes;
     this.#pool = pool;
     this.#core = pool.core;
     this.#maxHeader = options.maxHeaderSize ?? DEFAULT_LIMITS.maxHeaderSize;
@@ -119,13 +128,13 @@ export class ParallelDecoder {
     if (this.#segments.length === 0) {
       // A part per worker, and room beyond that for the header and a whole record of the
       // largest size allowed.
-      this.#threshold = this.#pool.jobs * PART_BYTES;
+      this.#threshold = this.#pool.jobs * this.#partBytes;
       this.#segCap = this.#threshold + this.#maxHeader + this.#maxRecord + RECORD_OVERHEAD;
       // Entries for a segment of the smallest records (memory is touched only as entries are
       // written); decoded blocks for a part compressed 4:1 (LZ4 records past that are decoded
       // by the decoder itself).
       this.#tableCap = Math.ceil(this.#segCap / RECORD_OVERHEAD) * ENTRY;
-      this.#areaCap = 4 * PART_BYTES + this.#maxRecord;
+      this.#areaCap = this.#payloads ? 4 * this.#partBytes + this.#maxRecord : this.#maxRecord;
       for (let i = 0; i < 2; i++) {
         const seg: Segment = { ptr: this.#alloc(this.#segCap), len: 0, streamPos: 0, whole: 0, tables: [], areas: [], pending: undefined };
         for (let j = 0; j < this.#pool.jobs; j++) {
@@ -211,7 +220,7 @@ export class ParallelDecoder {
       const to = j === jobs ? whole : Math.max(from, k.frame_walk(seg.ptr, whole, maxPayload, Math.ceil((whole * j) / jobs)) >>> 0);
       if (to > from) {
         const args: Array<number | bigint> = [seg.ptr + from, to - from, BigInt(seg.streamPos + from), alg, maxPayload, lz4];
-        args.push(seg.tables[tasks.length]!, Math.floor(this.#tableCap / ENTRY), seg.areas[tasks.length]!, this.#areaCap);
+        args.push(seg.tables[tasks.length]!, Math.floor(this.#tableCap / ENTRY), seg.areas[tasks.length]!, this.#areaCap, this.#payloads ? 1 : 0);
         tasks.push(this.#pool.run([["precheck_records", ...args]]));
       }
       from = to;

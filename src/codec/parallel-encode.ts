@@ -48,6 +48,8 @@ export interface ParallelEncodeOptions {
   /** Awaited after each window's records went to the encoder (drain its output here). */
   flush?: () => Promise<void>;
   signal?: AbortSignal;
+  /** State bytes per chunk, a worker's unit of work (default 2 MiB; at least two records). */
+  chunkBytes?: number;
 }
 
 /**
@@ -86,7 +88,7 @@ class ParallelRun {
     this.#options = options;
     const { pageSize, maxRecordPayload } = options;
     this.#pageSize = pageSize;
-    const chunk = Math.max(CHUNK_BYTES, 2 * maxRecordPayload);
+    const chunk = Math.max(options.chunkBytes ?? CHUNK_BYTES, 2 * maxRecordPayload);
     this.#chunkPages = Math.max(8, Math.floor(chunk / pageSize));
     // Two windows (one read while the other is encoded), each enough chunks for every worker
     // twice, and always more than a record so the plan moves forward.

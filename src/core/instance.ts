@@ -56,6 +56,7 @@ export interface CoreExports {
     cap: number,
     area: number,
     areaCap: number,
+    keep: number,
   ): number;
 }
 

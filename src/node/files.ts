@@ -377,16 +377,17 @@ interface AsyncDecoder {
 }
 
 /**
- * The decoder `jobs` asks for over `target`: on the pool for full streams into targets that take
- * records through apply (the pool's decoder reads no base).
+ * The decoder `jobs` asks for over `target`: on the pool for targets that take records through
+ * apply (the pool's decoder reads no in-memory base). `payloads` false: the target reads no page
+ * record's bytes (verification).
  */
-export function openDecoder(target: DecodeTarget, options: DecoderOptions, jobs: JobsOptions): AsyncDecoder & { close(): void } {
+export function openDecoder(target: DecodeTarget, options: DecoderOptions, jobs: JobsOptions, payloads = true): AsyncDecoder & { close(): void } {
   const parallel = options.base ? undefined : poolFor(jobs);
   if (!parallel) {
     const decoder = new StreamDecoder(target, options);
     return Object.assign(decoder, { close: () => undefined });
   }
-  const decoder = new ParallelDecoder(parallel.pool, target, options);
+  const decoder = new ParallelDecoder(parallel.pool, target, options, payloads);
   return {
     push: (chunk) => decoder.push(chunk),
     end: () => decoder.end(),
@@ -416,6 +417,7 @@ export async function decodeToFile(
       target,
       { ...decoderOptions, ...(baseFile ? { baseDigest: () => digestFile(baseFile.fd, baseFile.size, base!) } : {}) },
       { ...(jobs !== undefined ? { jobs } : {}), ...(pool ? { pool } : {}), ...(onnote ? { onnote } : {}) },
+      output !== undefined,
     );
     let bytes = 0;
     for await (const chunk of source) {
@@ -474,6 +476,7 @@ export async function inspectStream(
     // Inspection reports incremental streams without their base: it checks everything else.
     { ...options, baseDigest: (header) => header.baseDigest! },
     jobs,
+    false,
   );
   let problem: MigrationError | undefined;
   try {
