@@ -50,11 +50,14 @@ export interface ParallelEncodeOptions {
   signal?: AbortSignal;
   /** State bytes per chunk, a worker's unit of work (default 2 MiB; at least two records). */
   chunkBytes?: number;
+  /** The region `source` holds (default 0). */
+  region?: number;
 }
 
 /**
- * Encodes region 0 of `encoder`'s stream (a one-region full state of `source.size` bytes) on
- * `pool`. The encoder must have written no page yet; config and end are the caller's.
+ * Encodes a whole region (`options.region`, default 0) of `encoder`'s full stream on `pool`,
+ * `source.size` bytes. The encoder's earlier records must be closed (the region before, a
+ * config, a round); what follows is the caller's.
  */
 export async function encodeRegionParallel(pool: WorkerPool, encoder: StreamEncoder, source: StateSource, options: ParallelEncodeOptions): Promise<void> {
   const run = new ParallelRun(pool, encoder, options);
@@ -181,9 +184,11 @@ class ParallelRun {
     ctx.setU32(Enc.PAGE, pageSize);
     ctx.setU32(Enc.MAXPAYLOAD, this.#options.maxRecordPayload);
     ctx.setU64(Enc.OFFSET, base);
+    ctx.setU16(Enc.REGION, this.#options.region ?? 0);
     ctx.setU32(Enc.SEQ, this.#seq);
     if (this.#carry) {
       ctx.setU8(Enc.REC_TAG, TAG_ZERO);
+      ctx.setU16(Enc.REC_REGION, this.#options.region ?? 0);
       ctx.setU64(Enc.REC_OFFSET, this.#carry.offset);
       ctx.setU32(Enc.REC_PAGES, this.#carry.pages);
     }
@@ -252,10 +257,12 @@ class ParallelRun {
     ctx.setU8(Enc.ALG, this.#options.checksum === "crc32c" ? 2 : 1);
     ctx.setU8(Enc.MODE, this.#options.compress ? EncMode.LZ4 : 0);
     ctx.setU64(Enc.OFFSET, BigInt(at + from));
+    ctx.setU16(Enc.REGION, this.#options.region ?? 0);
     ctx.setU32(Enc.SCRATCH, slot.scratch);
     ctx.setU32(Enc.LZ4_SCRATCH, slot.lz4);
     if (chunk.init) {
       ctx.setU8(Enc.REC_TAG, TAG_ZERO);
+      ctx.setU16(Enc.REC_REGION, this.#options.region ?? 0);
       ctx.setU64(Enc.REC_OFFSET, chunk.init.offset);
       ctx.setU32(Enc.REC_PAGES, chunk.init.pages);
     }

@@ -8,9 +8,12 @@ import { type DataRecord, type DecodeTarget, StreamDecoder } from "../../src/cod
 import { StreamEncoder } from "../../src/codec/encoder.js";
 import { encodeRegionParallel } from "../../src/codec/parallel-encode.js";
 import { ParallelDecoder } from "../../src/codec/parallel-decode.js";
-import { encodeSnapshot } from "../../src/codec/snapshot.js";
+import { decodeSnapshot, encodeSnapshot } from "../../src/codec/snapshot.js";
+import { decodeSnapshotAsync, encodeSnapshotAsync } from "../../src/codec/parallel-snapshot.js";
 import { MigrationError } from "../../src/core/errors.js";
 import { checkJobs, createPool, WorkerPool } from "../../src/core/pool/pool.js";
+import { scanHashOnPool } from "../../src/core/pool/scan.js";
+import { scanHash } from "../../src/core/scan.js";
 import { TAG_PAGES, TAG_ZERO } from "../../src/format/constants.js";
 import { recordChecksum, splitStream } from "./stream-builder.js";
 
@@ -226,6 +229,90 @@ describe("decode on the pool", () => {
     expect(serial.error?.code).toBe("EBADMSG");
     expect(await decodeParallel(stream, 1 << 20, pool(2), 4096)).toEqual(serial);
     expect(await decodeParallel(stream, 1 << 20, pool(2), 4096, false)).toEqual(serial);
+  });
+});
+
+describe("encodeSnapshotAsync / decodeSnapshotAsync", () => {
+  test.prop([stateArb, fc.integer({ min: 1, max: 3 })], { seed: 0x20e7, numRuns: 15 })("match the one-thread functions, regions and all", async (a, cut) => {
+    const state = buildState(a.runs, a.pageSize, a.tail, a.seed);
+    // Up to three regions, cut at page boundaries (only the last may end in a partial page).
+    const pages = Math.floor(state.length / a.pageSize);
+    const bounds = [0, ...Array.from({ length: cut - 1 }, (_, i) => Math.floor((pages * (i + 1)) / cut) * a.pageSize), state.length];
+    const regions = bounds.slice(1).map((end, i) => ({ name: `r${i}`, size: end - bounds[i]! }));
+    const options = {
+      regions,
+      pageSize: a.pageSize,
+      maxRecordPayload: a.recordPages * a.pageSize,
+      checksum: a.checksum,
+      compress: a.compress ? ("lz4" as const) : ("none" as const),
+    };
+    const serial = encodeSnapshot(state, options);
+    const parallel = await encodeSnapshotAsync(state, { ...options, pool: pool(a.jobs) });
+    expect(Buffer.compare(parallel, serial)).toBe(0);
+    const decoded = await decodeSnapshotAsync(parallel, { pool: pool(a.jobs) });
+    expect(Buffer.compare(decoded, decodeSnapshot(serial))).toBe(0);
+  });
+
+  it("start and close a pool of their own with jobs", async () => {
+    const state = buildState(
+      [
+        { kind: 3, pages: 100 },
+        { kind: 0, pages: 50 },
+      ],
+      4096,
+      0,
+      9,
+    );
+    const stream = await encodeSnapshotAsync(state, { jobs: 2, compress: "lz4" });
+    expect(Buffer.compare(stream, encodeSnapshot(state, { compress: "lz4" }))).toBe(0);
+    expect(Buffer.compare(await decodeSnapshotAsync(stream, { jobs: 2 }), state)).toBe(0);
+    await expect(decodeSnapshotAsync(stream.subarray(0, stream.length - 1), { jobs: 2 })).rejects.toMatchObject({ code: "ENODATA" });
+  });
+});
+
+describe("hash scan on the pool", () => {
+  test.prop(
+    [
+      fc.record({
+        pages: fc.integer({ min: 0, max: 300 }),
+        tail: fc.constantFrom(0, 17),
+        pageSize: fc.constantFrom(64, 4096),
+        changed: fc.double({ min: 0, max: 1, noNaN: true }),
+        jobs: fc.constantFrom(2, 3),
+        seed: fc.integer({ min: 1, max: 2 ** 31 }),
+      }),
+    ],
+    { seed: 0x20a5, numRuns: 25 },
+  )("finds the pages and writes the hashes of one thread", async (a) => {
+    const p = pool(a.jobs);
+    const length = a.pages * a.pageSize + (a.pages > 0 ? a.tail : 0);
+    const pages = Math.ceil(length / a.pageSize);
+    const c = p.core;
+    const ptrs = [c.alloc(Math.max(1, length)), c.alloc(Math.max(8, pages * 8)), c.alloc(Math.max(1, Math.ceil(pages / 8)))];
+    try {
+      const view = (i: number, n: number) => new Uint8Array(c.memory.buffer, ptrs[i]!, n);
+      const data = view(0, length);
+      const old = buildState([{ kind: 1, pages: pages + 1 }], a.pageSize, 0, a.seed).subarray(0, length);
+      data.set(old);
+      const hashes = view(1, pages * 8);
+      // Hashes of the old content; then some pages change.
+      const serialHashes = new Uint8Array(pages * 8);
+      scanHash(old.slice(), a.pageSize, serialHashes);
+      hashes.set(serialHashes);
+      for (let pg = 0; pg < pages; pg++) if ((pg * 2654435761) % 1000 < a.changed * 1000) data[pg * a.pageSize] = data[pg * a.pageSize]! ^ 0x5a;
+      const serial = scanHash(data.slice(), a.pageSize, serialHashes);
+      const bitmap = view(2, Math.ceil(pages / 8));
+      const count = await scanHashOnPool(p, data, a.pageSize, hashes, bitmap);
+      expect(count).toBe(serial.count);
+      expect(Buffer.compare(bitmap, serial.bitmap)).toBe(0);
+      expect(Buffer.compare(hashes, serialHashes)).toBe(0);
+    } finally {
+      for (const ptr of ptrs) c.free(ptr);
+    }
+  });
+
+  it("refuses views outside the pool's memory", async () => {
+    await expect(scanHashOnPool(pool(2), new Uint8Array(4096), 4096, new Uint8Array(8), new Uint8Array(1))).rejects.toMatchObject({ code: "EINVAL" });
   });
 });
 
