@@ -33,6 +33,8 @@ if (want("codec")) sections.push({ name: "codec", rows: await codecBenchmarks(co
 if (want("compression")) sections.push({ name: "compression", rows: await compressionBenchmarks(config.smoke ? MiB : 64 * MiB, config) });
 if (want("cli")) sections.push({ name: "cli", rows: await cliBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
+if (want("jobs"))
+  sections.push({ name: "jobs (worker pool)", rows: await (await import("./jobs.js")).jobsBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
 
 if (json) {
