@@ -288,7 +288,10 @@ class ParallelRun {
       records,
       seq - chunk.seq,
       (digest) => BigInt.asUintN(64, c.exports.chain_records(digest, slot.out, length)),
-      (field) => (field === Enc.LZ4_PACKED || field === Enc.LZ4_COVERED ? ctx.u64(field) : ctx.u32(field)),
+      // A ZERO record the chunk continued brings pages no chunk counted (they were planned
+      // into its open record, not encoded).
+      (field) =>
+        field === Enc.LZ4_PACKED || field === Enc.LZ4_COVERED ? ctx.u64(field) : ctx.u32(field) + (field === Enc.PAGES_ZERO ? (chunk.init?.pages ?? 0) : 0),
     );
   }
 }

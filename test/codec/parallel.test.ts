@@ -8,7 +8,7 @@ import { type DataRecord, type DecodeTarget, StreamDecoder } from "../../src/cod
 import { StreamEncoder } from "../../src/codec/encoder.js";
 import { encodeRegionParallel } from "../../src/codec/parallel-encode.js";
 import { ParallelDecoder } from "../../src/codec/parallel-decode.js";
-import { decodeSnapshot, encodeSnapshot } from "../../src/codec/snapshot.js";
+import { decodeSnapshot, encodeSnapshot, encodeSnapshotWithSummary } from "../../src/codec/snapshot.js";
 import { decodeSnapshotAsync, encodeSnapshotAsync } from "../../src/codec/parallel-snapshot.js";
 import { MigrationError } from "../../src/core/errors.js";
 import { checkJobs, createPool, WorkerPool } from "../../src/core/pool/pool.js";
@@ -78,6 +78,7 @@ async function encodeOnPool(
   state: Uint8Array,
   p: WorkerPool,
   o: { pageSize: number; maxRecordPayload: number; compress: boolean; checksum: "xxh3" | "crc32c"; chunkBytes: number },
+  summaries?: unknown[],
 ): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   const encoder = new StreamEncoder({
@@ -96,6 +97,7 @@ async function encodeOnPool(
   );
   encoder.writeConfig(new Uint8Array([1, 2, 3]));
   encoder.end();
+  summaries?.push(encoder.summary());
   const out = new Uint8Array(parts.reduce((n, c) => n + c.length, 0));
   let at = 0;
   for (const c of parts) {
@@ -109,10 +111,17 @@ describe("encode on the pool", () => {
   test.prop([stateArb], { seed: 0x20b1, numRuns: 40 })("is byte-identical to one thread", async (a) => {
     const state = buildState(a.runs, a.pageSize, a.tail, a.seed);
     const options = { pageSize: a.pageSize, maxRecordPayload: a.recordPages * a.pageSize, compress: a.compress, checksum: a.checksum };
-    const serial = encodeSnapshot(state, { ...options, compress: a.compress ? "lz4" : "none", config: new Uint8Array([1, 2, 3]) });
-    const parallel = await encodeOnPool(state, pool(a.jobs), { ...options, chunkBytes: a.chunkPages * a.pageSize });
+    const { stream: serial, summary } = encodeSnapshotWithSummary(state, {
+      ...options,
+      compress: a.compress ? "lz4" : "none",
+      config: new Uint8Array([1, 2, 3]),
+    });
+    const summaries: unknown[] = [];
+    const parallel = await encodeOnPool(state, pool(a.jobs), { ...options, chunkBytes: a.chunkPages * a.pageSize }, summaries);
     expect(parallel.length).toBe(serial.length);
     expect(Buffer.compare(parallel, serial)).toBe(0);
+    // The counts too (pages by kind, records, LZ4 bytes).
+    expect(summaries[0]).toEqual(summary);
   });
 
   it("an empty state gives the empty stream", async () => {
