@@ -454,18 +454,40 @@ export interface ReaderFlags {
   deviceId?: string;
   maxState: string;
   maxRecord: string;
+  maxPagesApplied?: string;
 }
 
 /** Decoder limits from the reader flags. */
-export function readerLimits(flags: Pick<ReaderFlags, "maxState" | "maxRecord">): { maxStateSize: number; maxRecordPayload: number } {
-  return { maxStateSize: parseSize(flags.maxState), maxRecordPayload: parseSize(flags.maxRecord) };
+export function readerLimits(flags: Pick<ReaderFlags, "maxState" | "maxRecord" | "maxPagesApplied">): {
+  maxStateSize: number;
+  maxRecordPayload: number;
+  maxPagesApplied?: number;
+} {
+  return {
+    maxStateSize: parseSize(flags.maxState),
+    maxRecordPayload: parseSize(flags.maxRecord),
+    ...(flags.maxPagesApplied !== undefined ? { maxPagesApplied: parsePageBudget(flags.maxPagesApplied) } : {}),
+  };
+}
+
+/** --max-pages-applied: a whole number of pages, at least 1. */
+function parsePageBudget(text: string): number {
+  const n = Number(text);
+  if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < 1) {
+    throw new MigrationError("EINVAL", `invalid --max-pages-applied ${JSON.stringify(text)} (expected a whole number of pages, at least 1)`);
+  }
+  return n;
 }
 
 /** The options of every command that reads a stream: its limits, checked before allocation. */
 export function readerLimitOptions(command: Command): Command {
   return command
     .option("--max-state <bytes>", "largest state accepted (checked before anything is allocated)", "1G")
-    .option("--max-record <bytes>", "largest record payload accepted", "16M");
+    .option("--max-record <bytes>", "largest record payload accepted", "16M")
+    .option(
+      "--max-pages-applied <pages>",
+      "most pages the stream may make the output write in all (one 4 KiB LZ4 record can write 1 MiB; default: the state's pages x (3 + rounds seen))",
+    );
 }
 
 /** readerLimitOptions, plus the device compatibility id a stream must carry. */
@@ -479,7 +501,8 @@ Outputs: a regular file is written to a temporary name beside it and renamed onl
 and verified; an existing file is replaced only with -f and keeps its mode (new files are 0600);
 a symlink is followed (its target is replaced, the link stays). Character devices, FIFOs and
 sockets are written through as they are. An output that is also an input is refused, even with
--f. -f also allows binary data on a terminal.`;
+-f. -f also allows binary data on a terminal. Temporaries left in the output's directory by a
+killed migstream (.<output>.<pid>.<random>.migstream-tmp, no such process any more) are removed.`;
 
 /** --no-progress (the line is also off with --json, --quiet, NO_PROGRESS, or no terminal). */
 export function progressOption(command: Command): Command {

@@ -127,6 +127,28 @@ const BASE_IDENTITY_AT = 40;
 const utf8 = new TextEncoder();
 const utf8Length = (text: string): number => utf8.encode(text).length;
 
+/** What a decoder holds once its stream opened: released by the registry if it is dropped unfinished. */
+interface HeldMemory {
+  core: Core;
+  ptrs: number[];
+  target: DecodeTarget;
+}
+
+/**
+ * A decoder dropped without end() or abort() (a peer that went away, a caller that forgot)
+ * still gives its core memory and its target's staging back, once it is garbage-collected.
+ */
+const unfinished = new FinalizationRegistry<HeldMemory>((held) => {
+  for (const ptr of held.ptrs) held.core.free(ptr);
+  held.target.abort();
+});
+
+/**
+ * The key of `using` disposal: Symbol.dispose where the runtime has it (Node 20.4+, Deno, Bun,
+ * recent browsers), else the registered symbol Node uses for it; never a polyfill.
+ */
+const disposeKey: typeof Symbol.dispose = Symbol.dispose ?? (Symbol.for("nodejs.dispose") as typeof Symbol.dispose);
+
 export class StreamDecoder {
   readonly #options: DecoderOptions;
   /** The base; a view of core memory is detached when memory grows (reading the header may). */
@@ -233,6 +255,11 @@ export class StreamDecoder {
   abort(): void {
     if (this.#phase === "done" || this.#phase === "failed") return;
     this.#fail(new MigrationError("ECANCELED", "decode aborted"), false);
+  }
+
+  /** `using decoder = createDecoder()`: aborts at the end of the scope unless the stream ended. */
+  [disposeKey](): void {
+    this.abort();
   }
 
   summary(): DecoderSummary {
@@ -388,6 +415,9 @@ export class StreamDecoder {
     this.#winStart = header.length;
     this.#header = header;
     this.#phase = "records";
+    const ptrs = [ctx.ptr, this.#regions, this.#win, ...this.#haves];
+    if (this.#lz4Scratch) ptrs.push(this.#lz4Scratch);
+    unfinished.register(this, { core: c, ptrs, target: this.#target }, this);
   }
 
   #feed(chunk: Uint8Array, from: number): void {
@@ -530,6 +560,7 @@ export class StreamDecoder {
   }
 
   #release(): void {
+    unfinished.unregister(this);
     const c = this.#core;
     const ctx = this.#ctx;
     if (ctx) {

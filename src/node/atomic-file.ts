@@ -1,6 +1,7 @@
 // Output files that appear only when complete: data goes to a temporary name beside the target
 // and is renamed over it only after everything verified. On failure or interruption the
-// temporary file is removed and an existing target is left as it was.
+// temporary file is removed and an existing target is left as it was. What a killed process
+// could not remove, the next output written into the same directory does (removeStaleTemporaries).
 //
 // Device state may hold a guest's secrets: a new file is created 0600, and a replaced file keeps
 // its mode (and, when running as root, its owner). A symlink is followed: its target is what
@@ -8,6 +9,7 @@
 import {
   closeSync,
   copyFileSync,
+  readdirSync,
   fchmodSync,
   fchownSync,
   fsyncSync,
@@ -74,6 +76,49 @@ function statOrUndefined(path: string): Stats | undefined {
   }
 }
 
+/** `.<output>.<pid>.<8 hex>.migstream-tmp`: the temporary names AtomicFile makes. */
+const TEMP_NAME = /^\..+\.(\d+)\.[0-9a-f]{8}\.migstream-tmp$/;
+
+/** True unless `pid` is certainly gone: EPERM means it lives under another user. */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
+/**
+ * Removes the temporaries in `dir` that a killed process left behind (SIGKILL, a crash, a power
+ * cut: no cleanup ran), so a full-size partial state does not stay on disk: those whose writer
+ * process no longer exists. Best effort: what cannot be read or removed stays. Returns the names
+ * removed. Process ids are this machine's: a directory shared with another host or PID namespace
+ * must not hold that host's outputs in progress.
+ */
+export function removeStaleTemporaries(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const match = TEMP_NAME.exec(name);
+    if (!match) continue;
+    const pid = Number(match[1]);
+    if (pid === process.pid || processExists(pid)) continue;
+    try {
+      unlinkSync(join(dir, name));
+      removed.push(name);
+    } catch {
+      // Gone already (another run cleaned it), or not ours to remove.
+    }
+  }
+  return removed;
+}
+
 export class AtomicFile {
   /** The file that is replaced on commit (a symlink's target when `path` was a symlink). */
   readonly path: string;
@@ -87,6 +132,7 @@ export class AtomicFile {
    */
   constructor(path: string, initial?: string) {
     this.path = resolveOutputPath(path);
+    removeStaleTemporaries(dirname(this.path));
     this.tempPath = join(dirname(this.path), `.${basename(this.path)}.${process.pid}.${randomBytes(4).toString("hex")}.migstream-tmp`);
     const existing = statOrUndefined(this.path);
     try {

@@ -2,9 +2,10 @@
 //
 // Protocol (one connection, one migration):
 //   sender -> receiver   the migstream stream (header, pre-copy rounds, stop-copy, end record),
-//                        then a half-close (FIN): "that is all of it"
+//                        a trailer ("MSNONCE1" and a random nonce), then a half-close (FIN)
 //   receiver -> sender   one verdict line once the state is durably where it was asked to go:
-//                        "OK <stream bytes>\n", or "ERR <code> <message>\n" (code: a MigrationErrorCode), then close
+//                        "OK <stream bytes> <proof>\n" (the proof hashes the end digest and the
+//                        nonce: only a reader can give it), or "ERR <code> <message>\n", then close
 //
 // The half-close matters: the receiver cannot tell a finished stream from a dropped one by the
 // connection alone (both end in FIN), so it validates and lets validation decide; a cut stream

@@ -240,6 +240,7 @@ interface SendFlags extends DemoFlags, TransportFlags {
 
 interface ReceiveFlags extends ReaderFlags, TransportFlags {
   listen: string;
+  authTimeout: string;
   output: string;
   force?: boolean;
   json?: boolean;
@@ -290,6 +291,9 @@ function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportS
 }
 
 const DEMO_DEVICE_ID = "migstream-demo";
+
+/** Dropped connections `receive` names on stderr before it only counts them. */
+const SHOWN_DROPS = 20;
 
 // No AbortSignal: on SIGINT/SIGTERM main.ts removes pending outputs and exits at once, which
 // also closes the sockets (the peer then sees a dropped connection).
@@ -540,11 +544,13 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
   const staging = plan.kind === "file" ? undefined : privateTempFile("received.state");
   const path = staging ? staging.path : plan.target;
   const progress = new Progress("receive", flags);
+  let dropped = 0;
   try {
     const received = await receiveFile(path, {
       host,
       port,
       ...security,
+      authTimeoutMs: parseTimeout(flags.authTimeout),
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
       ...readerLimits(flags),
       ...(staging ? { deliver: (stored: string) => copyOut(stored, plan) } : {}),
@@ -560,11 +566,16 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
         else if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
       },
       onDropped: (peer, reason) => {
-        if (!flags.quiet) process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${reason.message}\n`);
+        // A flood of connections is dropped by the thousand: the first few are named, then counted.
+        dropped++;
+        if (flags.quiet || dropped > SHOWN_DROPS) return;
+        process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${reason.message}\n`);
+        if (dropped === SHOWN_DROPS) process.stderr.write("migstream: further dropped connections are counted, not shown\n");
       },
       onProgress: (bytes) => progress.update(bytes),
     });
     progress.done();
+    if (dropped > SHOWN_DROPS && !flags.quiet) process.stderr.write(`migstream: ${dropped} connections dropped before one owned the migration\n`);
     const h = received.header;
     // For the report: the stored state's identity (the stream's own checks already passed).
     const digest = fileDigest(staging ? staging.path : plan.target, h.totalSize);
@@ -663,6 +674,7 @@ export function registerLiveCommands(program: Command): void {
       "refuse streams for another device compatibility id (default: accept the stream's)",
     ),
   )
+    .option("--auth-timeout <seconds>", "time a connection has to authenticate (TLS) and send a valid header, from its admission", "10")
     .option("-f, --force", "replace an existing output file; write binary data even to a terminal")
     .option("--json", "print the report as JSON (on stderr as JSON Lines with -o -)")
     .option("-q, --quiet", "print nothing but errors")
@@ -670,7 +682,7 @@ export function registerLiveCommands(program: Command): void {
     .addHelpText("after", OUTPUT_HELP)
     .addHelpText(
       "after",
-      "\nNothing is written unless the whole stream arrived and validated: a dropped connection exits 2,\na stream for another device 3, and the output file is left as it was. Peers that do not\nauthenticate and send a valid header within --timeout are dropped while receive keeps listening.\n\nExamples:\n  migstream receive --listen 7400 -o vm.state --device-id nic-v2\n  migstream receive --listen 0.0.0.0:7400 -o vm.state --tls-psk keys.psk\n  migstream receive --listen 7400 -o - | sha256sum",
+      "\nNothing is written unless the whole stream arrived and validated: a dropped connection exits 2,\na stream for another device 3, and the output file is left as it was. Peers that do not\nauthenticate and send a valid header within --auth-timeout are dropped while receive keeps\nlistening; when 64 are authenticating at once (32 from one address), newcomers wait unread and\none that had 0.5 s is dropped at random to make room, so no flood of connections locks the\nsender out. --timeout applies once a peer owns the migration.\n\nExamples:\n  migstream receive --listen 7400 -o vm.state --device-id nic-v2\n  migstream receive --listen 0.0.0.0:7400 -o vm.state --tls-psk keys.psk\n  migstream receive --listen 7400 -o - | sha256sum",
     )
     .action(runReceive);
 }

@@ -1,15 +1,17 @@
 // The receiving end: listen, let peers prove themselves, give the migration to the first that
 // does, and answer it with the verdict once the state is durably where it was asked to go.
 //
-// Connections are accepted concurrently. Each must complete its TLS handshake (when TLS is on)
-// and deliver a verified stream header within `timeoutMs` of connecting, or it is dropped while
-// the server keeps listening: a silent, dripping or garbage-sending peer cannot lock the real
-// sender out. The first peer with a verified header owns the migration; the server then stops
-// listening and the owner's outcome is the result. From then on the transfer must keep making
-// progress (PROGRESS_BYTES within each `timeoutMs`). Nothing is allocated or written for a peer
-// before it owns the migration, and then only as its stream delivers data.
+// Connections pass the pre-authentication door first (./admission.ts): a bounded table of
+// connections being authenticated, each with `authTimeoutMs` to complete its TLS handshake (when
+// TLS is on) and deliver a verified stream header, the others waiting unread, and a random early
+// drop of those that had their chance when someone waits: no number of silent, dripping or
+// stalling peers can lock the real sender out. The first peer with a verified header owns the
+// migration; the server then stops listening and the owner's outcome is the result. From then on
+// the transfer must keep making progress (PROGRESS_BYTES within each `timeoutMs`). Nothing is
+// allocated or written for a peer before it owns the migration, and then only as its stream
+// delivers data.
 import { createServer as netCreateServer, type AddressInfo, type Server, type Socket } from "node:net";
-import { createServer as tlsCreateServer } from "node:tls";
+import { type Server as TlsServer, createServer as tlsCreateServer } from "node:tls";
 import { MigrationError } from "../../core/errors.js";
 import type { DecoderSummary } from "../../codec/decoder.js";
 import type { DirtyTracking } from "../../device/device-model.js";
@@ -18,34 +20,34 @@ import { checkMagic, parseHeader, parseHeaderPrefix, type StreamHeader } from ".
 import type { ResumingSession } from "../../migration/resuming-session.js";
 import { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { createFileDecoder } from "../files.js";
+import { Admission, type AdmissionOptions } from "./admission.js";
 import { checkTimeout, ProgressDeadline, PROGRESS_BYTES } from "./deadline.js";
 import { serverTlsOptions, type TransportSecurity } from "./tls.js";
-import { ioError, verdictLine } from "./verdict.js";
-
-/** Connections still proving themselves at once; more are refused until some are dropped. */
-const MAX_PENDING = 32;
+import { endsWithEndRecord, errLine, ioError, okLine, StreamTail, verdictProof } from "./verdict.js";
 
 export interface Peer {
   host: string;
   port: number;
 }
 
-export interface ListenOptions {
+export interface ListenOptions extends AdmissionOptions {
   port: number;
   /** Interface to listen on. Default 127.0.0.1: exposing a device's state is a deliberate choice. */
   host?: string;
   /** TLS with certificates (client certificates required) or pre-shared keys; plain TCP when absent. */
   tls?: TransportSecurity;
   /**
-   * The longest a peer may take to authenticate and deliver its header, and then the longest
-   * the transfer may go without progress (ms; PROGRESS_BYTES must arrive within each period).
-   * Default 60 s.
+   * The longest the transfer may go without progress once a peer owns the migration (ms;
+   * PROGRESS_BYTES must arrive within each period). Default 60 s. Before that, `authTimeoutMs`
+   * (default 10 s) and the other AdmissionOptions apply.
    */
   timeoutMs?: number;
   /** Largest state a stream may declare (checked on the header, before anything is allocated). Default 1 GiB. */
   maxStateSize?: number;
   /** Largest record payload accepted. Default 16 MiB. */
   maxRecordPayload?: number;
+  /** Most pages the stream may make the target write (see DecoderLimits). Default: the state's pages × (3 + rounds seen). */
+  maxPagesApplied?: number;
   signal?: AbortSignal;
   /** Called once the server listens, with the bound address (port 0 picks a free port). */
   onListening?: (address: Peer) => void;
@@ -100,7 +102,7 @@ export async function receiveStream<R>(
     maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
   };
   if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted before it started");
-  const owner = await acceptOwner(options, timeoutMs, limits);
+  const owner = await acceptOwner(options, limits);
   const { socket, chunks, header, peer } = owner;
   const started = performance.now();
   options.onConnection?.(peer);
@@ -121,12 +123,17 @@ export async function receiveStream<R>(
     socket.destroy(new MigrationError("ECANCELED", "receive aborted"));
   };
   signal?.addEventListener("abort", onAbort, { once: true });
+  // The stream goes to the sink as it arrives, but for the trailer the sender writes after it.
+  const tail = new StreamTail();
+  let proof = "";
   try {
     sink = await open(header, peer);
     const take = async (chunk: Uint8Array): Promise<void> => {
-      bytes += chunk.length;
       deadline.moved(chunk.length);
-      await sink!.write(chunk);
+      for (const part of tail.push(chunk)) {
+        bytes += part.length;
+        await sink!.write(part);
+      }
       options.onProgress?.(bytes);
     };
     for (const chunk of owner.first) await take(chunk);
@@ -137,9 +144,22 @@ export async function receiveStream<R>(
       if (next.done) break;
       await take(next.value);
     }
+    const end = tail.end();
+    if ("rest" in end) {
+      bytes += end.rest.length;
+      await sink.write(end.rest);
+      // A cut stream: the sink names where it stopped (and throws). A complete one without a
+      // trailer comes from a sender older than the verdict proof.
+      if (!endsWithEndRecord(tail.streamEnd, bytes)) await sink.finish();
+      throw new MigrationError(
+        "EPROTONOSUPPORT",
+        "the sender did not follow the stream with the verdict nonce (a migstream sender older than the verdict proof): upgrade it",
+      );
+    }
     // The end of the stream is progress; storing it (fsync, rename, commit) gets a full period.
     deadline.restart();
     result = await sink.finish();
+    proof = verdictProof(bytes, tail.streamEnd, end.nonce);
   } catch (caught) {
     error = asReceiveError(caught, bytes);
     sink?.abort();
@@ -147,7 +167,7 @@ export async function receiveStream<R>(
     deadline.stop();
     signal?.removeEventListener("abort", onAbort);
   }
-  await reply(socket, error, bytes);
+  await reply(socket, error ? errLine(error) : okLine(bytes, proof), error !== undefined);
   if (error) {
     if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted");
     throw error;
@@ -162,27 +182,47 @@ function asReceiveError(caught: unknown, bytes: number): MigrationError {
   return new MigrationError("ENODATA", `incomplete stream: connection dropped after ${bytes} bytes (${reason})`, { byteOffset: bytes });
 }
 
-/** Listens until one peer authenticates and delivers a verified header; drops the others. */
-function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxStateSize: number; maxRecordPayload: number }): Promise<Owner> {
+/**
+ * Listens until one peer authenticates and delivers a verified header; drops the others. Every
+ * connection passes the pre-authentication door (./admission.ts) first.
+ */
+function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; maxRecordPayload: number }): Promise<Owner> {
   const { signal, host = "127.0.0.1", port } = options;
-  const pending = new Set<Socket>();
-  /**
-   * A TLS server's raw connections until they close, by peer address (how their TLS sockets
-   * are matched to them), with their arrival time: the header deadline runs from there.
-   */
-  const raws = new Map<string, { raw: Socket; at: number }>();
+  /** Connections whose drop was already reported (once per connection). */
+  const reported = new WeakSet<Socket>();
+  /** A TLS server's raw connections until their handshake ends, by peer address (how TLS sockets are matched to them). */
+  const raws = new Map<string, Socket>();
   const keyOf = (s: Socket): string => `${s.remoteAddress}|${s.remotePort}`;
+  const peerOf = (s: Socket): Peer => ({ host: s.remoteAddress ?? "?", port: s.remotePort ?? 0 });
+  const pending = new Set<Socket>();
   let server: Server;
+  let tlsServer: TlsServer | undefined;
   return new Promise<Owner>((resolve, reject) => {
     let decided = false;
+    const report = (socket: Socket, reason: Error): void => {
+      if (decided || reported.has(socket)) return;
+      reported.add(socket);
+      options.onDropped?.(peerOf(socket), reason);
+    };
+    const admission = new Admission(options, {
+      admit: (raw) => {
+        if (tlsServer) {
+          raws.set(keyOf(raw), raw);
+          raw.once("close", () => {
+            if (raws.get(keyOf(raw)) === raw) raws.delete(keyOf(raw));
+          });
+          tlsServer.emit("connection", raw);
+        } else void candidate(raw, raw, undefined);
+      },
+      dropped: (raw, _reason, error) => report(raw, error),
+    });
     const finish = (): void => {
       decided = true;
       signal?.removeEventListener("abort", onAbort);
       server.close();
+      admission.close();
       for (const s of pending) s.destroy();
       pending.clear();
-      // Handshakes still under way would otherwise hold the process until their timeout.
-      for (const { raw } of raws.values()) raw.destroy();
       raws.clear();
     };
     const onAbort = (): void => {
@@ -191,19 +231,26 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
       reject(new MigrationError("ECANCELED", "receive aborted while waiting for a connection"));
     };
 
-    const candidate = async (socket: Socket, arrived: number): Promise<void> => {
-      const peer = { host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 };
-      if (decided || pending.size >= MAX_PENDING) {
+    /**
+     * Reads a header from `socket`. Plain TCP: `raw` is the socket, still in the admission
+     * table (its deadline is the table's). TLS: the handshake is done, and the header must come
+     * within `leftMs`.
+     */
+    const candidate = async (socket: Socket, raw: Socket, leftMs: number | undefined): Promise<void> => {
+      const peer = peerOf(socket);
+      if (decided) {
         socket.destroy();
         return;
       }
       pending.add(socket);
       socket.setNoDelay(true);
       socket.on("error", () => undefined);
-      const left = Math.max(0, timeoutMs - (performance.now() - arrived));
-      const timer = setTimeout(() => {
-        socket.destroy(new MigrationError("ETIMEDOUT", `no verified header within ${timeoutMs} ms of connecting`));
-      }, left);
+      const timer =
+        leftMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              socket.destroy(new MigrationError("ETIMEDOUT", `no verified header within ${admission.authTimeoutMs} ms of being admitted`));
+            }, leftMs);
       const chunks = socket.iterator({ destroyOnReturn: false })[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
       let headerBytes = new Uint8Array(HEADER_PREFIX);
       let have = 0;
@@ -241,7 +288,7 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
             return;
           }
           pending.delete(socket);
-          raws.delete(keyOf(socket));
+          admission.authenticated(raw);
           finish();
           resolve({ socket, chunks, header, first: at < chunk.length ? [headerBytes, chunk.subarray(at)] : [headerBytes], peer });
           return;
@@ -249,36 +296,41 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
       } catch (caught) {
         clearTimeout(timer);
         pending.delete(socket);
-        const reason = caught instanceof Error ? caught : new Error(String(caught));
-        if (!decided) options.onDropped?.(peer, reason);
+        report(raw, caught instanceof Error ? caught : new Error(String(caught)));
         // A refused header is worth telling (an honest sender with a bad stream learns why); a
-        // timed-out or broken connection just goes.
-        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, caught, 0);
+        // timed-out, dropped or broken connection just goes.
+        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, errLine(caught), true);
         else socket.destroy();
       }
     };
 
+    // Connections arrive paused: nothing is read (no TLS state is even made) before admission.
+    server = netCreateServer({ allowHalfOpen: true, pauseOnConnect: true }, (raw) => {
+      if (decided) raw.destroy();
+      else admission.offer(raw);
+    });
     if (options.tls) {
-      server = tlsCreateServer({ ...serverTlsOptions(options.tls), allowHalfOpen: true, handshakeTimeout: timeoutMs });
-      server.on("connection", (raw: Socket) => {
-        if (decided || raws.size >= MAX_PENDING) {
-          raw.destroy();
+      // Never listens itself: the admission hands it the connections it admits.
+      tlsServer = tlsCreateServer({ ...serverTlsOptions(options.tls), allowHalfOpen: true, handshakeTimeout: admission.authTimeoutMs });
+      tlsServer.on("secureConnection", (socket: Socket) => {
+        const raw = raws.get(keyOf(socket));
+        raws.delete(keyOf(socket));
+        if (!raw) {
+          socket.destroy();
           return;
         }
-        const key = keyOf(raw);
-        raws.set(key, { raw, at: performance.now() });
-        raw.once("close", () => {
-          if (raws.get(key)?.raw === raw) raws.delete(key);
-        });
+        // Authenticated: out of the table (it cannot be dropped to make room any more), with
+        // what is left of its time to deliver the header.
+        const left = admission.remainingMs(raw);
+        admission.authenticated(raw);
+        void candidate(socket, raw, left);
       });
-      server.on("secureConnection", (socket: Socket) => void candidate(socket, raws.get(keyOf(socket))?.at ?? performance.now()));
-      server.on("tlsClientError", (error, socket) => {
-        if (!decided) options.onDropped?.({ host: socket.remoteAddress ?? "?", port: socket.remotePort ?? 0 }, error);
+      tlsServer.on("tlsClientError", (error, socket) => {
+        const raw = raws.get(keyOf(socket)) ?? socket;
+        report(raw, error);
         socket.destroy();
+        raw.destroy();
       });
-    } else {
-      server = netCreateServer({ allowHalfOpen: true });
-      server.on("connection", (socket: Socket) => void candidate(socket, performance.now()));
     }
     signal?.addEventListener("abort", onAbort, { once: true });
     server.once("error", (error) => {
@@ -294,20 +346,20 @@ function acceptOwner(options: ListenOptions, timeoutMs: number, limits: { maxSta
 }
 
 /**
- * Sends the verdict and closes. After a refusal the sender may still be writing: keep reading
- * (and discarding) briefly so it gets the verdict instead of a reset.
+ * Sends the verdict line and closes. After a refusal the sender may still be writing: keep
+ * reading (and discarding) briefly so it gets the verdict instead of a reset.
  */
-function reply(socket: Socket, error: MigrationError | undefined, bytes: number): Promise<void> {
+function reply(socket: Socket, line: string, refusal: boolean): Promise<void> {
   if (socket.destroyed) return Promise.resolve();
   return new Promise<void>((resolve) => {
-    const timer = setTimeout(() => socket.destroy(), error ? 2_000 : 10_000);
+    const timer = setTimeout(() => socket.destroy(), refusal ? 2_000 : 10_000);
     socket.once("close", () => {
       clearTimeout(timer);
       resolve();
     });
     socket.on("error", () => undefined);
     socket.on("data", () => undefined);
-    socket.end(verdictLine(error, bytes));
+    socket.end(line);
     socket.resume();
   });
 }
@@ -362,6 +414,7 @@ export async function receiveDevice(options: ReceiveOptions): Promise<ReceiveRes
         maxStateSize: options.maxStateSize ?? DEFAULT_LIMITS.maxStateSize,
         maxRecordPayload: options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload,
         maxHeaderSize: DEFAULT_LIMITS.maxHeaderSize,
+        ...(options.maxPagesApplied !== undefined ? { maxPagesApplied: options.maxPagesApplied } : {}),
       },
     });
     let session: ResumingSession;
@@ -415,6 +468,7 @@ export async function receiveFile(output: string, options: ReceiveFileOptions): 
       ...(options.deviceId !== undefined ? { deviceId: options.deviceId } : {}),
       ...(options.maxStateSize !== undefined ? { maxStateSize: options.maxStateSize } : {}),
       ...(options.maxRecordPayload !== undefined ? { maxRecordPayload: options.maxRecordPayload } : {}),
+      ...(options.maxPagesApplied !== undefined ? { maxPagesApplied: options.maxPagesApplied } : {}),
     });
     return {
       write: (chunk) => decoder.push(chunk),

@@ -14,7 +14,7 @@ import { encodeFile, type EncodeFileOptions } from "../files.js";
 import { dial, SocketWriter } from "./connection.js";
 import { checkTimeout, ProgressDeadline } from "./deadline.js";
 import type { TransportSecurity } from "./tls.js";
-import { ioError, MAX_VERDICT, verdictError } from "./verdict.js";
+import { ioError, MAX_VERDICT, makeTrailer, NONCE_BYTES, StreamTail, TRAILER_BYTES, verdictError, verdictProof } from "./verdict.js";
 
 export interface DialTarget {
   host?: string;
@@ -69,6 +69,10 @@ export async function sendStream<T>(
   signal?.addEventListener("abort", onAbort, { once: true });
   const writer = new SocketWriter(socket, deadline, stop.signal);
   let sent = 0;
+  // The stream's last bytes (its END record), for the proof the verdict must carry.
+  const tail = new StreamTail();
+  const trailer = makeTrailer();
+  let proof = "";
 
   try {
     let result: T;
@@ -76,8 +80,13 @@ export async function sendStream<T>(
       result = await produce((chunk, release) => {
         if (stop.signal.aborted) throw new MigrationError("ECANCELED", "connection ended");
         sent += chunk.length;
+        tail.push(chunk);
         return writer.write(chunk, release);
       }, stop.signal);
+      // The nonce goes after every stream byte: only a receiver that read them all learns it.
+      tail.push(new Uint8Array(TRAILER_BYTES));
+      proof = verdictProof(sent, tail.streamEnd, trailer.subarray(TRAILER_BYTES - NONCE_BYTES));
+      await writer.write(trailer);
     } catch (error) {
       throw explain(error);
     }
@@ -102,7 +111,7 @@ export async function sendStream<T>(
       if (verdict.early && verdict.line.startsWith("OK")) {
         return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
       }
-      const refused = verdictError(verdict.line, sent);
+      const refused = verdictError(verdict.line, sent, proof);
       if (refused) return refused;
       if (verdict.early) return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
       return error === undefined ? undefined : ioError(`the migration failed after the receiver at ${where} accepted it`, error);

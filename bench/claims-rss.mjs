@@ -1,0 +1,98 @@
+// Peak RSS (VmHWM) of a process facing 1 GiB header-only claims: `node bench/claims-rss.mjs
+// <device|decoder> <successive|concurrent|dropped> <n>`. Uses dist/ (npm run build first).
+// device: receiveDevice servers, each owned by a peer that sends the header, then drops
+// (successive) or stalls (concurrent, all at once). decoder: push decoders given the header,
+// then aborted (successive), kept (concurrent), or dropped without end() or abort() and
+// collected (dropped; needs --expose-gc). Prints one JSON line: VmHWM before and after in MiB,
+// core memory allocated before and after, and the codes the claims ended with.
+import { readFileSync } from "node:fs";
+import { connect } from "node:net";
+import { core } from "../dist/core/instance.js";
+import { createDecoder } from "../dist/index.js";
+import { encodeHeader } from "../dist/format/header.js";
+import { receiveDevice } from "../dist/node/index.js";
+
+const [api = "device", mode = "successive", countText = "1"] = process.argv.slice(2);
+const count = Number(countText);
+const GiB = 1024 ** 3;
+const header = encodeHeader({
+  checksum: "xxh3",
+  pageSize: 4096,
+  maxRecordPayload: 16 << 20,
+  deviceId: "",
+  baseDigest: undefined,
+  regions: [{ name: "state", size: GiB }],
+}).bytes;
+const hwm = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))[1]) / 1024;
+
+/** One receiveDevice, one peer that sends the header; the caller drops or keeps the socket. */
+async function deviceClaim() {
+  let port;
+  const listening = new Promise((r) => (port = r));
+  const receiving = receiveDevice({ port: 0, timeoutMs: 60_000, onListening: (a) => port(a.port) }).then(
+    (r) => (r.device.free(), "accepted"),
+    (e) => e.code,
+  );
+  const socket = connect(await listening, "127.0.0.1");
+  socket.on("error", () => undefined);
+  socket.write(header);
+  await new Promise((r) => setTimeout(r, 150));
+  return { receiving, socket };
+}
+
+const collect = async () => {
+  globalThis.gc?.();
+  await new Promise((r) => setTimeout(r, 10));
+};
+
+const before = hwm();
+const coreBefore = core().allocatedBytes;
+const codes = [];
+if (api === "device") {
+  const held = [];
+  for (let i = 0; i < count; i++) {
+    const claim = await deviceClaim();
+    if (mode === "successive") {
+      claim.socket.destroy();
+      codes.push(await claim.receiving);
+    } else held.push(claim);
+  }
+  for (const c of held) c.socket.destroy();
+  codes.push(...(await Promise.all(held.map((c) => c.receiving))));
+} else {
+  const kept = [];
+  /** One claim, in a function of its own: nothing but `kept` refers to the decoder afterwards. */
+  const claimOnce = () => {
+    const decoder = createDecoder({ maxRecordPayload: 16 << 20 });
+    decoder.push(header);
+    if (mode === "successive") decoder.abort();
+    else if (mode === "concurrent") kept.push(decoder);
+  };
+  for (let i = 0; i < count; i++) {
+    try {
+      claimOnce();
+      codes.push("ok");
+    } catch (error) {
+      codes.push(error.code);
+    }
+    // Dropped decoders: the reference just went; collect now and then, as a busy process would.
+    if (mode === "dropped" && i % 2 === 1) await collect();
+  }
+  for (const d of kept) d.abort();
+  await collect();
+  await collect();
+}
+const tally = {};
+for (const code of codes) tally[code] = (tally[code] ?? 0) + 1;
+console.log(
+  JSON.stringify({
+    api,
+    mode,
+    count,
+    hwmBeforeMiB: Math.round(before),
+    hwmAfterMiB: Math.round(hwm()),
+    coreBefore,
+    coreAfter: core().allocatedBytes,
+    codes: tally,
+  }),
+);

@@ -1,0 +1,262 @@
+// Who may try to authenticate, and for how long: the pre-authentication policy of a receiver,
+// in one place so that every kind of connection it accepts passes through the same door.
+//
+// Learned from sshd (LoginGraceTime, MaxStartups, PerSourcePenalties), adapted so that no number
+// of hostile connections can lock an honest peer out:
+// - A table of at most `maxUnauthenticated` connections being authenticated, at most
+//   `maxPerSource` of them from one source address. Each has `authTimeoutMs` from its admission
+//   to authenticate (TLS handshake and a verified header), or it is dropped.
+// - Connections beyond the table wait, unread, in arrival order. A newcomer is never refused:
+//   when the table is full and someone waits, a table member chosen at random among those that
+//   had at least `protectedMs` to authenticate is dropped to make room (random early drop). A
+//   peer that holds, drips or stalls keeps its slot for `protectedMs` at best, while an honest
+//   peer's first bytes are already waiting in its socket when it is admitted and it
+//   authenticates within a few round trips.
+// - Dropped hostile peers that reconnect at once join the queue behind whoever already waits,
+//   so an honest peer is admitted after at most (connections ahead of it / table size) protection
+//   periods, and the drops run at most at (table size / protectedMs) a second: reconnecting
+//   faster buys a hostile peer nothing.
+// - The queue holds at most `maxWaiting` connections; past that the source with the most
+//   waiting connections loses one of them, at random (never the newcomer).
+import type { Socket } from "node:net";
+import { MigrationError } from "../../core/errors.js";
+import { checkTimeout } from "./deadline.js";
+
+/** Default of `authTimeoutMs`: LoginGraceTime-like, and separate from the transfer's timeout. */
+export const DEFAULT_AUTH_TIMEOUT_MS = 10_000;
+
+export interface AdmissionOptions {
+  /** Time a connection has from its admission to authenticate (ms). Default 10 s. */
+  authTimeoutMs?: number;
+  /** Connections being authenticated at once. Default 64. */
+  maxUnauthenticated?: number;
+  /** Of those, at most this many from one source address. Default 32. */
+  maxPerSource?: number;
+  /** Connections waiting for a slot, unread. Default 512. */
+  maxWaiting?: number;
+  /**
+   * A member cannot be dropped to make room during its first `protectedMs` (ms). Default 500, at
+   * most half the auth timeout.
+   */
+  protectedMs?: number;
+  /** Random numbers in [0, 1): tests pass a seeded one. Default Math.random. */
+  random?: () => number;
+}
+
+/** Why a connection left the door without authenticating. */
+export type DropReason = "timeout" | "evicted" | "overflow";
+
+export interface AdmissionHandlers {
+  /** The connection got a slot: start reading it (it arrives paused). */
+  admit(socket: Socket): void;
+  /** The connection was dropped (its socket is destroyed right after). */
+  dropped(socket: Socket, reason: DropReason, error: MigrationError): void;
+}
+
+interface Member {
+  socket: Socket;
+  source: string;
+  admittedAt: number;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** The source address of a connection (IPv4-mapped IPv6 addresses as IPv4). */
+export function sourceOf(socket: Socket): string {
+  const address = socket.remoteAddress ?? "?";
+  return address.startsWith("::ffff:") ? address.slice(7) : address;
+}
+
+export class Admission {
+  readonly authTimeoutMs: number;
+  readonly #max: number;
+  readonly #perSource: number;
+  readonly #maxWaiting: number;
+  readonly #protectedMs: number;
+  readonly #random: () => number;
+  readonly #handlers: AdmissionHandlers;
+  readonly #members = new Map<Socket, Member>();
+  readonly #perSourceCount = new Map<string, number>();
+  #waiting: Socket[] = [];
+  #wakeup: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+
+  constructor(options: AdmissionOptions, handlers: AdmissionHandlers) {
+    this.authTimeoutMs = checkTimeout(options.authTimeoutMs ?? DEFAULT_AUTH_TIMEOUT_MS);
+    this.#max = positive(options.maxUnauthenticated ?? 64, "maxUnauthenticated");
+    this.#perSource = Math.min(this.#max, positive(options.maxPerSource ?? 32, "maxPerSource"));
+    this.#maxWaiting = positive(options.maxWaiting ?? 512, "maxWaiting");
+    this.#protectedMs = Math.min(options.protectedMs ?? 500, this.authTimeoutMs / 2);
+    this.#random = options.random ?? Math.random;
+    this.#handlers = handlers;
+  }
+
+  /** Connections being authenticated. */
+  get unauthenticated(): number {
+    return this.#members.size;
+  }
+
+  /** Connections waiting for a slot. */
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  /** A new connection (paused): it waits for a slot, and gets one as soon as one is free. */
+  offer(socket: Socket): void {
+    if (this.#closed) {
+      socket.destroy();
+      return;
+    }
+    socket.on("error", () => undefined);
+    // Waiters are not read, so a hang-up is seen once admitted (the reader gets EOF at once);
+    // a member that closes leaves the table.
+    socket.once("close", () => this.#leave(socket));
+    this.#waiting.push(socket);
+    if (this.#waiting.length > this.#maxWaiting) this.#overflow(socket);
+    this.#pump();
+  }
+
+  /** The connection authenticated: it leaves the table, and its deadline with it. */
+  authenticated(socket: Socket): void {
+    this.#remove(socket);
+    this.#pump();
+  }
+
+  /** Milliseconds the connection has left to authenticate (0 when it is not in the table). */
+  remainingMs(socket: Socket): number {
+    const member = this.#members.get(socket);
+    if (!member) return 0;
+    return Math.max(0, this.authTimeoutMs - (performance.now() - member.admittedAt));
+  }
+
+  /** Drops everything that is waiting or authenticating; later offers are refused. */
+  close(): void {
+    this.#closed = true;
+    if (this.#wakeup) clearTimeout(this.#wakeup);
+    for (const socket of this.#waiting) socket.destroy();
+    this.#waiting = [];
+    for (const member of this.#members.values()) {
+      clearTimeout(member.timer);
+      member.socket.destroy();
+    }
+    this.#members.clear();
+    this.#perSourceCount.clear();
+  }
+
+  #leave(socket: Socket): void {
+    if (this.#members.has(socket)) this.#remove(socket);
+    else {
+      const at = this.#waiting.indexOf(socket);
+      if (at >= 0) this.#waiting.splice(at, 1);
+    }
+    this.#pump();
+  }
+
+  #remove(socket: Socket): void {
+    const member = this.#members.get(socket);
+    if (!member) return;
+    clearTimeout(member.timer);
+    this.#members.delete(socket);
+    const left = (this.#perSourceCount.get(member.source) ?? 1) - 1;
+    if (left > 0) this.#perSourceCount.set(member.source, left);
+    else this.#perSourceCount.delete(member.source);
+  }
+
+  #drop(socket: Socket, reason: DropReason, error: MigrationError): void {
+    this.#remove(socket);
+    const at = this.#waiting.indexOf(socket);
+    if (at >= 0) this.#waiting.splice(at, 1);
+    this.#handlers.dropped(socket, reason, error);
+    // A reset, not a FIN: the peer learns at once, and no TIME_WAIT is left on this side.
+    if (!socket.destroyed) socket.resetAndDestroy();
+  }
+
+  /** The queue is over its bound: the source with the most waiting connections loses one. */
+  #overflow(newcomer: Socket): void {
+    const bySource = new Map<string, Socket[]>();
+    for (const socket of this.#waiting) {
+      if (socket === newcomer) continue;
+      const source = sourceOf(socket);
+      const list = bySource.get(source);
+      if (list) list.push(socket);
+      else bySource.set(source, [socket]);
+    }
+    let worst: Socket[] = [];
+    for (const list of bySource.values()) if (list.length > worst.length) worst = list;
+    const victim = worst[Math.floor(this.#random() * worst.length)];
+    if (victim) this.#drop(victim, "overflow", new MigrationError("EBUSY", `more than ${this.#maxWaiting} connections waiting to authenticate`));
+  }
+
+  /** Admits waiting connections while there is room, making room by random early drop. */
+  #pump(): void {
+    if (this.#closed) return;
+    if (this.#wakeup) {
+      clearTimeout(this.#wakeup);
+      this.#wakeup = undefined;
+    }
+    let i = 0;
+    while (i < this.#waiting.length) {
+      const socket = this.#waiting[i]!;
+      const source = sourceOf(socket);
+      const fromSource = this.#perSourceCount.get(source) ?? 0;
+      const full = this.#members.size >= this.#max;
+      if (!full && fromSource < this.#perSource) {
+        this.#waiting.splice(i, 1);
+        this.#admit(socket, source);
+        continue;
+      }
+      // Room is made among the members this newcomer competes with: its own source's when that
+      // source is at its cap, everyone's otherwise.
+      const victim = this.#victim(fromSource >= this.#perSource ? source : undefined);
+      if (victim) {
+        this.#drop(
+          victim,
+          "evicted",
+          new MigrationError("EBUSY", `dropped to make room: no authentication within ${Math.round(this.#protectedMs)} ms while others waited`),
+        );
+        continue;
+      }
+      // Nobody in its way can be dropped yet; a later waiter from another source may still fit.
+      if (full) break;
+      i++;
+    }
+    if (this.#waiting.length > 0) this.#scheduleWakeup();
+  }
+
+  #admit(socket: Socket, source: string): void {
+    const timer = setTimeout(() => {
+      this.#drop(socket, "timeout", new MigrationError("ETIMEDOUT", `no authentication and verified header within ${this.authTimeoutMs} ms`));
+      this.#pump();
+    }, this.authTimeoutMs);
+    this.#members.set(socket, { socket, source, admittedAt: performance.now(), timer });
+    this.#perSourceCount.set(source, (this.#perSourceCount.get(source) ?? 0) + 1);
+    this.#handlers.admit(socket);
+  }
+
+  /** A random member (of `source`, when given) past its protection, if any. */
+  #victim(source: string | undefined): Socket | undefined {
+    const now = performance.now();
+    const eligible: Socket[] = [];
+    for (const member of this.#members.values()) {
+      if (source !== undefined && member.source !== source) continue;
+      if (now - member.admittedAt >= this.#protectedMs) eligible.push(member.socket);
+    }
+    return eligible[Math.floor(this.#random() * eligible.length)];
+  }
+
+  /** Runs the pump again when the next member's protection ends (members leaving run it too). */
+  #scheduleWakeup(): void {
+    const now = performance.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const member of this.#members.values()) {
+      const end = member.admittedAt + this.#protectedMs;
+      if (end > now) next = Math.min(next, end);
+    }
+    if (next === Number.POSITIVE_INFINITY) return;
+    this.#wakeup = setTimeout(() => this.#pump(), Math.max(1, next - now));
+  }
+}
+
+function positive(value: number, name: string): number {
+  if (!Number.isInteger(value) || value < 1) throw new MigrationError("EINVAL", `${name} must be a positive integer, got ${value}`);
+  return value;
+}

@@ -1,0 +1,139 @@
+// The pre-authentication door on real loopback sockets: a bounded table, newcomers that wait
+// instead of being refused, random early drop of members past their protection, caps per source
+// address, a bounded queue, and the auth deadline.
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { afterEach, describe, expect, it } from "vitest";
+import { Admission, type AdmissionOptions, type DropReason } from "../../src/node/transport/admission.js";
+import { rng } from "../migration/helpers.js";
+
+interface Door {
+  admission: Admission;
+  admitted: Socket[];
+  dropped: { socket: Socket; reason: DropReason; code: string }[];
+  /** Opens a client connection from `from` (a loopback address) and waits until the server saw it. */
+  dial: (from?: string) => Promise<Socket>;
+}
+
+const servers: Server[] = [];
+const clients: Socket[] = [];
+afterEach(() => {
+  for (const c of clients.splice(0)) c.destroy();
+  for (const s of servers.splice(0)) s.close();
+});
+
+async function door(options: AdmissionOptions): Promise<Door> {
+  const admitted: Socket[] = [];
+  const dropped: Door["dropped"] = [];
+  const admission = new Admission(
+    { random: rng(17), ...options },
+    { admit: (s) => admitted.push(s), dropped: (socket, reason, error) => dropped.push({ socket, reason, code: error.code }) },
+  );
+  let seen: (() => void) | undefined;
+  const server = createServer({ pauseOnConnect: true }, (socket) => {
+    admission.offer(socket);
+    seen?.();
+  });
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  const dial = (from?: string): Promise<Socket> =>
+    new Promise((resolve) => {
+      seen = () => resolve(client);
+      const client = connect({ port, host: "127.0.0.1", ...(from ? { localAddress: from } : {}) });
+      client.on("error", () => undefined);
+      clients.push(client);
+    });
+  return { admission, admitted, dropped, dial };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe("Admission", () => {
+  it("admits up to the table size; a newcomer waits, unrefused, while every member is protected", async () => {
+    const d = await door({ maxUnauthenticated: 3, protectedMs: 5_000 });
+    for (let i = 0; i < 4; i++) await d.dial();
+    expect(d.admitted).toHaveLength(3);
+    expect(d.admission.waiting).toBe(1);
+    expect(d.dropped).toEqual([]);
+    d.admission.close();
+  });
+
+  it("past their protection, a random member is dropped for each waiting newcomer (random early drop)", async () => {
+    const d = await door({ maxUnauthenticated: 3, protectedMs: 100 });
+    for (let i = 0; i < 3; i++) await d.dial();
+    const first = [...d.admitted];
+    await d.dial();
+    await d.dial();
+    expect(d.admission.waiting).toBe(2);
+    await sleep(400);
+    expect(d.dropped.map((x) => [x.reason, x.code])).toEqual([
+      ["evicted", "EBUSY"],
+      ["evicted", "EBUSY"],
+    ]);
+    expect(d.dropped.every((x) => first.includes(x.socket))).toBe(true);
+    expect(d.admitted).toHaveLength(5);
+    expect(d.admission.unauthenticated).toBe(3);
+    expect(d.admission.waiting).toBe(0);
+    d.admission.close();
+  });
+
+  it("an authenticated member frees its slot at once for the first waiter", async () => {
+    const d = await door({ maxUnauthenticated: 1, protectedMs: 5_000 });
+    await d.dial();
+    const second = await d.dial();
+    await d.dial();
+    expect(d.admission.waiting).toBe(2);
+    d.admission.authenticated(d.admitted[0]!);
+    expect(d.admitted).toHaveLength(2);
+    expect(d.admitted[1]!.remotePort).toBe(second.localPort);
+    expect(d.admission.waiting).toBe(1);
+    expect(d.dropped).toEqual([]);
+    d.admission.close();
+  });
+
+  it("a member that does not authenticate within authTimeoutMs is dropped with ETIMEDOUT", async () => {
+    const d = await door({ authTimeoutMs: 150 });
+    await d.dial();
+    expect(d.admission.remainingMs(d.admitted[0]!)).toBeGreaterThan(0);
+    await sleep(500);
+    expect(d.dropped.map((x) => [x.reason, x.code])).toEqual([["timeout", "ETIMEDOUT"]]);
+    expect(d.admission.unauthenticated).toBe(0);
+  });
+
+  it("a source at its cap waits while another source is admitted at once; room is made within the capped source", async () => {
+    const d = await door({ maxUnauthenticated: 8, maxPerSource: 2, protectedMs: 100 });
+    const a = [await d.dial("127.0.0.1"), await d.dial("127.0.0.1"), await d.dial("127.0.0.1")];
+    expect(d.admitted).toHaveLength(2);
+    await d.dial("127.0.0.2");
+    expect(d.admitted).toHaveLength(3);
+    expect(d.admitted[2]!.remoteAddress).toBe("127.0.0.2");
+    await sleep(400);
+    // The third from 127.0.0.1 got in by dropping one of its own source, not the other source's.
+    expect(d.dropped).toHaveLength(1);
+    expect(d.dropped[0]!.socket.remoteAddress).toBe("127.0.0.1");
+    expect(d.admitted.some((s) => s.remotePort === a[2]!.localPort)).toBe(true);
+    d.admission.close();
+  });
+
+  it("an overflowing queue loses a waiter of the source with the most waiting, never the newcomer", async () => {
+    const d = await door({ maxUnauthenticated: 1, maxWaiting: 3, protectedMs: 5_000 });
+    await d.dial("127.0.0.1");
+    const flood = [await d.dial("127.0.0.1"), await d.dial("127.0.0.1")];
+    await d.dial("127.0.0.2");
+    expect(d.admission.waiting).toBe(3);
+    const last = await d.dial("127.0.0.3");
+    expect(d.dropped.map((x) => x.reason)).toEqual(["overflow"]);
+    expect(flood.map((c) => c.localPort)).toContain(d.dropped[0]!.socket.remotePort);
+    expect(last.destroyed).toBe(false);
+    expect(d.admission.waiting).toBe(3);
+    d.admission.close();
+  });
+
+  it("refuses options that are not positive integers (EINVAL)", () => {
+    const handlers = { admit: () => undefined, dropped: () => undefined };
+    expect(() => new Admission({ maxUnauthenticated: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+    expect(() => new Admission({ maxPerSource: 1.5 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+    expect(() => new Admission({ maxWaiting: -1 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+    expect(() => new Admission({ authTimeoutMs: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+  });
+});

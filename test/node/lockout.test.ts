@@ -1,0 +1,78 @@
+// receiveDevice and receiveFile behind the same door as the CLI: a small table (so the door is
+// full at once), dozens of hostile connections reconnecting as soon as they are dropped, and the
+// real sender still gets through, over plain TCP and TLS-PSK.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { encodeHeader } from "../../src/format/header.js";
+import { receiveDevice, receiveFile, sendDevice, sendFile } from "../../src/node/tcp.js";
+import { clientHello, Horde, type HostileKind } from "../cli/hostile-peers.js";
+import { fillRandom, makeDevice, REGIONS, rng } from "../migration/helpers.js";
+
+const door = { maxUnauthenticated: 6, maxPerSource: 6, protectedMs: 150, random: rng(5) };
+const kinds = (list: readonly HostileKind[], n: number): HostileKind[] => Array.from({ length: n }, (_, i) => list[i % list.length]!);
+const opening = encodeHeader({ checksum: "xxh3", pageSize: 4096, maxRecordPayload: 1 << 20, deviceId: "", baseDigest: undefined, regions: REGIONS }).bytes;
+
+describe("a full door does not lock the sender out", () => {
+  it("receiveDevice, plain TCP: 40 holding and dripping peers", { timeout: 60_000 }, async () => {
+    let listening!: (port: number) => void;
+    const bound = new Promise<number>((resolve) => (listening = resolve));
+    let drops = 0;
+    const receiving = receiveDevice({ port: 0, final: "STOP", ...door, onListening: (a) => listening(a.port), onDropped: () => drops++ });
+    const port = await bound;
+    const horde = new Horde({ port, kinds: kinds(["hold", "drip"], 40), opening });
+    const device = makeDevice();
+    try {
+      await horde.established(40);
+      fillRandom(device, 9);
+      const sent = await sendDevice(device, { port, timeoutMs: 30_000 });
+      const received = await receiving;
+      expect(received.digest).toBe(sent.digest);
+      expect(drops).toBeGreaterThan(0);
+      received.device.free();
+    } finally {
+      horde.stop();
+      device.free();
+    }
+  });
+
+  it("receiveFile, TLS-PSK: 40 peers holding, dripping, stalling after a ClientHello, or sending a header in the clear", { timeout: 60_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "migstream-lockout-"));
+    const psk = [{ identity: "migstream", key: new Uint8Array(32).fill(3) }];
+    try {
+      const state = new Uint8Array(1 << 20).map((_, i) => (i * 7) & 0xff);
+      writeFileSync(join(dir, "in.state"), state);
+      let listening!: (port: number) => void;
+      const bound = new Promise<number>((resolve) => (listening = resolve));
+      let drops = 0;
+      const receiving = receiveFile(join(dir, "out.state"), {
+        port: 0,
+        tls: { psk },
+        ...door,
+        onListening: (a) => listening(a.port),
+        onDropped: () => drops++,
+      });
+      const port = await bound;
+      const hello = await clientHello({
+        host: "127.0.0.1",
+        ciphers: "PSK-AES256-GCM-SHA384",
+        maxVersion: "TLSv1.2",
+        pskCallback: () => ({ identity: "x", psk: Buffer.alloc(32) }),
+      });
+      const horde = new Horde({ port, kinds: kinds(["hold", "drip", "hello", "opening"], 40), opening, hello });
+      try {
+        await horde.established(40);
+        const sent = await sendFile(join(dir, "in.state"), { port, tls: { psk }, timeoutMs: 30_000 });
+        const received = await receiving;
+        expect(received.bytes).toBe(sent.summary.bytes);
+        expect(readFileSync(join(dir, "out.state")).equals(Buffer.from(state))).toBe(true);
+        expect(drops).toBeGreaterThan(0);
+      } finally {
+        horde.stop();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
