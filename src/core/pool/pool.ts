@@ -156,10 +156,14 @@ export class WorkerPool {
   /** Runs `calls` in order on one worker; resolves with each call's result. */
   run(calls: KernelCall[]): Promise<unknown[]> {
     if (this.#closed) return Promise.reject(new MigrationError("ECANCELED", "the worker pool was closed"));
-    return new Promise((resolve, reject) => {
+    const task = new Promise<unknown[]>((resolve, reject) => {
       this.#queue.push({ calls, resolve, reject });
       this.#dispatch();
     });
+    // Callers await every task of an operation, but not always before one fails (a worker dies
+    // while the main thread reads the next window): that is not an unhandled rejection.
+    task.catch(() => undefined);
+    return task;
   }
 
   /**
