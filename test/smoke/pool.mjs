@@ -18,7 +18,11 @@ try {
     const back = await decodeSnapshotAsync(two, { pool });
     if (!back.every((b, i) => b === state[i]) || back.length !== state.length) throw new Error(`jobs 2 decode differs (${compress})`);
     const cut = two.subarray(0, two.length - 9);
-    const errorOf = async (f) => f().then(() => "none", (e) => (e instanceof MigrationError ? `${e.code} ${e.recordIndex} ${e.byteOffset}` : String(e)));
+    const errorOf = async (f) =>
+      f().then(
+        () => "none",
+        (e) => (e instanceof MigrationError ? `${e.code} ${e.recordIndex} ${e.byteOffset}` : String(e)),
+      );
     const [a, b] = [await errorOf(async () => decodeSnapshot(cut)), await errorOf(() => decodeSnapshotAsync(cut, { pool }))];
     if (a !== b || a === "none") throw new Error(`truncated stream: ${a} vs ${b}`);
   }
