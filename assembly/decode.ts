@@ -225,7 +225,7 @@ export function decode_window(ctx: usize): i32 {
       return DECODE_NEED_MORE;
     }
     const checksum = load<u64>(rec + RECORD_HEADER + payloadLen);
-    const pre = preEntry(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>pos);
+    const pre = load<u32>(ctx, D_PRE) != 0 ? preEntry(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>pos) : 0;
     const computed = pre != 0 ? load<u64>(pre, 8) : recordChecksum(alg, rec, RECORD_HEADER + payloadLen);
     if (computed != checksum) return fail(ctx, ERR_CHECKSUM, pos);
     // An LZ4 block the pool decoded ahead (not applying: in staging it is decoded in place).

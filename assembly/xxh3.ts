@@ -88,6 +88,8 @@ export function set_thread_scratch(ptr: usize): void {
 }
 
 /** 16 bytes of the per-thread block for callers that hash two words (the stream digest). */
+// @ts-ignore: decorator
+@inline
 export function chainScratch(): usize {
   return oneshotScratch + 64 + SECRET_SIZE;
 }
