@@ -65,6 +65,25 @@ describe("--jobs on the codec commands", () => {
     expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
+  it("apply --jobs 2 of a diff stream (DELTA records) writes the state of --jobs 1", async () => {
+    const next = readFileSync(at("vm.state"));
+    for (const page of [3, 700, 701, 5000]) next.write("changed bytes", page * 4096 + 100);
+    next.fill(0x5a, 4096 * 2000, 4096 * 2010);
+    writeFileSync(at("vm2.state"), next);
+    const diff = await run(["diff", at("vm.state"), at("vm2.state"), "-o", at("vm.diff"), "--jobs", "2"], { timeoutMs: 120_000 });
+    expect(diff.code, diff.stderr).toBe(0);
+    const [one, two] = await Promise.all(
+      ["1", "2"].map((jobs) =>
+        run(["apply", at("vm.state"), at("vm.diff"), "-o", at(`applied-${jobs}.state`), "--jobs", jobs, "--json"], { timeoutMs: 120_000 }),
+      ),
+    );
+    expect(one.code, one.stderr).toBe(0);
+    expect(two.code, two.stderr).toBe(0);
+    expect(JSON.parse(two.stdout.toString()).pages.delta).toBeGreaterThan(0);
+    expect(Buffer.compare(readFileSync(at("applied-2.state")), next)).toBe(0);
+    expect(Buffer.compare(readFileSync(at("applied-1.state")), next)).toBe(0);
+  });
+
   it("refuses a bad --jobs as a usage error", async () => {
     for (const jobs of ["0", "65", "two", "1.5"]) {
       const r = await run(["verify", at("two-lz4.mig"), "--jobs", jobs]);
