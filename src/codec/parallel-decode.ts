@@ -13,7 +13,7 @@ import { parseHeaderPrefix } from "../format/header.js";
 import { type DataRecord, type DecodeTarget, type DecoderOptions, type DecoderSummary, StreamDecoder } from "./decoder.js";
 
 /** Stream bytes per worker per segment (default). */
-const PART_BYTES = 4 << 20;
+const PART_BYTES = 2 << 20;
 /** Bytes of one precheck entry (assembly/parallel.ts PRECHECK_ENTRY). */
 const ENTRY = 32;
 
@@ -131,16 +131,12 @@ export class ParallelDecoder {
       this.#threshold = this.#pool.jobs * this.#partBytes;
       this.#segCap = this.#threshold + this.#maxHeader + this.#maxRecord + RECORD_OVERHEAD;
       // Entries for a segment of the smallest records (memory is touched only as entries are
-      // written); decoded blocks for a part compressed 4:1 (LZ4 records past that are decoded
-      // by the decoder itself).
+      // written). The areas for decoded blocks come with the first records (their size
+      // depends on the header).
       this.#tableCap = Math.ceil(this.#segCap / RECORD_OVERHEAD) * ENTRY;
-      this.#areaCap = this.#payloads ? 4 * this.#partBytes + this.#maxRecord : this.#maxRecord;
       for (let i = 0; i < 2; i++) {
         const seg: Segment = { ptr: this.#alloc(this.#segCap), len: 0, streamPos: 0, whole: 0, tables: [], areas: [], pending: undefined };
-        for (let j = 0; j < this.#pool.jobs; j++) {
-          seg.tables.push(this.#alloc(this.#tableCap));
-          seg.areas.push(this.#alloc(this.#areaCap));
-        }
+        for (let j = 0; j < this.#pool.jobs; j++) seg.tables.push(this.#alloc(this.#tableCap));
         this.#segments.push(seg);
       }
     }
@@ -158,6 +154,7 @@ export class ParallelDecoder {
     await Promise.allSettled(this.#segments.map((s) => s.pending));
     for (const ptr of this.#taken.splice(0)) this.#core.free(ptr);
     this.#segments.length = 0;
+    this.#areaCap = 0;
   }
 
   /** Hands the header to the decoder once it is all here (or everything, if it is malformed). */
@@ -212,6 +209,12 @@ export class ParallelDecoder {
   }
 
   #dispatch(seg: Segment, whole: number, alg: number, lz4: number, maxPayload: number): void {
+    if (this.#areaCap === 0) {
+      // Decoded blocks for a part compressed 4:1 (LZ4 records past that are decoded by the
+      // decoder itself); for verification, one record's worth, each block over the last.
+      this.#areaCap = this.#payloads ? 4 * this.#partBytes + maxPayload : maxPayload;
+      for (const s of this.#segments) for (let j = 0; j < this.#pool.jobs; j++) s.areas.push(this.#alloc(this.#areaCap));
+    }
     const k = this.#core.exports;
     const jobs = this.#pool.jobs;
     const tasks: Promise<unknown[]>[] = [];

@@ -72,11 +72,9 @@ describe("--jobs on the codec commands", () => {
     writeFileSync(at("vm2.state"), next);
     const diff = await run(["diff", at("vm.state"), at("vm2.state"), "-o", at("vm.diff"), "--jobs", "2"], { timeoutMs: 120_000 });
     expect(diff.code, diff.stderr).toBe(0);
-    const [one, two] = await Promise.all(
-      ["1", "2"].map((jobs) =>
-        run(["apply", at("vm.state"), at("vm.diff"), "-o", at(`applied-${jobs}.state`), "--jobs", jobs, "--json"], { timeoutMs: 120_000 }),
-      ),
-    );
+    const applied = (jobs: string) =>
+      run(["apply", at("vm.state"), at("vm.diff"), "-o", at(`applied-${jobs}.state`), "--jobs", jobs, "--json"], { timeoutMs: 120_000 });
+    const [one, two] = await Promise.all([applied("1"), applied("2")]);
     expect(one.code, one.stderr).toBe(0);
     expect(two.code, two.stderr).toBe(0);
     expect(JSON.parse(two.stdout.toString()).pages.delta).toBeGreaterThan(0);
