@@ -108,6 +108,15 @@ export async function jobsBenchmarks(size: number, config: BenchConfig): Promise
     const decode = (jobs: number) => () => run(cli, ["decode", stream, "-o", out("decoded.bin"), "-f", "--jobs", String(jobs)]);
     const d = pair(times, decode(1), decode(2));
     rows.push(row("CLI decode --jobs 2 (lz4 stream, to a file)", d, "jobs 1", ">= 1.6x jobs 1"));
+    rows.push({
+      section: "jobs",
+      size,
+      task: `CLI decode --jobs 2: peak RSS added per job over --jobs 1 (${load})`,
+      gbps: Number.NaN,
+      vsCopy: Number.NaN,
+      vs: { "peak RSS MiB": (rss(d.other) - rss(d.base)) / 2 },
+      target: "peak RSS <= 64 MiB",
+    });
     const baseline = process.env.MIGSTREAM_BASELINE_CLI;
     if (baseline) {
       const b = pair(times, encode(1, baseline), encode(1));
