@@ -146,6 +146,10 @@ export class WorkerPool {
     const memory = new WebAssembly.Memory({ initial: 32, maximum: 65536, shared: true });
     this.core = new Core(-1, memory);
     const size = this.core.exports.thread_scratch_size();
+    // Every instance over the shared memory writes the module's data segments again when it
+    // starts (a worker joining, or replacing one that died), zeros over the default scratch
+    // block included: the main thread's kernels use a block of their own, like each worker.
+    this.core.exports.set_thread_scratch(this.core.alloc(size));
     for (let i = 0; i < jobs; i++) {
       const slot: Slot = { thread: undefined as unknown as Thread, ready: false, task: undefined, scratch: this.core.alloc(size), epoch: 0 };
       this.#slots.push(slot);
