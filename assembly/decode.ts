@@ -95,6 +95,10 @@ const MODE_LZ4: u32 = 16; // the header allows LZ4 records
 export const DECODE_NEED_MORE: i32 = 0;
 export const DECODE_RECORD: i32 = 1; // a record for the caller is described at D_R_*
 export const DECODE_END: i32 = 2;
+// Applying: the record at D_POS writes into region D_R_REGION, whose staging is not there yet
+// (0: it is made when a record first writes, so a stream's claim costs nothing until pages
+// arrive). Nothing of the record was applied or counted; call again once R_STAGING is set.
+export const DECODE_NEED_STAGING: i32 = 3;
 
 // Errors (negative), mapped to messages and codes by src/codec/decode-errors.ts.
 export const ERR_UNKNOWN_TAG: i32 = -1;
@@ -296,6 +300,11 @@ export function decode_window(ctx: usize): i32 {
       const applied = load<u64>(ctx, D_APPLIED) + <u64>work;
       const budget = load<u64>(ctx, D_BUDGET) + load<u64>(ctx, D_BUDGET_ROUND) * <u64>load<u32>(ctx, D_ROUNDS);
       if (applied > budget) return fail(ctx, ERR_WORK, pos);
+      if (apply && load<u32>(entry, R_STAGING) == 0 && (tag != TAG_ZERO || work != 0)) {
+        store<u16>(ctx, <u16>regionIndex, D_R_REGION);
+        store<u32>(ctx, <u32>pos, D_POS);
+        return DECODE_NEED_STAGING;
+      }
       store<u64>(ctx, applied, D_APPLIED);
 
       if (apply) {

@@ -1,5 +1,6 @@
 // Peak RSS (VmHWM) of a process facing 1 GiB header-only claims: `node bench/claims-rss.mjs
-// <device|decoder> <successive|concurrent|dropped> <n>`. Uses dist/ (npm run build first).
+// <device|decoder> <successive|concurrent|dropped> <n> [header|page]`. Uses dist/ (npm run
+// build first).
 // device: receiveDevice servers, each owned by a peer that sends the header, then drops
 // (successive) or stalls (concurrent, all at once). decoder: push decoders given the header,
 // then aborted (successive), kept (concurrent), or dropped without end() or abort() and
@@ -8,11 +9,13 @@
 import { readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { core } from "../dist/core/instance.js";
-import { createDecoder } from "../dist/index.js";
+import { createDecoder, createEncoder } from "../dist/index.js";
 import { encodeHeader } from "../dist/format/header.js";
 import { receiveDevice } from "../dist/node/index.js";
 
-const [api = "device", mode = "successive", countText = "1"] = process.argv.slice(2);
+const [api = "device", mode = "successive", countText = "1", what = "header"] = process.argv.slice(2);
+/** "page": each claim also carries one page of data, which makes a decoder stage the region. */
+const withPage = what === "page";
 const count = Number(countText);
 const GiB = 1024 ** 3;
 const header = encodeHeader({
@@ -23,6 +26,14 @@ const header = encodeHeader({
   baseDigest: undefined,
   regions: [{ name: "state", size: GiB }],
 }).bytes;
+/** A header, one page of data and an END record: a decoder makes its 1 GiB staging for it. */
+const onePage = (() => {
+  const parts = [];
+  const encoder = createEncoder({ size: GiB, maxRecordPayload: 16 << 20, ondata: (chunk) => parts.push(chunk) });
+  encoder.writePages(0, 0, new Uint8Array(4096).fill(1));
+  encoder.end();
+  return Buffer.concat(parts);
+})();
 const hwm = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))[1]) / 1024;
 
 /** One receiveDevice, one peer that sends the header; the caller drops or keeps the socket. */
@@ -64,7 +75,7 @@ if (api === "device") {
   /** One claim, in a function of its own: nothing but `kept` refers to the decoder afterwards. */
   const claimOnce = () => {
     const decoder = createDecoder({ maxRecordPayload: 16 << 20 });
-    decoder.push(header);
+    decoder.push(withPage ? onePage : header);
     if (mode === "successive") decoder.abort();
     else if (mode === "concurrent") kept.push(decoder);
   };

@@ -92,6 +92,7 @@ export const DecMode = { APPLY: 1, ZERO_RUNS: 2, ENDED: 4, LZ4: 16 } as const;
 export const DECODE_NEED_MORE = 0;
 export const DECODE_RECORD = 1;
 export const DECODE_END = 2;
+export const DECODE_NEED_STAGING = 3;
 
 /**
  * `view` now: views of core memory are detached whenever it grows (any allocation may grow it),

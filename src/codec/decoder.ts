@@ -8,7 +8,7 @@ import { xxh3 } from "../core/xxh3.js";
 import { DEFAULT_LIMITS, HEADER_FIXED, HEADER_PREFIX, RECORD_OVERHEAD, TAG_CONFIG, TAG_ROUND } from "../format/constants.js";
 import { checkMagic, parseHeader, parseHeaderPrefix, type RegionSpec, type StreamHeader } from "../format/header.js";
 import { kernelError } from "./decode-errors.js";
-import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_RECORD, DecMode, Region, stableView } from "./contexts.js";
+import { ContextView, Dec, DECODE_END, DECODE_NEED_MORE, DECODE_NEED_STAGING, DECODE_RECORD, DecMode, Region, stableView } from "./contexts.js";
 
 export interface DecoderLimits {
   /** Largest state a stream may declare. Default 1 GiB. */
@@ -59,7 +59,10 @@ export interface DataRecord {
 
 /** A region the kernel applies records into, in core memory. */
 export interface StagingRegion {
-  /** The staging block (region size). */
+  /**
+   * The staging block (region size), or 0: the plan's `stage` makes it when a record first
+   * writes into the region (pages of a region without staging are zeros until then).
+   */
   ptr: number;
   /** True if the block holds only zeros (fresh memory): ZERO records over it cost nothing. */
   zeroed: boolean;
@@ -83,6 +86,11 @@ export interface TargetPlan {
    * zeros (repeated coverage is absorbed); `startsZeroed` says every page starts as zeros.
    */
   zeroRuns?: { startsZeroed: boolean };
+  /**
+   * Makes region i's staging block when a record first writes into it (regions given with
+   * ptr 0); `zeroed` says whether it holds zeros (otherwise its content is unspecified).
+   */
+  stage?: (region: number) => { ptr: number; zeroed: boolean };
 }
 
 /**
@@ -149,6 +157,9 @@ const unfinished = new FinalizationRegistry<HeldMemory>((held) => {
  */
 const disposeKey: typeof Symbol.dispose = Symbol.dispose ?? (Symbol.for("nodejs.dispose") as typeof Symbol.dispose);
 
+/** The record window's first size; it doubles as larger records arrive. */
+const FIRST_WINDOW = 256 * 1024;
+
 export class StreamDecoder {
   readonly #options: DecoderOptions;
   /** The base; a view of core memory is detached when memory grows (reading the header may). */
@@ -165,8 +176,13 @@ export class StreamDecoder {
   #ctx: ContextView | undefined;
   #regions = 0;
   #haves: number[] = [];
+  #stage: TargetPlan["stage"];
+  #pageSize = 0;
   #win = 0;
   #winCap = 0;
+  /** The largest the window may grow: one record of the header's maximum size. */
+  #winMax = 0;
+  #held: HeldMemory | undefined;
   #winLen = 0;
   /** Where LZ4 records are decoded for targets that apply records themselves. */
   #lz4Scratch = 0;
@@ -356,6 +372,8 @@ export class StreamDecoder {
     const opened = this.#target.open(header);
     const plan: TargetPlan = Array.isArray(opened) ? { staging: opened.map((ptr) => ({ ptr, zeroed: false })) } : (opened ?? {});
     const staging = plan.staging;
+    this.#stage = plan.stage;
+    this.#pageSize = header.pageSize;
     const count = header.regions.length;
     const entry = c.exports.region_entry_size();
     this.#regions = c.alloc(entry * count);
@@ -381,7 +399,8 @@ export class StreamDecoder {
       const stage = staging?.[i];
       const zero = c.alloc(bitmapBytes);
       this.#haves.push(zero);
-      const zeroed = stage ? stage.zeroed && !stage.cow : (plan.zeroRuns?.startsZeroed ?? false);
+      // Staging not made yet is zeros until a record writes into it (then #staged sees to it).
+      const zeroed = stage ? stage.ptr === 0 || (stage.zeroed && !stage.cow) : (plan.zeroRuns?.startsZeroed ?? false);
       c.u8.fill(zeroed ? 0xff : 0, zero, zero + bitmapBytes);
       const r = new ContextView(c.memory, this.#regions + i * entry);
       r.setU64(Region.SIZE, BigInt(region.size));
@@ -410,14 +429,16 @@ export class StreamDecoder {
       ctx.setU32(Dec.LZ4_SCRATCH, this.#lz4Scratch);
     }
     ctx.setU64(Dec.DIGEST, header.checksumValue);
-    this.#winCap = header.maxRecordPayload + RECORD_OVERHEAD + 64;
+    this.#winMax = header.maxRecordPayload + RECORD_OVERHEAD + 64;
+    this.#winCap = Math.min(this.#winMax, FIRST_WINDOW);
     this.#win = c.alloc(this.#winCap);
     this.#winStart = header.length;
     this.#header = header;
     this.#phase = "records";
     const ptrs = [ctx.ptr, this.#regions, this.#win, ...this.#haves];
     if (this.#lz4Scratch) ptrs.push(this.#lz4Scratch);
-    unfinished.register(this, { core: c, ptrs, target: this.#target }, this);
+    this.#held = { core: c, ptrs, target: this.#target };
+    unfinished.register(this, this.#held, this);
   }
 
   #feed(chunk: Uint8Array, from: number): void {
@@ -436,14 +457,22 @@ export class StreamDecoder {
       at += used;
       const rest = length - at;
       if (rest > 0) {
-        if (rest > this.#winCap) throw new MigrationError("EBADMSG", "internal: record larger than the window");
+        if (rest > this.#winCap) this.#grow(rest);
         c.u8.copyWithin(this.#win, ptr + at, ptr + length);
         this.#winLen = rest;
       }
       return;
     }
-    while (at < chunk.length) {
-      const take = Math.min(this.#winCap - this.#winLen, chunk.length - at);
+    // Staging made on a record's first write, and a window that grows, allocate: a chunk that
+    // lives in core memory is looked up again by offset afterwards (its view may be detached).
+    const inCore = c.owns(chunk);
+    const chunkPtr = chunk.byteOffset;
+    const chunkLength = chunk.length;
+    const view = (): Uint8Array => (inCore && !c.owns(chunk) ? new Uint8Array(c.memory.buffer, chunkPtr, chunkLength) : chunk);
+    while (at < chunkLength) {
+      if (this.#winLen === this.#winCap) this.#grow(this.#winCap + 1);
+      chunk = view();
+      const take = Math.min(this.#winCap - this.#winLen, chunkLength - at);
       c.u8.set(chunk.subarray(at, at + take), this.#win + this.#winLen);
       this.#winLen += take;
       this.#consumed += take;
@@ -455,6 +484,23 @@ export class StreamDecoder {
         this.#winStart += used;
       }
     }
+  }
+
+  /**
+   * Grows the window to at least `need` bytes (doubling), up to the largest record the header
+   * allows: it holds the part of a record not received yet, so it grows with records that
+   * arrived, not with the header's maximum record size.
+   */
+  #grow(need: number): void {
+    const c = this.#core;
+    const cap = Math.min(this.#winMax, Math.max(need, this.#winCap * 2));
+    if (cap < need) throw new MigrationError("EBADMSG", "internal: record larger than the window");
+    const next = c.alloc(cap);
+    c.u8.copyWithin(next, this.#win, this.#win + this.#winLen);
+    c.free(this.#win);
+    if (this.#held) this.#held.ptrs[this.#held.ptrs.indexOf(this.#win)] = next;
+    this.#win = next;
+    this.#winCap = cap;
   }
 
   /** Runs the kernel over [ptr, ptr+len) (stream offset `streamPos`); returns bytes consumed. */
@@ -475,8 +521,53 @@ export class StreamDecoder {
         }
         if (status === DECODE_END) this.#ended = true;
         else if (status === DECODE_RECORD) this.#record(c);
+        else if (status === DECODE_NEED_STAGING) this.#staged(c, ctx.u16(Dec.R_REGION));
       }
     });
+  }
+
+  /**
+   * A record is about to write into region `i` for the first time: its staging is made now. A
+   * block that does not hold zeros (reused memory) gets zeros where earlier ZERO records were
+   * absorbed (pages held and known zero); pages not delivered yet stop being known zero, so a
+   * later ZERO record over them writes.
+   */
+  #staged(c: Core, i: number): void {
+    const made = this.#stage!(i);
+    const entry = new ContextView(c.memory, this.#regions + i * c.exports.region_entry_size());
+    entry.setU32(Region.STAGING, made.ptr);
+    if (made.zeroed) return;
+    const pages = entry.u32(Region.PAGES);
+    const size = Number(entry.u64(Region.SIZE));
+    const words = Math.ceil(pages / 64) * 2;
+    const have = new Uint32Array(c.memory.buffer, this.#haves[2 * i]!, words);
+    const zero = new Uint32Array(c.memory.buffer, this.#haves[2 * i + 1]!, words);
+    const u8 = c.u8;
+    const pageSize = this.#pageSize;
+    let run = -1;
+    const close = (end: number): void => {
+      if (run >= 0) u8.fill(0, made.ptr + run * pageSize, made.ptr + Math.min(end * pageSize, size));
+      run = -1;
+    };
+    for (let w = 0; w < words; w++) {
+      const known = (zero[w]! & have[w]!) >>> 0;
+      zero[w] = known;
+      const first = w * 32;
+      if (known === 0xffffffff) {
+        if (run < 0) run = first;
+        continue;
+      }
+      if (known === 0) {
+        close(first);
+        continue;
+      }
+      for (let b = 0; b < 32; b++) {
+        if (known & (1 << b)) {
+          if (run < 0) run = first + b;
+        } else close(first + b);
+      }
+    }
+    close(pages);
   }
 
   #record(c: Core): void {
@@ -561,6 +652,7 @@ export class StreamDecoder {
 
   #release(): void {
     unfinished.unregister(this);
+    this.#held = undefined;
     const c = this.#core;
     const ctx = this.#ctx;
     if (ctx) {

@@ -2,8 +2,9 @@
 // into staging blocks, and the caller's state is only touched after the stream verified.
 //
 // No full copy of the starting content is ever made up front:
-// - a full stream must deliver every page, so its staging starts as whatever the block holds
-//   (fresh memory is zero and untouched; ZERO records over it cost nothing);
+// - a full stream must deliver every page; a region's staging is made only when a record first
+//   writes into it (a header's claim costs nothing until pages arrive; ZERO records before
+//   that cost nothing), from the staging pool or fresh memory;
 // - an incremental stream over a base in core memory (a device's regions) copies on write, a
 //   chunk (64 KiB, or a page if larger) the first time a record writes into it; committing
 //   copies back only those chunks. A base outside core memory is copied once (it must be read
@@ -46,19 +47,20 @@ export class StagedRegion {
 
   /**
    * Makes this content the region's: `current` is the region's block (which a copy-on-write
-   * staging must have as its base). A full staging is swapped in and `current` kept for later
-   * staging; a copy-on-write one has its written chunks copied into `current`. Returns the
+   * staging must have as its base; undefined when the region's block was never made). A full
+   * staging is swapped in and `current` kept for later staging; a copy-on-write one has its written chunks copied into `current`. Returns the
    * block that now holds the region.
    */
-  install(current: CoreBuffer): CoreBuffer {
+  install(current: CoreBuffer | undefined): CoreBuffer {
     this.#use();
     this.#live = false;
     const cow = this.#cow;
     if (!cow) {
-      stagingPool.give(current);
+      // The region's block (if it was ever made) stages a later migration.
+      if (current) stagingPool.give(current);
       return this.#buffer;
     }
-    if (current.ptr !== cow.base || current.length !== this.#buffer.length) {
+    if (current?.ptr !== cow.base || current.length !== this.#buffer.length) {
       this.#release();
       throw new MigrationError("EINVAL", "copy-on-write staging installed over a region that is not its base");
     }
@@ -125,7 +127,9 @@ function copyChunks(to: Uint8Array, from: Uint8Array, chunks: Uint8Array, shift:
 
 export class MemoryTarget implements DecodeTarget {
   readonly #initial: ((region: number) => InitialContent | undefined) | undefined;
-  #staging: StagedRegion[] = [];
+  /** Region i's staging once made (a full stream's is made when a record first writes there). */
+  #staging: (StagedRegion | undefined)[] = [];
+  #sizes: number[] = [];
   #committed = false;
 
   /**
@@ -138,6 +142,21 @@ export class MemoryTarget implements DecodeTarget {
 
   open(header: StreamHeader): TargetPlan {
     const incremental = header.baseDigest !== undefined;
+    this.#sizes = header.regions.map((r) => r.size);
+    if (!incremental) {
+      // A full stream: nothing is staged before a record writes into a region, so a header's
+      // claim costs nothing until pages arrive, and ZERO records over untouched regions cost
+      // nothing at all.
+      this.#staging = header.regions.map(() => undefined);
+      return {
+        staging: header.regions.map(() => ({ ptr: 0, zeroed: true })),
+        stage: (i) => {
+          const block = stagingPool.take(this.#sizes[i]!);
+          this.#staging[i] = new StagedRegion(block.buffer, block.pooled);
+          return { ptr: block.buffer.ptr, zeroed: block.zeroed };
+        },
+      };
+    }
     const chunkShift = Math.max(MIN_CHUNK_SHIFT, Math.log2(header.pageSize));
     const blocks: { buffer: CoreBuffer; zeroed: boolean; pooled: boolean; chunks?: CoreBuffer }[] = [];
     try {
@@ -177,14 +196,17 @@ export class MemoryTarget implements DecodeTarget {
   }
 
   abort(): void {
-    for (const region of this.#staging) region.free();
+    for (const region of this.#staging) region?.free();
     this.#staging = [];
   }
 
-  /** The committed regions, handed over to the caller (who installs or frees them). */
+  /**
+   * The committed regions, handed over to the caller (who installs or frees them). A region no
+   * record wrote into (all ZERO records, absorbed) gets its zeros now.
+   */
   take(): StagedRegion[] {
     if (!this.#committed) throw new MigrationError("EINVAL", "the stream has not been decoded completely");
-    const staging = this.#staging;
+    const staging = this.#staging.map((region, i) => region ?? new StagedRegion(new CoreBuffer(this.#sizes[i]!, true), false));
     this.#staging = [];
     return staging;
   }

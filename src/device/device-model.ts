@@ -19,7 +19,7 @@ import { validateRegions } from "../format/header.js";
 export interface StagedContent {
   readonly length: number;
   /** Makes this the content of the region whose block is `current`; returns the block that holds it now. */
-  install(current: CoreBuffer): CoreBuffer;
+  install(current: CoreBuffer | undefined): CoreBuffer;
   free(): void;
 }
 
@@ -41,7 +41,7 @@ export class TrackedRegion {
   readonly size: number;
   readonly pages: number;
   readonly bitmapBytes: number;
-  data: CoreBuffer;
+  #data: CoreBuffer | undefined;
   /** Pages changed since they were last sent (explicit: set by writes; hash: set by scans). */
   readonly pending: CoreBuffer;
   readonly shadow: CoreBuffer | undefined;
@@ -55,22 +55,40 @@ export class TrackedRegion {
     this.pages = Math.ceil(spec.size / pageSize);
     this.bitmapBytes = Math.ceil(this.pages / 8);
     const buffers = allocating((alloc) => ({
-      data: alloc(spec.size, true),
       pending: alloc(this.bitmapBytes, true),
       scratch: alloc(this.bitmapBytes),
       // Shadow and hashes start unspecified: the first pass sends every page and sets them.
       shadow: tracking === "shadow" ? alloc(spec.size) : undefined,
       hashes: tracking === "hash" ? alloc(this.pages * 8) : undefined,
     }));
-    this.data = buffers.data;
     this.pending = buffers.pending;
     this.scratch = buffers.scratch;
     this.shadow = buffers.shadow;
     this.hashes = buffers.hashes;
   }
 
+  /**
+   * The region's bytes in core memory, made (zeros) on first use: a device created to receive a
+   * migration costs nothing until a state is installed in it, however large the stream's
+   * header says its regions are.
+   */
+  get data(): CoreBuffer {
+    this.#data ??= new CoreBuffer(this.size, true);
+    return this.#data;
+  }
+
+  set data(buffer: CoreBuffer) {
+    this.#data = buffer;
+  }
+
+  /** The region's block if it was made, without making it. */
+  get madeData(): CoreBuffer | undefined {
+    return this.#data;
+  }
+
   free(): void {
-    for (const b of [this.data, this.pending, this.scratch, this.shadow, this.hashes]) b?.free();
+    for (const b of [this.#data, this.pending, this.scratch, this.shadow, this.hashes]) b?.free();
+    this.#data = undefined;
   }
 }
 
@@ -215,10 +233,10 @@ export class DeviceModel {
     this.regions.forEach((r, i) => {
       const next = contents[i]!;
       if (next instanceof CoreBuffer) {
-        r.data.free();
+        r.madeData?.free();
         r.data = next;
       } else {
-        r.data = next.install(r.data);
+        r.data = next.install(r.madeData);
       }
     });
     this.resetTracking();

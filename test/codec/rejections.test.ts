@@ -4,6 +4,7 @@
 // is valid except for the one flaw under test.
 import { beforeAll, describe, expect, test } from "vitest";
 import { MigrationError, type MigrationErrorCode } from "../../src/core/errors.js";
+import { CoreBuffer } from "../../src/core/buffer.js";
 import { core } from "../../src/core/instance.js";
 import { type DecodeTarget, type DecoderOptions, StreamDecoder } from "../../src/codec/decoder.js";
 import { MemoryTarget } from "../../src/codec/memory-target.js";
@@ -872,10 +873,52 @@ describe("memory exhausted part-way", () => {
     // Staging kept for reuse is given back when memory runs out: count without it.
     stagingPool.clear();
     const before = c.allocatedBytes;
-    // Three regions of 1.5 GiB: the third cannot fit in 4 GiB of Wasm memory.
+    // Three regions of 1.5 GiB, a page written into each: the third's staging cannot fit in 4 GiB
+    // of Wasm memory.
     const regions = [0, 1, 2].map((i) => ({ name: `r${i}`, size: 1.5 * 2 ** 30 }));
-    const header = encodeHeader({ checksum: "xxh3", pageSize: 4096, maxRecordPayload: 4096, deviceId: "", baseDigest: undefined, regions });
-    expect(() => decodeSnapshot(header.bytes, { maxStateSize: 2 ** 40 })).toThrow(expect.objectContaining({ code: "ENOMEM" }));
+    const stream = new StreamBuilder({ regions, pageSize: 4096, maxRecordPayload: 4096 });
+    for (const i of [0, 1, 2]) stream.pages(i, 0, new Uint8Array(4096).fill(i + 1));
+    expect(() => decodeSnapshot(stream.bytes(), { maxStateSize: 2 ** 40 })).toThrow(expect.objectContaining({ code: "ENOMEM" }));
     expect(c.allocatedBytes).toBe(before);
+  });
+
+  test("a header's claim, and ZERO records over it, take no staging: ten 1 GiB claims at once fit", () => {
+    const c = core();
+    stagingPool.clear();
+    const before = c.allocatedBytes;
+    const regions = [{ name: "state", size: 2 ** 30 }];
+    const stream = new StreamBuilder({ regions, pageSize: 4096, maxRecordPayload: 4096 }).zero(0, 0, 2 ** 18).bytes();
+    const decoders = Array.from({ length: 10 }, () => {
+      const decoder = createDecoder({ maxStateSize: 2 ** 30 });
+      decoder.push(stream);
+      return decoder;
+    });
+    // Window and bitmaps only: 32 KiB of bitmaps per 1 GiB claim, not the gigabyte.
+    expect(c.allocatedBytes - before).toBeLessThan(10 * (1 << 20));
+    for (const d of decoders) d.abort();
+    expect(c.allocatedBytes).toBe(before);
+  });
+
+  test("staging made on the first write over reused memory keeps ZERO pages absorbed before it zero", () => {
+    const pageSize = 4096;
+    const regions = [{ name: "state", size: 8 * pageSize }];
+    // A kept block of the same size, full of 0xee: the staging of the next decode.
+    stagingPool.clear();
+    const dirty = new CoreBuffer(8 * pageSize);
+    dirty.bytes.fill(0xee);
+    stagingPool.give(dirty);
+    const page = new Uint8Array(pageSize).fill(7);
+    const stream = new StreamBuilder({ regions, pageSize, maxRecordPayload: pageSize })
+      .zero(0, 0, 4)
+      .pages(0, 5 * pageSize, page)
+      .zero(0, 4 * pageSize, 1)
+      .zero(0, 6 * pageSize, 2)
+      .end()
+      .bytes();
+    const state = decodeSnapshot(stream);
+    const expected = new Uint8Array(8 * pageSize);
+    expected.set(page, 5 * pageSize);
+    expect(Buffer.from(state).equals(Buffer.from(expected))).toBe(true);
+    expect(stagingPool.keptBytes).toBeGreaterThan(0);
   });
 });

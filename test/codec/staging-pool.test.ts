@@ -51,7 +51,16 @@ test("reserveStaging prepares touched blocks that the next resume of regions tha
   const state = new Uint8Array(41 * 4096).map((_, i) => (i * 7) & 255);
   await migrateIn(device, [encodeSnapshot(state, { regions, deviceId: "reserve" })]);
   expect(device.model.snapshot()).toEqual(state);
-  // Both reserved blocks were taken; the device's old blocks came back in their place.
+  // Both reserved blocks were taken. The device's own blocks were never made (nothing used its
+  // regions before the state was installed), so nothing came back in their place.
+  expect(stagingPool.keptBytes).toBe(0);
+  // A second migration into the same device gives the installed blocks back.
+  await migrateIn(device, [
+    encodeSnapshot(
+      state.map((b) => b ^ 1),
+      { regions, deviceId: "reserve" },
+    ),
+  ]);
   expect(stagingPool.keptBytes).toBe(41 * 4096);
   device.free();
   stagingPool.clear();

@@ -2,6 +2,7 @@
 // full at once), dozens of hostile connections reconnecting as soon as they are dropped, and the
 // real sender still gets through, over plain TCP and TLS-PSK.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -72,6 +73,42 @@ describe("a full door does not lock the sender out", () => {
         horde.stop();
       }
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a TLS sender reset before its handshake completed (a receiver making room) dials again and gets through", { timeout: 60_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "migstream-redial-"));
+    const psk = [{ identity: "migstream", key: new Uint8Array(32).fill(4) }];
+    let listening!: (port: number) => void;
+    const bound = new Promise<number>((resolve) => (listening = resolve));
+    // In front of the receiver: the first two connections are reset as soon as they arrive,
+    // the others are passed through.
+    let resets = 0;
+    const front = createServer({ allowHalfOpen: true }, (socket) => {
+      if (resets < 2) {
+        resets++;
+        socket.resetAndDestroy();
+        return;
+      }
+      const back = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+      socket.pipe(back).pipe(socket);
+      socket.on("error", () => back.destroy());
+      back.on("error", () => socket.destroy());
+    });
+    let port = 0;
+    try {
+      writeFileSync(join(dir, "in.state"), new Uint8Array(200_000).fill(5));
+      const receiving = receiveFile(join(dir, "out.state"), { port: 0, tls: { psk }, onListening: (a) => listening(a.port) });
+      port = await bound;
+      await new Promise<void>((resolve) => front.listen(0, "127.0.0.1", resolve));
+      const frontPort = (front.address() as { port: number }).port;
+      const sent = await sendFile(join(dir, "in.state"), { port: frontPort, tls: { psk }, timeoutMs: 20_000 });
+      const received = await receiving;
+      expect(resets).toBe(2);
+      expect(received.bytes).toBe(sent.summary.bytes);
+    } finally {
+      front.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -16,8 +16,29 @@ export interface DialOptions {
   signal: AbortSignal | undefined;
 }
 
-/** Connects (and completes the TLS handshake, the receiver's certificate verified). */
-export function dial(options: DialOptions): Promise<Socket> {
+/**
+ * Connects (and completes the TLS handshake, the receiver's certificate verified). A TLS
+ * connection reset before its handshake completed is dialled again while time is left: a
+ * receiver flooded with connections drops some that are still authenticating to make room
+ * (random early drop), and an honest sender that was unlucky just comes back.
+ */
+export async function dial(options: DialOptions): Promise<Socket> {
+  const until = performance.now() + options.timeoutMs;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await dialOnce({ ...options, timeoutMs: Math.max(1, until - performance.now()) });
+    } catch (error) {
+      const reset = error instanceof MigrationError && (error.cause as NodeJS.ErrnoException | undefined)?.code === "ECONNRESET";
+      if (!options.tls || !reset || options.signal?.aborted) throw error;
+      // Backing off a little, with jitter, so the retries of many senders do not arrive together.
+      const pause = Math.min(1000, 50 * 2 ** Math.min(attempt, 4)) * (0.5 + Math.random());
+      if (performance.now() + pause >= until) throw error;
+      await new Promise((resolve) => setTimeout(resolve, pause));
+    }
+  }
+}
+
+function dialOnce(options: DialOptions): Promise<Socket> {
   const { host, port, timeoutMs, signal } = options;
   return new Promise((resolve, reject) => {
     const socket = options.tls
