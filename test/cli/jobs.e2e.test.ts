@@ -1,5 +1,5 @@
 // --jobs through the real binary: the same stream bytes, decoded state and errors as --jobs 1.
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { makeState, run, tempFiles, useTestDir } from "./helpers.js";
 
@@ -88,5 +88,9 @@ describe("--jobs on the codec commands", () => {
       expect(r.code).toBe(1);
       expect(r.stderr).toContain("--jobs must be an integer from 1 to 64");
     }
+    // diff encodes on one thread, and still refuses a bad value, before writing anything.
+    const diff = await run(["diff", at("vm.state"), at("vm.state"), "-o", at("refused.diff"), "--jobs", "0"]);
+    expect(diff.code).toBe(1);
+    expect(existsSync(at("refused.diff"))).toBe(false);
   });
 });

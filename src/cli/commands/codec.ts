@@ -109,6 +109,7 @@ function decodeOptions(command: Command): Command {
 async function runEncode(command: "encode" | "diff", snapshot: string, flags: EncodeFlags): Promise<void> {
   const started = performance.now();
   // Everything that can be refused is refused before any work.
+  const asked = parseJobs(flags);
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [snapshot, flags.base, flags.config] });
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
   const input = await snapshotPath(snapshot, "snapshot");
@@ -127,7 +128,8 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     }
     output = await openOutput(plan);
     // One pool for the encode and the verification that follows it.
-    const jobs = base ? 1 : parseJobs(flags);
+    // Incremental streams are encoded on one thread (the pool encodes full streams).
+    const jobs = base ? 1 : asked;
     const pooled = createPool(jobs);
     pool = pooled.pool;
     if (pooled.note) noteFor(flags)(pooled.note);
