@@ -48,16 +48,35 @@ function pair(times: number, base: () => Report, other: () => Report): { ratio: 
   return { ratio: ms(a) / ms(b), low: Math.min(...ratios), high: Math.max(...ratios), base: a, other: b };
 }
 
-/** A mixed state: per 16 MiB, a quarter each of random, zero, text-like and patterned pages. */
+/**
+ * A mixed state: per 16 MiB, a quarter each of random, zero, text and patterned pages. The text
+ * is words drawn at random from a small vocabulary (it compresses to about half, and LZ4 has
+ * work to do on it, unlike on zero or patterned pages).
+ */
 function writeMixedState(path: string, size: number): void {
   const fd = openSync(path, "w");
   const piece = new Uint8Array(16 << 20);
   const quarter = piece.length / 4;
-  const words = new TextEncoder().encode("device register block queue descriptor ring head tail doorbell interrupt vector ");
+  const encoder = new TextEncoder();
+  const vocabulary = (
+    "device register block queue descriptor ring head tail doorbell interrupt vector page table entry " +
+    "buffer address length status command completion submission virtqueue feature config offset size"
+  )
+    .split(" ")
+    .map((w) => encoder.encode(`${w} `));
+  let x = 0x9e3779b9;
   for (let at = 0, i = 0; at < size; at += piece.length, i++) {
     randomBytes(piece.subarray(0, quarter), i + 1);
     piece.fill(0, quarter, 2 * quarter);
-    for (let b = 2 * quarter; b < 3 * quarter; b++) piece[b] = words[(b * 7 + (b >> 12)) % words.length]!;
+    for (let b = 2 * quarter; b < 3 * quarter; ) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      const word = vocabulary[(x >>> 0) % vocabulary.length]!;
+      const n = Math.min(word.length, 3 * quarter - b);
+      piece.set(word.subarray(0, n), b);
+      b += n;
+    }
     for (let b = 3 * quarter; b < piece.length; b++) piece[b] = (b >> 8) & 0xff;
     writeSync(fd, piece, 0, Math.min(piece.length, size - at));
   }
