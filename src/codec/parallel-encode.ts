@@ -93,9 +93,10 @@ class ParallelRun {
     this.#pageSize = pageSize;
     const chunk = Math.max(options.chunkBytes ?? CHUNK_BYTES, 2 * maxRecordPayload);
     this.#chunkPages = Math.max(8, Math.floor(chunk / pageSize));
-    // Two windows (one read while the other is encoded), each enough chunks for every worker
-    // twice, and always more than a record so the plan moves forward.
-    this.#windowBytes = Math.max(2 * pool.jobs * this.#chunkPages * pageSize, 4 * maxRecordPayload + pageSize);
+    // Two windows (one read while the other is encoded), each a chunk for every worker, and
+    // always more than a record so the plan moves forward. Small: every buffer here is first
+    // touched by each process (about 3 ms per MiB on a VM), and two windows keep the workers busy.
+    this.#windowBytes = Math.max(pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
     const c = this.#core;
     const k = c.exports;
     const ctxSize = k.encode_context_size();
