@@ -1,8 +1,6 @@
 import { ALG_CRC32C } from "./format";
 import { crc32c } from "./crc32c";
-import { xxh3_64 } from "./xxh3";
-
-const CHAIN_INPUT = memory.data(16, 16);
+import { chainScratch, xxh3_64 } from "./xxh3";
 
 /** A record's checksum with the stream's algorithm (CRC32C zero-extended to 64 bits). */
 @inline
@@ -12,9 +10,10 @@ export function recordChecksum(alg: u8, ptr: usize, len: usize): u64 {
 
 /** One step of the stream digest: XXH3-64(le64(digest) ‖ le64(checksum)), whatever the algorithm. */
 export function chainDigest(digest: u64, checksum: u64): u64 {
-  store<u64>(CHAIN_INPUT, digest);
-  store<u64>(CHAIN_INPUT, checksum, 8);
-  return xxh3_64(CHAIN_INPUT, 16, 0);
+  const input = chainScratch();
+  store<u64>(input, digest);
+  store<u64>(input, checksum, 8);
+  return xxh3_64(input, 16, 0);
 }
 
 /** Digest step exported for the TS side, which frames nothing itself but checks END in tests. */

@@ -20,6 +20,7 @@ import { chainDigest, recordChecksum } from "./checksum";
 import { validate as xbzrleValidate, xbzrle_decode } from "./xbzrle";
 import { bitmap_clear_range, bitmap_set_range } from "./bitmap";
 import { lz4_decompress, lz4_error_offset } from "./lz4";
+import { PRECHECK_ENTRY } from "./parallel";
 
 // Decoder context layout (mirrored by src/codec/contexts.ts).
 const D_IN = 0; // u32 window
@@ -68,6 +69,12 @@ const D_R_PACKED = 180; // u32 wire payload of the last record handed out if it 
 const D_PAGES_LZ4 = 184; // u32
 const D_REC_LZ4 = 188; // u32
 const D_LZ4_BYTES = 192; // u64 payload bytes of LZ4 records
+// Work done ahead by the worker pool (assembly/parallel.ts precheck_records): a table of entries
+// in stream order; a record with an entry for its stream offset takes its checksum (and, when
+// not applying, its decoded LZ4 block and verdict) from there instead of computing them.
+const D_PRE = 200; // u32 table (0: none)
+const D_PRE_COUNT = 204; // u32 entries
+const D_PRE_NEXT = 208; // u32 first entry not yet passed
 
 // Region table entry.
 const R_SIZE = 0; // u64 region size
@@ -118,7 +125,19 @@ export const ERR_WORK: i32 = -18;
 export const ERR_LZ4: i32 = -19;
 
 export function decode_context_size(): u32 {
-  return 200;
+  return 216;
+}
+
+/** The precheck entry for the record at stream offset `at`, or 0 (records come in order). */
+function preEntry(ctx: usize, at: u64): usize {
+  const table = <usize>load<u32>(ctx, D_PRE);
+  if (table == 0) return 0;
+  const n = load<u32>(ctx, D_PRE_COUNT);
+  let i = load<u32>(ctx, D_PRE_NEXT);
+  while (i < n && load<u64>(table + <usize>i * PRECHECK_ENTRY) < at) i++;
+  store<u32>(ctx, i, D_PRE_NEXT);
+  if (i < n && load<u64>(table + <usize>i * PRECHECK_ENTRY) == at) return table + <usize>i * PRECHECK_ENTRY;
+  return 0;
 }
 
 export function region_entry_size(): u32 {
@@ -134,9 +153,9 @@ function fail(ctx: usize, code: i32, pos: usize): i32 {
 }
 
 /** A malformed LZ4 block: the error names the block's byte at fault, not the record's start. */
-function failLz4(ctx: usize, pos: usize): i32 {
+function failLz4(ctx: usize, pos: usize, errorOffset: u32 = lz4_error_offset()): i32 {
   fail(ctx, ERR_LZ4, pos);
-  store<u64>(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>(pos + RECORD_HEADER + 4) + <u64>lz4_error_offset(), D_ERR_OFFSET);
+  store<u64>(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>(pos + RECORD_HEADER + 4) + <u64>errorOffset, D_ERR_OFFSET);
   return ERR_LZ4;
 }
 
@@ -213,7 +232,11 @@ export function decode_window(ctx: usize): i32 {
       return DECODE_NEED_MORE;
     }
     const checksum = load<u64>(rec + RECORD_HEADER + payloadLen);
-    if (recordChecksum(alg, rec, RECORD_HEADER + payloadLen) != checksum) return fail(ctx, ERR_CHECKSUM, pos);
+    const pre = load<u32>(ctx, D_PRE) != 0 ? preEntry(ctx, load<u64>(ctx, D_STREAMPOS) + <u64>pos) : 0;
+    const computed = pre != 0 ? load<u64>(pre, 8) : recordChecksum(alg, rec, RECORD_HEADER + payloadLen);
+    if (computed != checksum) return fail(ctx, ERR_CHECKSUM, pos);
+    // An LZ4 block the pool decoded ahead (not applying: in staging it is decoded in place).
+    const preBlock = pre != 0 && !apply ? load<u32>(pre, 16) : 0;
 
     // Verified: now its meaning.
     const seq = load<u32>(ctx, D_SEQ);
@@ -249,11 +272,15 @@ export function decode_window(ctx: usize): i32 {
         // reaches a target and never writes outside the record's pages.
         if (payloadLen < 5 || <u64>load<u32>(payload) != covered || covered > <u64>maxPayload) return fail(ctx, ERR_LENGTH, pos);
         // Applying: decoded below, after the work check and copy-on-write staging.
-        if (!apply && load<u32>(ctx, D_LZ4_SCRATCH) == 0) {
-          store<u32>(ctx, <u32>pos, D_POS);
-          return DECODE_NEED_SCRATCH;
+        if (preBlock != 0) {
+          if (load<i32>(pre, 20) < 0) return failLz4(ctx, pos, load<u32>(pre, 24));
+        } else if (!apply) {
+          if (load<u32>(ctx, D_LZ4_SCRATCH) == 0) {
+            store<u32>(ctx, <u32>pos, D_POS);
+            return DECODE_NEED_SCRATCH;
+          }
+          if (lz4_decompress(payload + 4, payloadLen - 4, <usize>load<u32>(ctx, D_LZ4_SCRATCH), <usize>covered) < 0) return failLz4(ctx, pos);
         }
-        if (!apply && lz4_decompress(payload + 4, payloadLen - 4, <usize>load<u32>(ctx, D_LZ4_SCRATCH), <usize>covered) < 0) return failLz4(ctx, pos);
       } else {
         // Each page: u32 length, then that many XBZRLE bytes, exactly filling the payload and
         // well formed for the page's length (checked here, so targets that apply records
@@ -385,7 +412,7 @@ export function decode_window(ctx: usize): i32 {
       if (tag == TAG_LZ4) {
         // Targets that apply records themselves get the decoded pages, as a PAGES record.
         store<u8>(ctx, TAG_PAGES, D_R_TAG);
-        store<u32>(ctx, load<u32>(ctx, D_LZ4_SCRATCH), D_R_PAYLOAD);
+        store<u32>(ctx, preBlock != 0 ? preBlock : load<u32>(ctx, D_LZ4_SCRATCH), D_R_PAYLOAD);
         store<u32>(ctx, load<u32>(payload), D_R_LEN);
         store<u32>(ctx, <u32>payloadLen, D_R_PACKED);
       }

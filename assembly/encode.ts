@@ -296,3 +296,62 @@ export function frame_record(ctx: usize, tag: u8, flags: u8, payload: u32): u32 
   store<u32>(ctx, load<u32>(ctx, E_RECORDS) + 1, E_RECORDS);
   return <u32>size;
 }
+
+/**
+ * The record boundaries encode_window would make, without writing anything: walks pages
+ * [E_CURSOR, stop) of the window like encode_window does without a shadow (zero or raw, runs
+ * merged up to the payload limit, gaps from the dirty bitmap), keeping the open record
+ * (E_REC_*) and the count of closed records (E_SEQ) up to date. The worker pool plans with it
+ * where to cut a region so that pieces encoded apart join into the very bytes of one encoder.
+ */
+export function encode_plan(ctx: usize, stop: u32): void {
+  const cur = <usize>load<u32>(ctx, E_CUR);
+  const bitmap = <usize>load<u32>(ctx, E_BITMAP);
+  const len = <usize>load<u32>(ctx, E_LEN);
+  const pageSize = <usize>load<u32>(ctx, E_PAGE);
+  const maxPayload = <usize>load<u32>(ctx, E_MAXPAYLOAD);
+  const region = load<u16>(ctx, E_REGION);
+  const windowOffset = load<u64>(ctx, E_OFFSET);
+  const pages = <u32>((len + pageSize - 1) / pageSize);
+  const end = min(stop, pages);
+  let p = load<u32>(ctx, E_CURSOR);
+  let seq = load<u32>(ctx, E_SEQ);
+  let recTag = load<u8>(ctx, E_REC_TAG);
+  let recRegion = load<u16>(ctx, E_REC_REGION);
+  let recPayload = <usize>load<u32>(ctx, E_REC_PAYLOAD);
+  let recPages = load<u32>(ctx, E_REC_PAGES);
+  let recOffset = load<u64>(ctx, E_REC_OFFSET);
+  while (p < end) {
+    if (bitmap != 0 && (load<u8>(bitmap + (p >> 3)) & (<u8>1 << <u8>(p & 7))) == 0) {
+      if ((p & 63) == 0 && p + 64 <= end && load<u64>(bitmap + (p >> 3)) == 0) p += 64;
+      else p++;
+      continue;
+    }
+    const pageOff = <usize>p * pageSize;
+    const pageLen = min(pageSize, len - pageOff);
+    const zero = bytesZero(cur + pageOff, pageLen);
+    const tag = zero ? TAG_ZERO : TAG_PAGES;
+    const add: usize = zero ? 0 : pageLen;
+    const pageOffset = windowOffset + <u64>pageOff;
+    const extends_ =
+      recTag == tag && recRegion == region && recOffset + <u64>recPages * <u64>pageSize == pageOffset && recPayload + add <= maxPayload;
+    if (!extends_) {
+      if (recTag != 0) seq++;
+      recTag = tag;
+      recRegion = region;
+      recPayload = 0;
+      recOffset = pageOffset;
+      recPages = 0;
+    }
+    recPayload += add;
+    recPages++;
+    p++;
+  }
+  store<u8>(ctx, recTag, E_REC_TAG);
+  store<u16>(ctx, recRegion, E_REC_REGION);
+  store<u32>(ctx, <u32>recPayload, E_REC_PAYLOAD);
+  store<u32>(ctx, recPages, E_REC_PAGES);
+  store<u64>(ctx, recOffset, E_REC_OFFSET);
+  store<u32>(ctx, p, E_CURSOR);
+  store<u32>(ctx, seq, E_SEQ);
+}

@@ -16,3 +16,6 @@ export { decode_context_size, region_entry_size, decode_window, first_missing, a
 export { bitmap_set_range, bitmap_clear_range, bitmap_or, bitmap_count } from "./bitmap";
 export { lz4_compress, lz4_decompress, lz4_error_offset, lz4_table_size, lz4_bound } from "./lz4";
 export { qemu_ram_context_size, qemu_ram_block_entry_size, qemu_ram_run, qemu_ram_write } from "./qemu-ram";
+export { thread_scratch_size, set_thread_scratch } from "./xxh3";
+export { encode_plan } from "./encode";
+export { frame_walk, chain_records, precheck_records } from "./parallel";

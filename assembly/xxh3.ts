@@ -71,11 +71,28 @@ const K_SECRET: usize = memory.data<u8>([
 ], 64);
 
 // The one-shot long path needs 64 bytes of accumulators and, when seeded, a 192-byte derived
-// secret, and the module has no stack to put them on. A static block is safe because an instance
-// runs one call at a time on its own (non-shared) memory; a threaded build would need these to
-// be caller-provided per thread.
-const ONESHOT_ACC: usize = memory.data(64, 64);
-const ONESHOT_SECRET: usize = memory.data(<i32>SECRET_SIZE, 64);
+// secret, and the module has no stack to put them on. They live in a per-instance block: the
+// static one by default (an instance runs one call at a time), or one the caller hands over with
+// set_thread_scratch when several instances share one memory (the worker pool's threaded build).
+const ONESHOT_STATIC: usize = memory.data(<i32>(64 + SECRET_SIZE + 64), 64);
+let oneshotScratch: usize = ONESHOT_STATIC;
+
+/** Bytes of the per-thread scratch block (64-byte aligned): accumulators, secret, chain input. */
+export function thread_scratch_size(): u32 {
+  return <u32>(64 + SECRET_SIZE + 64);
+}
+
+/** Makes this instance use `ptr` (thread_scratch_size() bytes, 64-aligned) for its scratch. */
+export function set_thread_scratch(ptr: usize): void {
+  oneshotScratch = ptr;
+}
+
+/** 16 bytes of the per-thread block for callers that hash two words (the stream digest). */
+// @ts-ignore: decorator
+@inline
+export function chainScratch(): usize {
+  return oneshotScratch + 64 + SECRET_SIZE;
+}
 
 // Streaming state layout (offsets from the caller's 64-byte aligned block). The secret is copied
 // into every state, even for seed 0, so the update path never branches on where it lives.
@@ -331,7 +348,7 @@ function mergeAccs(acc: usize, secret: usize, start: u64): u64 {
 }
 
 function hashLong(input: usize, len: usize, secret: usize): u64 {
-  const acc = ONESHOT_ACC;
+  const acc = oneshotScratch;
   initAccs(acc);
   // All stripes but the one holding the last byte; XXH3_hashLong_internal_loop's block loop
   // plus its partial last block are exactly this run with a scramble at each block end.
@@ -353,8 +370,9 @@ export function xxh3_64(ptr: usize, len: usize, seed: u64): u64 {
   if (!inBounds(ptr, len)) return 0;
   if (len <= MIDSIZE_MAX) return hashShort(ptr, len, seed);
   if (seed == 0) return hashLong(ptr, len, K_SECRET);
-  initCustomSecret(ONESHOT_SECRET, seed);
-  return hashLong(ptr, len, ONESHOT_SECRET);
+  const secret = oneshotScratch + 64;
+  initCustomSecret(secret, seed);
+  return hashLong(ptr, len, secret);
 }
 
 /** Bytes of streaming state (caller allocates it, 64-byte aligned). */

@@ -38,6 +38,8 @@ if (want("cli")) sections.push({ name: "cli", rows: await cliBenchmarks(config.s
 if (want("live")) sections.push({ name: "live", rows: await liveBenchmarks(config.smoke ? 4 * MiB : 256 * MiB, config) });
 if (want("emulator-memory")) sections.push({ name: "emulator memory", rows: await emulatorMemoryBenchmarks(config.smoke ? 4 * MiB : 64 * MiB, config) });
 if (want("qemu")) sections.push({ name: "qemu", rows: await qemuBenchmarks(config) });
+if (want("jobs"))
+  sections.push({ name: "jobs (worker pool)", rows: await (await import("./jobs.js")).jobsBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
 if (want("vfio-user")) sections.push({ name: "vfio-user", rows: await vfioUserBenchmarks(config) });
 

@@ -43,6 +43,10 @@ export {
   type RoundInfo,
 } from "./codec/decoder.js";
 export { reserveStaging } from "./codec/staging-pool.js";
+// The worker pool (issue 20): more threads for the codec, the same bytes
+export { encodeSnapshotAsync, decodeSnapshotAsync, type JobsOption } from "./codec/parallel-snapshot.js";
+export { WorkerPool, createPool, poolUnavailable, defaultJobs, MAX_JOBS } from "./core/pool/pool.js";
+export { scanHashOnPool } from "./core/pool/scan.js";
 
 // Device model and migration state machines
 export { DeviceModel, type DirtyTracking, type DeviceModelOptions, type DeviceRegionSpec, type MemoryRegionSpec } from "./device/device-model.js";

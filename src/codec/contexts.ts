@@ -26,7 +26,10 @@ export const Enc = {
   RECORDS: 80,
   SCRATCH: 84,
   REC_TAG: 88,
+  REC_REGION: 90,
   REC_PAYLOAD: 92,
+  REC_PAGES: 96,
+  REC_OFFSET: 104,
   LZ4_SCRATCH: 112,
   PAGES_LZ4: 116,
   RECORDS_LZ4: 120,
@@ -79,6 +82,9 @@ export const Dec = {
   PAGES_LZ4: 184,
   REC_LZ4: 188,
   LZ4_BYTES: 192,
+  PRE: 200,
+  PRE_COUNT: 204,
+  PRE_NEXT: 208,
 } as const;
 
 export const Region = { SIZE: 0, STAGING: 8, HAVE: 12, PAGES: 16, ZERO: 20, BASE: 24, CHUNKS: 28 } as const;

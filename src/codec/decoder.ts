@@ -204,7 +204,8 @@ export class StreamDecoder {
   readonly rounds: RoundInfo[] = [];
   #configs = 0;
 
-  constructor(target: DecodeTarget, options: DecoderOptions = {}) {
+  /** `on`: the core to decode in (the worker pool's; default the process's core). */
+  constructor(target: DecodeTarget, options: DecoderOptions = {}, on?: Core) {
     this.#options = options;
     this.#base = options.base && stableView(options.base);
     this.#limits = {
@@ -217,7 +218,19 @@ export class StreamDecoder {
       if (!Number.isSafeInteger(value) || value < 0) throw new MigrationError("EINVAL", `decoder limit ${name} must be a non-negative integer, got ${value}`);
     }
     this.#target = target;
-    this.#core = core();
+    this.#core = on ?? core();
+  }
+
+  /**
+   * Hands the kernel checks done ahead for the next records (assembly/parallel.ts
+   * precheck_records: `count` entries at `table` in this decoder's core), used by the worker pool.
+   */
+  precheck(table: number, count: number): void {
+    const ctx = this.#ctx;
+    if (!ctx) return;
+    ctx.setU32(Dec.PRE, table);
+    ctx.setU32(Dec.PRE_COUNT, count);
+    ctx.setU32(Dec.PRE_NEXT, 0);
   }
 
   /** The stream header, once read and verified. */
@@ -504,7 +517,8 @@ export class StreamDecoder {
     ctx.setU32(Dec.INLEN, len);
     ctx.setU32(Dec.POS, 0);
     ctx.setU64(Dec.STREAMPOS, BigInt(streamPos));
-    return guarded((c) => {
+    const own = this.#core;
+    return (own === core() ? guarded : <T>(fn: (c: Core) => T): T => fn(own))((c) => {
       for (;;) {
         const status = c.exports.decode_window(ctx.ptr);
         if (status === DECODE_NEED_MORE) return ctx.u32(Dec.POS);

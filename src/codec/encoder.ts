@@ -436,6 +436,38 @@ export class StreamEncoder {
     };
   }
 
+  /**
+   * Sequence number the next record gets. With {@link spliceRecords}: where records encoded
+   * elsewhere must start.
+   */
+  get nextRecordIndex(): number {
+    return this.#ctx.u32(Enc.SEQ);
+  }
+
+  /**
+   * Hands over whole records encoded elsewhere (the worker pool, src/codec/parallel-encode.ts)
+   * as if this encoder had written them: they must be numbered from {@link nextRecordIndex},
+   * `count` of them; `chain` advances the stream digest over them; `counts` holds the page and
+   * LZ4 counters of the encoder context that encoded them. Output pending here goes first.
+   */
+  spliceRecords(records: Uint8Array, count: number, chain: (digest: bigint) => bigint, counts: (field: number) => number | bigint): void {
+    this.#checkOpen();
+    this.#flushPush();
+    this.#closeOpenRecord();
+    this.#drain(false);
+    const ctx = this.#ctx;
+    ctx.setU32(Enc.SEQ, ctx.u32(Enc.SEQ) + count);
+    ctx.setU32(Enc.RECORDS, ctx.u32(Enc.RECORDS) + count);
+    ctx.setU64(Enc.DIGEST, chain(ctx.u64(Enc.DIGEST)));
+    for (const field of [Enc.PAGES_RAW, Enc.PAGES_ZERO, Enc.PAGES_DELTA, Enc.PAGES_CLEAN, Enc.PAGES_LZ4, Enc.RECORDS_LZ4]) {
+      ctx.setU32(field, ctx.u32(field) + Number(counts(field)));
+    }
+    for (const field of [Enc.LZ4_PACKED, Enc.LZ4_COVERED]) ctx.setU64(field, ctx.u64(field) + BigInt(counts(field)));
+    if (records.length === 0) return;
+    this.#bytes += records.length;
+    this.#sink(records, false);
+  }
+
   /** Gives back core memory without finishing the stream (after an error, or to abandon it). */
   abort(): void {
     this.#ended = true;

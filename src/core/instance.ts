@@ -1,5 +1,5 @@
 import { MigrationError } from "./errors.js";
-import { WASM_BASE64 } from "./wasm.generated.js";
+import { WASM_BASE64, WASM_SHARED_BASE64 } from "./wasm.generated.js";
 
 /**
  * The ABI of assembly/index.ts. Pointers and lengths are byte offsets into `memory` (u32 on the
@@ -54,6 +54,24 @@ export interface CoreExports {
     out: number,
     zeroCount: number,
   ): number;
+  thread_scratch_size(): number;
+  set_thread_scratch(ptr: number): void;
+  encode_plan(ctx: number, stop: number): void;
+  frame_walk(ptr: number, len: number, maxPayload: number, stop: number): number;
+  chain_records(digest: bigint, ptr: number, len: number): bigint;
+  precheck_records(
+    ptr: number,
+    len: number,
+    streamPos: bigint,
+    alg: number,
+    maxPayload: number,
+    lz4: number,
+    table: number,
+    cap: number,
+    area: number,
+    areaCap: number,
+    keep: number,
+  ): number;
 }
 
 const WASM_PAGE = 65536;
@@ -75,6 +93,14 @@ export function coreModule(): WebAssembly.Module {
   return compiled;
 }
 
+let compiledShared: WebAssembly.Module | undefined;
+
+/** The core built over an imported shared memory, for the worker pool (src/core/pool/). */
+export function sharedCoreModule(): WebAssembly.Module {
+  compiledShared ??= new WebAssembly.Module(decodeBase64(WASM_SHARED_BASE64) as Uint8Array<ArrayBuffer>);
+  return compiledShared;
+}
+
 /**
  * One instance of the core with its memory and a first-fit allocator over that memory. The
  * allocator lives in TS so that the Wasm side never allocates and so never traps on exhaustion.
@@ -93,8 +119,9 @@ export class Core {
   /** Memory from here up was never handed out, so it still holds the zeros Wasm gave it. */
   #untouched: number;
 
-  constructor(generation: number) {
-    const instance = new WebAssembly.Instance(coreModule(), {});
+  /** `memory`: run the shared build over this shared memory (the worker pool's core). */
+  constructor(generation: number, memory?: WebAssembly.Memory) {
+    const instance = memory ? new WebAssembly.Instance(sharedCoreModule(), { env: { memory } }) : new WebAssembly.Instance(coreModule(), {});
     this.exports = instance.exports as unknown as CoreExports;
     this.generation = generation;
     this.#view = new Uint8Array(this.exports.memory.buffer);

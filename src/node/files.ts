@@ -20,6 +20,9 @@ import { type EncoderOptions, type EncoderSummary, StreamEncoder } from "../code
 import { RECORD_OVERHEAD, TAG_DELTA, TAG_PAGES, TAG_ZERO } from "../format/constants.js";
 import type { StreamHeader } from "../format/header.js";
 import { AtomicFile, ioError } from "./atomic-file.js";
+import { encodeRegionParallel } from "../codec/parallel-encode.js";
+import { ParallelDecoder } from "../codec/parallel-decode.js";
+import { checkJobs, createPool, type WorkerPool } from "../core/pool/pool.js";
 
 const WINDOW = 4 << 20;
 /** Granularity of FileTarget's record of which parts of a fresh output were written. */
@@ -35,6 +38,15 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
   onprogress?: (done: number, total: number) => void;
   /** Called with each window of the snapshot as read, in order (a view valid during the call). */
   onwindow?: (view: Uint8Array) => void;
+  /**
+   * Threads to encode a full (non-incremental) stream with (the worker pool); the stream is
+   * byte-identical to one thread's. Default 1. Incremental streams use one thread.
+   */
+  jobs?: number;
+  /** A pool to use instead of starting one for this call (`jobs` is then the pool's). */
+  pool?: WorkerPool;
+  /** Told why more than one job was asked but one thread does the work. */
+  onnote?: (message: string) => void;
 }
 
 /** Reads exactly `view.length` bytes at `position` (files only grow short at EOF: an error). */
@@ -121,7 +133,7 @@ export async function encodeFile(
     const window = Math.max(pageSize, Math.floor(WINDOW / pageSize) * pageSize);
     const baseDigest = base ? digestFile(base.fd, base.size, options.base!) : undefined;
     const out: Uint8Array[] = [];
-    const { base: _base, config, signal, onprogress, onwindow, ...encoderOptions } = options;
+    const { base: _base, config, signal, onprogress, onwindow, jobs: _jobs, pool: _pool, onnote: _onnote, ...encoderOptions } = options;
     const pool = new ChunkPool();
     // The encoder's own views (valid during the call) are copied once, into pooled memory.
     encoder = new StreamEncoder(
@@ -131,6 +143,32 @@ export async function encodeFile(
     const flush = async (): Promise<void> => {
       for (const chunk of out.splice(0)) await write(chunk, () => pool.give(chunk));
     };
+    const parallel = base || onwindow ? undefined : poolFor(options);
+    if (parallel) {
+      try {
+        const header = encoder.header;
+        await encodeRegionParallel(
+          parallel.pool,
+          encoder,
+          { size: source.size, read: (at, into) => readFully(source.fd, into, at, input) },
+          {
+            pageSize: header.pageSize,
+            maxRecordPayload: header.maxRecordPayload,
+            checksum: header.checksum,
+            compress: header.compression === "lz4",
+            flush,
+            ...(signal ? { signal } : {}),
+            ...(onprogress ? { onprogress: (done: number) => onprogress(done, source.size) } : {}),
+          },
+        );
+      } finally {
+        if (parallel.owned) parallel.pool.close();
+      }
+      if (config) encoder.writeConfig(config);
+      encoder.end();
+      await flush();
+      return encoder.summary();
+    }
     const data = new CoreBuffer(Math.min(window, Math.max(source.size, 1)));
     buffers.push(data);
     const shadow = base ? new CoreBuffer(data.length) : undefined;
@@ -157,6 +195,16 @@ export async function encodeFile(
     closeSync(source.fd);
     if (base) closeSync(base.fd);
   }
+}
+
+/** The pool `options` ask for (undefined: one thread), and whether this call owns it. */
+function poolFor(options: { jobs?: number; pool?: WorkerPool; onnote?: (message: string) => void }): { pool: WorkerPool; owned: boolean } | undefined {
+  if (options.pool) return options.pool.closed ? undefined : { pool: options.pool, owned: false };
+  const jobs = checkJobs(options.jobs ?? 1);
+  if (jobs === 1) return undefined;
+  const { pool, note } = createPool(jobs);
+  if (note) options.onnote?.(note);
+  return pool ? { pool, owned: true } : undefined;
 }
 
 /**
@@ -303,11 +351,52 @@ class DiscardTarget implements DecodeTarget {
   abort(): void {}
 }
 
-export interface DecodeFileOptions extends Omit<DecoderOptions, "base" | "baseDigest"> {
+/** Threads for decoding and verifying (see {@link EncodeFileOptions.jobs}). */
+export interface JobsOptions {
+  /** Threads to check and decode with (the worker pool); results identical to one thread's. Default 1. */
+  jobs?: number;
+  /** A pool to use instead of starting one for this call. */
+  pool?: WorkerPool;
+  /** Told why more than one job was asked but one thread does the work. */
+  onnote?: (message: string) => void;
+}
+
+export interface DecodeFileOptions extends Omit<DecoderOptions, "base" | "baseDigest">, JobsOptions {
   /** Path of the base snapshot for incremental streams. */
   base?: string;
   signal?: AbortSignal;
   onprogress?: (bytes: number) => void;
+}
+
+/** A decoder fed with awaits: the worker pool's, or the one-thread decoder as it is. */
+interface AsyncDecoder {
+  push(chunk: Uint8Array): Promise<void> | void;
+  end(): Promise<void> | void;
+  abort(): void;
+  summary(): DecoderSummary;
+}
+
+/**
+ * The decoder `jobs` asks for over `target`: on the pool for targets that take records through
+ * apply (the pool's decoder reads no in-memory base). `payloads` false: the target reads no page
+ * record's bytes (verification).
+ */
+export function openDecoder(target: DecodeTarget, options: DecoderOptions, jobs: JobsOptions, payloads = true): AsyncDecoder & { close(): void } {
+  const parallel = options.base ? undefined : poolFor(jobs);
+  if (!parallel) {
+    const decoder = new StreamDecoder(target, options);
+    return Object.assign(decoder, { close: () => undefined });
+  }
+  const decoder = new ParallelDecoder(parallel.pool, target, options, payloads);
+  return {
+    push: (chunk) => decoder.push(chunk),
+    end: () => decoder.end(),
+    abort: () => decoder.abort(),
+    summary: () => decoder.summary(),
+    close: () => {
+      if (parallel.owned) parallel.pool.close();
+    },
+  };
 }
 
 /**
@@ -319,27 +408,31 @@ export async function decodeToFile(
   output: string | undefined,
   options: DecodeFileOptions = {},
 ): Promise<DecoderSummary> {
-  const { base, signal, onprogress, ...decoderOptions } = options;
+  const { base, signal, onprogress, jobs, pool, onnote, ...decoderOptions } = options;
   const baseFile = base === undefined ? undefined : openRead(base);
   const target = output === undefined ? new DiscardTarget() : new FileTarget(output, base);
-  const decoder = new StreamDecoder(target, {
-    ...decoderOptions,
-    ...(baseFile ? { baseDigest: () => digestFile(baseFile.fd, baseFile.size, base!) } : {}),
-  });
+  let decoder: ReturnType<typeof openDecoder> | undefined;
   try {
+    decoder = openDecoder(
+      target,
+      { ...decoderOptions, ...(baseFile ? { baseDigest: () => digestFile(baseFile.fd, baseFile.size, base!) } : {}) },
+      { ...(jobs !== undefined ? { jobs } : {}), ...(pool ? { pool } : {}), ...(onnote ? { onnote } : {}) },
+      output !== undefined,
+    );
     let bytes = 0;
     for await (const chunk of source) {
       if (signal?.aborted) throw new MigrationError("ECANCELED", "decode aborted");
-      decoder.push(chunk);
+      await decoder.push(chunk);
       bytes += chunk.length;
       onprogress?.(bytes);
     }
-    decoder.end();
+    await decoder.end();
     return decoder.summary();
   } catch (error) {
-    decoder.abort();
+    decoder?.abort();
     throw error;
   } finally {
+    decoder?.close();
     if (baseFile) closeSync(baseFile.fd);
   }
 }
@@ -364,10 +457,14 @@ export interface InspectReport {
  * Reads a whole stream, keeping nothing, and reports what it holds and the first problem found
  * (with its record index and byte offset) instead of throwing.
  */
-export async function inspectStream(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: DecoderLimits = {}): Promise<InspectReport> {
+export async function inspectStream(
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  options: DecoderLimits = {},
+  jobs: JobsOptions = {},
+): Promise<InspectReport> {
   const bytesByKind = { pages: 0, lz4: 0, zero: 0, delta: 0 };
   const kinds: Record<number, keyof typeof bytesByKind> = { [TAG_PAGES]: "pages", [TAG_ZERO]: "zero", [TAG_DELTA]: "delta" };
-  const decoder = new StreamDecoder(
+  const decoder = openDecoder(
     new DiscardTarget((record) => {
       // LZ4 records arrive decoded (as PAGES) with their wire payload size in `packed`.
       if (record.packed !== undefined) bytesByKind.lz4 += record.packed + RECORD_OVERHEAD;
@@ -378,14 +475,19 @@ export async function inspectStream(source: AsyncIterable<Uint8Array> | Iterable
     }),
     // Inspection reports incremental streams without their base: it checks everything else.
     { ...options, baseDigest: (header) => header.baseDigest! },
+    jobs,
+    false,
   );
   let problem: MigrationError | undefined;
   try {
-    for await (const chunk of source) decoder.push(chunk);
-    decoder.end();
+    for await (const chunk of source) await decoder.push(chunk);
+    await decoder.end();
   } catch (error) {
     if (!(error instanceof MigrationError)) throw error;
+    decoder.abort();
     problem = error;
+  } finally {
+    decoder.close();
   }
   return { summary: decoder.summary(), bytesByKind, problem };
 }

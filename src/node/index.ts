@@ -13,7 +13,16 @@ export {
   type DecodeStreamOptions,
   type EncodeStreamOptions,
 } from "./streams.js";
-export { encodeFile, decodeToFile, inspectStream, digestFile, type EncodeFileOptions, type DecodeFileOptions, type InspectReport } from "./files.js";
+export {
+  encodeFile,
+  decodeToFile,
+  inspectStream,
+  digestFile,
+  type EncodeFileOptions,
+  type DecodeFileOptions,
+  type InspectReport,
+  type JobsOptions,
+} from "./files.js";
 export { AtomicFile, abortPendingFiles } from "./atomic-file.js";
 export {
   sendDevice,

@@ -33,6 +33,8 @@ const POLICIES: Record<string, string | undefined> = {
   plain: undefined,
   strict: "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'",
   "no-wasm": "default-src 'self'; script-src 'self'",
+  // Cross-origin isolated (COOP + COEP below): SharedArrayBuffer, so the worker pool runs.
+  isolated: undefined,
 };
 
 interface SuiteResult {
@@ -80,6 +82,8 @@ describe.skipIf(!present)("in Chromium", () => {
       "main.js": { type: "text/javascript", body: readFileSync(join(pageDir, "main.js")) },
       "worker.js": { type: "text/javascript", body: readFileSync(join(pageDir, "worker.js")) },
       "suite.js": { type: "text/javascript", body: readFileSync(join(pageDir, "suite.js")) },
+      "pool.html": { type: "text/html", body: readFileSync(join(pageDir, "pool.html")) },
+      "pool.js": { type: "text/javascript", body: readFileSync(join(pageDir, "pool.js")) },
       "migstream.js": { type: "text/javascript", body: code },
     };
     server = createServer((request, response) => {
@@ -98,6 +102,7 @@ describe.skipIf(!present)("in Chromium", () => {
         "content-type": `${file.type}; charset=utf-8`,
         "cache-control": "no-store",
         ...(policy ? { "content-security-policy": policy } : {}),
+        ...(prefix === "isolated" ? { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" } : {}),
       });
       response.end(file.body);
     });
@@ -128,7 +133,8 @@ describe.skipIf(!present)("in Chromium", () => {
     if (profile) rmSync(profile, { recursive: true, force: true });
   });
 
-  async function open(prefix: keyof typeof POLICIES): Promise<{ results: PageResults; errors: string[] }> {
+  /** Loads `page` under `prefix` and returns what it left in `globalThis[key]`. */
+  async function load<T>(prefix: keyof typeof POLICIES, file: string, key: string): Promise<{ results: T; errors: string[] }> {
     const page = await context.newPage();
     const errors: string[] = [];
     page.on("pageerror", (error) => errors.push(error.message));
@@ -136,13 +142,16 @@ describe.skipIf(!present)("in Chromium", () => {
       if (message.type() === "error") errors.push(message.text());
     });
     try {
-      await page.goto(`${origin}/${prefix}/`);
+      await page.goto(`${origin}/${prefix}/${file}`);
       await page.waitForFunction(() => document.title === "done", undefined, { timeout: 120_000 });
-      const results = (await page.evaluate("globalThis.migstreamResults")) as PageResults;
-      return { results, errors };
+      return { results: (await page.evaluate(`globalThis.${key}`)) as T, errors };
     } finally {
       await page.close();
     }
+  }
+
+  async function open(prefix: keyof typeof POLICIES): Promise<{ results: PageResults; errors: string[] }> {
+    return load<PageResults>(prefix, "", "migstreamResults");
   }
 
   function expectWorks(result: SuiteResult): void {
@@ -163,6 +172,32 @@ describe.skipIf(!present)("in Chromium", () => {
     console.log(`browser: ${results.userAgent}`);
     expectWorks(results.main);
     expectWorks(results.worker);
+    expect(errors).toEqual([]);
+  });
+
+  interface PoolResults {
+    isolated: boolean;
+    pooled?: boolean;
+    note?: string;
+    notes?: string[];
+    identical?: boolean;
+    decoded?: boolean;
+    error?: string;
+  }
+
+  it("runs the worker pool (jobs: 2) on Web Workers in a cross-origin isolated page: the bytes and state of one thread", async () => {
+    const { results, errors } = await load<PoolResults>("isolated", "pool.html", "migstreamPool");
+    expect(results.error).toBeUndefined();
+    expect(results).toMatchObject({ isolated: true, pooled: true, identical: true, decoded: true, notes: [] });
+    expect(errors).toEqual([]);
+  });
+
+  it("falls back to one thread with a note in a page without cross-origin isolation", async () => {
+    const { results, errors } = await load<PoolResults>("plain", "pool.html", "migstreamPool");
+    expect(results.error).toBeUndefined();
+    expect(results).toMatchObject({ isolated: false, pooled: false, identical: true, decoded: true });
+    expect(results.note).toMatch(/cross-origin isolation/);
+    expect(results.notes).toHaveLength(2);
     expect(errors).toEqual([]);
   });
 

@@ -39,6 +39,9 @@ try {
   // 1. The stream cancellation.
   process.stdout.write(run("streams", join(root, "test/smoke/streams.mjs")));
 
+  // 1b. The worker pool on this runtime's workers.
+  process.stdout.write(run("worker pool", join(root, "test/smoke/pool.mjs")));
+
   // 2. The README's TypeScript examples, importing the built entries by path.
   const entries = { migstream: "dist/index.js", "migstream/node": "dist/node/index.js" };
   const resolve = (_, name) => `from "${pathToFileURL(join(root, entries[name])).href}"`;

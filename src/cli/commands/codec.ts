@@ -2,8 +2,9 @@
 import { readFileSync, statSync } from "node:fs";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
-import { decodeToFile, encodeFile, inspectStream } from "../../node/files.js";
-import { type DecoderSummary, StreamDecoder } from "../../codec/decoder.js";
+import { decodeToFile, encodeFile, inspectStream, openDecoder } from "../../node/files.js";
+import { createPool, defaultJobs, MAX_JOBS } from "../../core/pool/pool.js";
+import type { DecoderSummary } from "../../codec/decoder.js";
 import type { EncoderSummary } from "../../codec/encoder.js";
 import { HEADER_PREFIX, tagName } from "../../format/constants.js";
 import { parseHeader, parseHeaderPrefix, type StreamHeader } from "../../format/header.js";
@@ -34,6 +35,27 @@ interface CommonFlags {
   json?: boolean;
   quiet?: boolean;
   progress?: boolean;
+  jobs?: string;
+}
+
+/** `--jobs <n>`: threads for the codec (the worker pool); the cores there are, up to 8. */
+function jobsOption(command: Command): Command {
+  return command.option("-j, --jobs <n>", `threads to encode, decode and check with (1-${MAX_JOBS}; output identical to one thread's)`, String(defaultJobs()));
+}
+
+function parseJobs(flags: CommonFlags): number {
+  const text = flags.jobs ?? "1";
+  const jobs = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isInteger(jobs) || jobs < 1 || jobs > MAX_JOBS)
+    throw new MigrationError("EINVAL", `--jobs must be an integer from 1 to ${MAX_JOBS}, got ${JSON.stringify(text)}`);
+  return jobs;
+}
+
+/** Says why the work runs on one thread when more were asked (stderr, not with --quiet). */
+function noteFor(flags: CommonFlags): (message: string) => void {
+  return (message) => {
+    if (!flags.quiet) process.stderr.write(`note: ${message}\n`);
+  };
 }
 
 interface EncodeFlags extends CommonFlags {
@@ -62,7 +84,7 @@ interface DecodeFlags extends ReaderFlags, CommonFlags {
 
 function encodeOptions(command: Command): Command {
   return progressOption(
-    command
+    jobsOption(command)
       .requiredOption("-o, --output <stream>", "output stream file, or - for stdout")
       .option("--page-size <bytes>", "page size, a power of two from 64 to 1M", "4096")
       .option("--max-record <bytes>", "largest record payload", "1M")
@@ -83,7 +105,7 @@ function encodeOptions(command: Command): Command {
 
 function decodeOptions(command: Command): Command {
   return progressOption(
-    readerOptions(command.requiredOption("-o, --output <snapshot>", "output snapshot file, or - for stdout"))
+    readerOptions(jobsOption(command).requiredOption("-o, --output <snapshot>", "output snapshot file, or - for stdout"))
       .option("-f, --force", "replace an existing output file; write binary data even to a terminal")
       .option("--json", "print the summary as JSON")
       .option("-q, --quiet", "print nothing but errors"),
@@ -97,11 +119,13 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
   }
   const started = performance.now();
   // Everything that can be refused is refused before any work.
+  const asked = parseJobs(flags);
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [snapshot, flags.base, flags.config] });
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
   const input = await snapshotPath(snapshot, "snapshot");
   const progress = new Progress(command, flags);
   let output: Awaited<ReturnType<typeof openOutput>> | undefined;
+  let pool: ReturnType<typeof createPool>["pool"];
   try {
     if (base) {
       const [oldSize, newSize] = [statSync(base.path).size, statSync(input.path).size];
@@ -113,7 +137,14 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
       }
     }
     output = await openOutput(plan);
+    // One pool for the encode and the verification that follows it.
+    // Incremental streams are encoded on one thread (the pool encodes full streams).
+    const jobs = base ? 1 : asked;
+    const pooled = createPool(jobs);
+    pool = pooled.pool;
+    if (pooled.note) noteFor(flags)(pooled.note);
     const summary = await encodeFile(input.path, (chunk) => output!.write(chunk), {
+      ...(pool ? { pool } : {}),
       pageSize: parseSize(flags.pageSize),
       maxRecordPayload: parseSize(flags.maxRecord),
       checksum: flags.checksum,
@@ -128,10 +159,11 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     if (flags.verify && output.tempPath !== undefined) {
       // The bytes on disk, not the ones in memory, are what a reader will get.
       progress.phase("verify", summary.bytes);
-      const check = await inspectStream(progressSource(openSource(output.tempPath), progress), {
-        maxStateSize: summary.stateBytes,
-        maxRecordPayload: parseSize(flags.maxRecord),
-      });
+      const check = await inspectStream(
+        progressSource(openSource(output.tempPath), progress),
+        { maxStateSize: summary.stateBytes, maxRecordPayload: parseSize(flags.maxRecord) },
+        pool ? { pool } : {},
+      );
       progress.done();
       if (check.problem) throw new MigrationError("EIO", `written stream failed verification: ${check.problem.message}`);
       verified = check.summary;
@@ -148,6 +180,7 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     output?.abort();
     throw error;
   } finally {
+    pool?.close();
     progress.done();
     input.cleanup();
     base?.cleanup();
@@ -178,6 +211,8 @@ async function runDecode(command: "decode" | "apply", stream: string, flags: Dec
   const staged = plan.kind === "file" ? undefined : privateTempFile("decoded.snapshot");
   try {
     const summary = await decodeToFile(source, staged?.path ?? plan.target, {
+      jobs: parseJobs(flags),
+      onnote: noteFor(flags),
       ...(base ? { base: base.path } : {}),
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
       ...readerLimits(flags),
@@ -375,13 +410,15 @@ async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "fo
     let summary: DecoderSummary;
     if (base) {
       summary = await decodeToFile(source, undefined, {
+        jobs: parseJobs(flags),
+        onnote: noteFor(flags),
         base: base.path,
         ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
         ...readerLimits(flags),
         onprogress: (bytes) => progress.update(bytes, total),
       });
     } else {
-      const decoder = new StreamDecoder(
+      const decoder = openDecoder(
         { open: () => undefined, apply: () => undefined, commit: () => undefined, abort: () => undefined },
         {
           ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
@@ -389,17 +426,21 @@ async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "fo
           // Without its base, an incremental stream is checked in everything else.
           baseDigest: (header) => header.baseDigest!,
         },
+        { jobs: parseJobs(flags), onnote: noteFor(flags) },
+        false,
       );
       let bytes = 0;
       try {
         for await (const chunk of source) {
-          decoder.push(chunk);
+          await decoder.push(chunk);
           progress.update((bytes += chunk.length), total);
         }
-        decoder.end();
+        await decoder.end();
       } catch (error) {
-        decoder.abort();
+        await decoder.abort();
         throw error;
+      } finally {
+        decoder.close();
       }
       summary = decoder.summary();
     }
@@ -481,7 +522,7 @@ export function registerCodecCommands(program: Command): void {
     )
     .action((stream: string, flags: CommonFlags & { maxRecord: string; maxState: string }) => runInspect(stream, flags));
 
-  progressOption(readerOptions(program.command("verify")))
+  progressOption(readerOptions(jobsOption(program.command("verify"))))
     .description("validate a stream completely without writing anything")
     .argument("<stream>", "stream file, or - for stdin")
     .option("--base <snapshot>", "check an incremental stream against its base too")

@@ -1,0 +1,204 @@
+// The worker pool: the CLI with --jobs 2 against --jobs 1 on a mixed state (1 GiB by default),
+// and the hash-tracking scan on 2 workers against the same kernel on one thread. Each pair runs
+// interleaved, at least 3 times; rows give the ratio of medians (same run) and its spread (the
+// lowest and highest ratio of runs paired in order). MIGSTREAM_BASELINE_CLI names another
+// build's dist/cli/main.js (the branch point, say) to compare --jobs 1 with the path before
+// the pool. The machine's load average is printed beside the rows: on a shared box it decides
+// what 2 threads can get.
+import { spawnSync } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { WorkerPool } from "../src/core/pool/pool.js";
+import { scanHashOnPool } from "../src/core/pool/scan.js";
+import { type BenchConfig, randomBytes, type Row } from "./harness.js";
+
+const cli = fileURLToPath(new URL("../dist/cli/main.js", import.meta.url));
+
+interface Report {
+  durationMs: number;
+  maxRssBytes: number;
+}
+
+function run(binary: string, args: string[]): Report {
+  const result = spawnSync(process.execPath, [binary, ...args, "--json"], { encoding: "utf8", maxBuffer: 1 << 24 });
+  if (result.status !== 0) throw new Error(`migstream ${args.join(" ")} failed (${result.status}): ${result.stderr}`);
+  return JSON.parse(result.stdout) as Report;
+}
+
+const median = (values: number[]): number => {
+  const s = [...values].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+/**
+ * Runs `base` and `other` alternately `times` times; `ratio` is how many times faster `other`
+ * is (median time of `base` over median time of `other`), `low`/`high` the same per pair.
+ */
+function pair(times: number, base: () => Report, other: () => Report): { ratio: number; low: number; high: number; base: Report[]; other: Report[] } {
+  const a: Report[] = [];
+  const b: Report[] = [];
+  for (let i = 0; i < times; i++) {
+    a.push(base());
+    b.push(other());
+  }
+  const ratios = a.map((r, i) => r.durationMs / b[i]!.durationMs);
+  const ms = (rs: Report[]) => median(rs.map((r) => r.durationMs));
+  return { ratio: ms(a) / ms(b), low: Math.min(...ratios), high: Math.max(...ratios), base: a, other: b };
+}
+
+/**
+ * A mixed state: per 16 MiB, a quarter each of random, zero, text and patterned pages. The text
+ * is words drawn at random from a small vocabulary (it compresses to about half, and LZ4 has
+ * work to do on it, unlike on zero or patterned pages).
+ */
+function writeMixedState(path: string, size: number): void {
+  const fd = openSync(path, "w");
+  const piece = new Uint8Array(16 << 20);
+  const quarter = piece.length / 4;
+  const encoder = new TextEncoder();
+  const vocabulary = (
+    "device register block queue descriptor ring head tail doorbell interrupt vector page table entry " +
+    "buffer address length status command completion submission virtqueue feature config offset size"
+  )
+    .split(" ")
+    .map((w) => encoder.encode(`${w} `));
+  let x = 0x9e3779b9;
+  for (let at = 0, i = 0; at < size; at += piece.length, i++) {
+    randomBytes(piece.subarray(0, quarter), i + 1);
+    piece.fill(0, quarter, 2 * quarter);
+    for (let b = 2 * quarter; b < 3 * quarter; ) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      const word = vocabulary[(x >>> 0) % vocabulary.length]!;
+      const n = Math.min(word.length, 3 * quarter - b);
+      piece.set(word.subarray(0, n), b);
+      b += n;
+    }
+    for (let b = 3 * quarter; b < piece.length; b++) piece[b] = (b >> 8) & 0xff;
+    writeSync(fd, piece, 0, Math.min(piece.length, size - at));
+  }
+  closeSync(fd);
+}
+
+const MiB = 1 << 20;
+
+export async function jobsBenchmarks(size: number, config: BenchConfig): Promise<Row[]> {
+  const times = 3;
+  const dir = mkdtempSync(join(tmpdir(), "migstream-bench-jobs-"));
+  const rows: Row[] = [];
+  const load = `load ${loadavg()[0]!.toFixed(1)}`;
+  const row = (task: string, p: ReturnType<typeof pair>, against: string, target: string, extra: Record<string, number> = {}): Row => ({
+    section: "jobs",
+    size,
+    task: `${task} (${load})`,
+    gbps: size / (median(p.other.map((r) => r.durationMs)) / 1000) / 1e9,
+    vsCopy: Number.NaN,
+    vs: { [against]: p.ratio, "slowest pair": p.low, "fastest pair": p.high, ...extra },
+    target,
+  });
+  try {
+    const state = join(dir, "state.bin");
+    writeMixedState(state, size);
+    const stream = join(dir, "state.mig");
+    const out = (name: string) => join(dir, name);
+    const encode =
+      (jobs: number, binary = cli) =>
+      () =>
+        run(binary, ["encode", state, "-o", stream, "-f", "--compress", "lz4", ...(binary === cli ? ["--jobs", String(jobs)] : [])]);
+    const e = pair(times, encode(1), encode(2));
+    const rss = (rs: Report[]) => median(rs.map((r) => r.maxRssBytes)) / MiB;
+    const rssPerJob = (rss(e.other) - rss(e.base)) / 2;
+    rows.push(row("CLI encode --compress lz4 --jobs 2 (encode + verify)", e, "jobs 1", ">= 1.7x jobs 1", { "peak RSS MiB": rss(e.other) }));
+    rows.push({
+      section: "jobs",
+      size,
+      task: `CLI encode --jobs 2: peak RSS added per job over --jobs 1 (${load})`,
+      gbps: Number.NaN,
+      vsCopy: Number.NaN,
+      vs: { "peak RSS MiB": rssPerJob },
+      target: "peak RSS <= 64 MiB",
+    });
+    const verify = (jobs: number) => () => run(cli, ["verify", stream, "--jobs", String(jobs)]);
+    const v = pair(times, verify(1), verify(2));
+    rows.push(row("CLI verify --jobs 2 (lz4 stream)", v, "jobs 1", ">= 1.6x jobs 1"));
+    const decode = (jobs: number) => () => run(cli, ["decode", stream, "-o", out("decoded.bin"), "-f", "--jobs", String(jobs)]);
+    const d = pair(times, decode(1), decode(2));
+    rows.push(row("CLI decode --jobs 2 (lz4 stream, to a file)", d, "jobs 1", ">= 1.6x jobs 1"));
+    rows.push({
+      section: "jobs",
+      size,
+      task: `CLI decode --jobs 2: peak RSS added per job over --jobs 1 (${load})`,
+      gbps: Number.NaN,
+      vsCopy: Number.NaN,
+      vs: { "peak RSS MiB": (rss(d.other) - rss(d.base)) / 2 },
+      target: "peak RSS <= 64 MiB",
+    });
+    const baseline = process.env.MIGSTREAM_BASELINE_CLI;
+    if (baseline) {
+      const b = pair(times, encode(1, baseline), encode(1));
+      rows.push(row("CLI encode --compress lz4 --jobs 1 vs the baseline build", b, "baseline", ">= 0.97x baseline"));
+      const bv = pair(times, () => run(baseline, ["verify", stream]), verify(1));
+      rows.push(row("CLI verify --jobs 1 vs the baseline build", bv, "baseline", ">= 0.97x baseline"));
+    }
+    rows.push(await hashScan(config.smoke ? size : Math.min(size, 1024 * MiB), times, load));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+/** The hash scan of `size` bytes in pool memory: 2 workers against the kernel on this thread. */
+async function hashScan(size: number, times: number, load: string): Promise<Row> {
+  const pool = new WorkerPool(2);
+  const c = pool.core;
+  const pageSize = 4096;
+  const pages = size / pageSize;
+  const data = c.alloc(size);
+  const hashes = c.alloc(pages * 8);
+  const bitmap = c.alloc(pages / 8);
+  try {
+    const u8 = c.u8;
+    randomBytes(u8.subarray(data, data + size), 5);
+    const view = (ptr: number, n: number) => new Uint8Array(c.memory.buffer, ptr, n);
+    const one = (): Report => {
+      const t = performance.now();
+      c.exports.scan_hash(data, size, pageSize, hashes, bitmap);
+      return { durationMs: performance.now() - t, maxRssBytes: 0 };
+    };
+    const two = async (): Promise<Report> => {
+      const t = performance.now();
+      await scanHashOnPool(pool, view(data, size), pageSize, view(hashes, pages * 8), view(bitmap, pages / 8));
+      return { durationMs: performance.now() - t, maxRssBytes: 0 };
+    };
+    one();
+    await two();
+    const a: Report[] = [];
+    const b: Report[] = [];
+    for (let i = 0; i < Math.max(times, 5); i++) {
+      a.push(one());
+      b.push(await two());
+    }
+    const ratios = a.map((r, i) => r.durationMs / b[i]!.durationMs);
+    return {
+      section: "jobs",
+      size,
+      task: `hash-tracking scan, 2 workers (${load})`,
+      gbps: size / (median(b.map((r) => r.durationMs)) / 1000) / 1e9,
+      vsCopy: Number.NaN,
+      vs: {
+        "jobs 1": median(a.map((r) => r.durationMs)) / median(b.map((r) => r.durationMs)),
+        "slowest pair": Math.min(...ratios),
+        "fastest pair": Math.max(...ratios),
+      },
+      target: ">= 1.7x jobs 1",
+    };
+  } finally {
+    c.free(data);
+    c.free(hashes);
+    c.free(bitmap);
+    pool.close();
+  }
+}

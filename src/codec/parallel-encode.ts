@@ -1,0 +1,298 @@
+// Full-state encoding on the worker pool: the state is read in windows into the pool's shared
+// memory, the main thread plans where records will start (assembly encode_plan, the encoder's
+// own rules without writing anything), cuts each window there into chunks that workers encode
+// (records numbered where the plan says they start), and splices the chunks back in order into
+// a StreamEncoder, which chains the stream digest over them and writes everything else (header,
+// config, rounds, end). The result is byte for byte the stream of one thread.
+import { MigrationError } from "../core/errors.js";
+import type { Core } from "../core/instance.js";
+import { settleAll, type WorkerPool } from "../core/pool/pool.js";
+import { RECORD_OVERHEAD, TAG_PAGES, TAG_ZERO } from "../format/constants.js";
+import { ContextView, Enc, EncMode } from "./contexts.js";
+import type { StreamEncoder } from "./encoder.js";
+
+/** Where the state comes from: `read` fills `into` with the bytes at state offset `at`. */
+export interface StateSource {
+  readonly size: number;
+  read(at: number, into: Uint8Array): void;
+}
+
+/** A planned chunk: window pages [start, end), and a ZERO record it continues, if any. */
+interface Chunk {
+  start: number;
+  end: number;
+  init: { offset: bigint; pages: number } | undefined;
+  seq: number;
+  seqEnd: number;
+}
+
+/** Bytes of state per chunk (a worker's unit of work) when records are small. */
+const CHUNK_BYTES = 2 << 20;
+
+/** Per in-flight chunk: the encoder context, output and scratch the worker encodes with. */
+interface Slot {
+  ctx: ContextView;
+  out: number;
+  outCap: number;
+  scratch: number;
+  lz4: number;
+}
+
+export interface ParallelEncodeOptions {
+  pageSize: number;
+  maxRecordPayload: number;
+  checksum: "xxh3" | "crc32c";
+  compress: boolean;
+  /** Called after each window with the state bytes done. */
+  onprogress?: (done: number) => void;
+  /** Awaited after each window's records went to the encoder (drain its output here). */
+  flush?: () => Promise<void>;
+  signal?: AbortSignal;
+  /** State bytes per chunk, a worker's unit of work (default 2 MiB; at least two records). */
+  chunkBytes?: number;
+  /** The region `source` holds (default 0). */
+  region?: number;
+}
+
+/**
+ * Encodes a whole region (`options.region`, default 0) of `encoder`'s full stream on `pool`,
+ * `source.size` bytes. The encoder's earlier records must be closed (the region before, a
+ * config, a round); what follows is the caller's.
+ */
+export async function encodeRegionParallel(pool: WorkerPool, encoder: StreamEncoder, source: StateSource, options: ParallelEncodeOptions): Promise<void> {
+  const run = new ParallelRun(pool, encoder, options);
+  try {
+    await run.encode(source);
+  } finally {
+    run.release();
+  }
+}
+
+class ParallelRun {
+  readonly #pool: WorkerPool;
+  readonly #core: Core;
+  readonly #encoder: StreamEncoder;
+  readonly #options: ParallelEncodeOptions;
+  readonly #pageSize: number;
+  readonly #windowBytes: number;
+  readonly #chunkPages: number;
+  readonly #taken: number[] = [];
+  readonly #windows: number[] = [];
+  readonly #slots: Slot[][] = [];
+  readonly #plan: ContextView;
+  /** The ZERO record still open at the end of the last window planned. */
+  #carry: { offset: bigint; pages: number } | undefined;
+  #seq: number;
+
+  constructor(pool: WorkerPool, encoder: StreamEncoder, options: ParallelEncodeOptions) {
+    this.#pool = pool;
+    this.#core = pool.core;
+    this.#encoder = encoder;
+    this.#options = options;
+    const { pageSize, maxRecordPayload } = options;
+    this.#pageSize = pageSize;
+    const chunk = Math.max(options.chunkBytes ?? CHUNK_BYTES, 2 * maxRecordPayload);
+    this.#chunkPages = Math.max(8, Math.floor(chunk / pageSize));
+    // Two windows (one read while the other is encoded), each a chunk for every worker, and
+    // always more than a record so the plan moves forward. Small: every buffer here is first
+    // touched by each process (about 3 ms per MiB on a VM), and two windows keep the workers busy.
+    this.#windowBytes = Math.max(pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
+    const c = this.#core;
+    const k = c.exports;
+    const ctxSize = k.encode_context_size();
+    this.#plan = new ContextView(c.memory, this.#alloc(ctxSize));
+    const perWindow = Math.ceil(this.#windowBytes / (this.#chunkPages * pageSize)) + 2;
+    // A chunk reaches back at most one record before its planned start.
+    const chunkMax = this.#chunkPages * pageSize + maxRecordPayload + pageSize;
+    const outCap = chunkMax + Math.ceil(chunkMax / pageSize) * RECORD_OVERHEAD + maxRecordPayload + 2 * RECORD_OVERHEAD + 64;
+    const lz4Size = options.compress ? k.encode_lz4_scratch_size(maxRecordPayload) >>> 0 : 0;
+    for (let w = 0; w < 2; w++) {
+      this.#windows.push(this.#alloc(this.#windowBytes));
+      const slots: Slot[] = [];
+      for (let i = 0; i < perWindow; i++) {
+        slots.push({
+          ctx: new ContextView(c.memory, this.#alloc(ctxSize)),
+          out: this.#alloc(outCap),
+          outCap,
+          scratch: this.#alloc(pageSize + 64),
+          lz4: lz4Size > 0 ? this.#alloc(lz4Size) : 0,
+        });
+      }
+      this.#slots.push(slots);
+    }
+    this.#seq = encoder.nextRecordIndex;
+  }
+
+  #alloc(size: number): number {
+    const ptr = this.#core.alloc(size);
+    this.#taken.push(ptr);
+    return ptr;
+  }
+
+  release(): void {
+    for (const ptr of this.#taken.splice(0)) this.#core.free(ptr);
+  }
+
+  async encode(source: StateSource): Promise<void> {
+    const size = source.size;
+    let at = 0;
+    let w = 0;
+    let pending: { chunks: Chunk[]; tasks: Promise<unknown[]>[]; slots: Slot[]; done: number } | undefined;
+    const finish = async (): Promise<void> => {
+      if (!pending) return;
+      const { chunks, tasks, slots, done } = pending;
+      pending = undefined;
+      const results = await settleAll(tasks);
+      chunks.forEach((chunk, i) => this.#splice(chunk, slots[i]!, results[i]!));
+      await this.#options.flush?.();
+      this.#options.onprogress?.(done);
+    };
+    try {
+      while (at < size || (size === 0 && at === 0 && w === 0)) {
+        if (this.#options.signal?.aborted) throw new MigrationError("ECANCELED", "encode aborted");
+        const window = this.#windows[w & 1]!;
+        const length = Math.min(this.#windowBytes, size - at);
+        source.read(at, new Uint8Array(this.#core.memory.buffer, window, length));
+        const last = at + length === size;
+        const { chunks, next } = this.#planWindow(window, at, length, last);
+        const slots = this.#slots[w & 1]!;
+        if (chunks.length > slots.length) throw new MigrationError("EFAULT", `internal: ${chunks.length} chunks planned for ${slots.length} slots`);
+        const tasks = chunks.map((chunk, i) => this.#dispatch(chunk, slots[i]!, window, at, length));
+        // The previous window's results go out while this one is encoded.
+        await finish();
+        pending = { chunks, tasks, slots, done: last ? size : next };
+        at = next;
+        w++;
+        if (last) break;
+      }
+      await finish();
+    } catch (error) {
+      // Nothing may still be writing the memory about to be released.
+      if (pending) await Promise.allSettled(pending.tasks);
+      throw error;
+    }
+  }
+
+  /** Plans window [at, at+length) of the region; returns its chunks and where to read next. */
+  #planWindow(window: number, at: number, length: number, last: boolean): { chunks: Chunk[]; next: number } {
+    const k = this.#core.exports;
+    const ctx = this.#plan;
+    const pageSize = this.#pageSize;
+    const base = BigInt(at);
+    this.#core.u8.fill(0, ctx.ptr, ctx.ptr + k.encode_context_size());
+    ctx.setU32(Enc.CUR, window);
+    ctx.setU32(Enc.LEN, length);
+    ctx.setU32(Enc.PAGE, pageSize);
+    ctx.setU32(Enc.MAXPAYLOAD, this.#options.maxRecordPayload);
+    ctx.setU64(Enc.OFFSET, base);
+    ctx.setU16(Enc.REGION, this.#options.region ?? 0);
+    ctx.setU32(Enc.SEQ, this.#seq);
+    if (this.#carry) {
+      ctx.setU8(Enc.REC_TAG, TAG_ZERO);
+      ctx.setU16(Enc.REC_REGION, this.#options.region ?? 0);
+      ctx.setU64(Enc.REC_OFFSET, this.#carry.offset);
+      ctx.setU32(Enc.REC_PAGES, this.#carry.pages);
+    }
+    const pages = Math.ceil(length / pageSize);
+    const chunks: Chunk[] = [];
+    let start = 0;
+    let init = this.#carry;
+    let seqStart = this.#seq;
+    const emit = (end: number, seqEnd: number): void => {
+      if (end > start || init) chunks.push({ start, end, init, seq: seqStart, seqEnd });
+    };
+    for (let target = this.#chunkPages; ; target += this.#chunkPages) {
+      const stop = Math.min(target, pages);
+      k.encode_plan(ctx.ptr, stop);
+      const tag = ctx.u8(Enc.REC_TAG);
+      const seqNow = ctx.u32(Enc.SEQ);
+      if (stop === pages && last) {
+        emit(pages, seqNow + (tag !== 0 ? 1 : 0));
+        this.#carry = undefined;
+        this.#seq = seqNow + (tag !== 0 ? 1 : 0);
+        return { chunks, next: at + length };
+      }
+      const recOffset = ctx.u64(Enc.REC_OFFSET);
+      const recStart = Number(recOffset - base) / pageSize;
+      if (tag === 0) {
+        emit(stop, seqNow);
+        start = stop;
+        init = undefined;
+        seqStart = seqNow;
+      } else if (tag === TAG_ZERO) {
+        if (recStart >= start) {
+          emit(recStart, seqNow);
+          seqStart = seqNow;
+        }
+        start = stop;
+        init = { offset: recOffset, pages: ctx.u32(Enc.REC_PAGES) };
+      } else if (tag === TAG_PAGES) {
+        emit(recStart, seqNow);
+        start = recStart;
+        init = undefined;
+        seqStart = seqNow;
+      }
+      if (stop === pages) {
+        // The record still open continues in the next window: a ZERO one as carried state, a
+        // raw one by reading the next window from its first page.
+        this.#carry = init;
+        this.#seq = seqStart;
+        return { chunks, next: at + start * pageSize };
+      }
+    }
+  }
+
+  #dispatch(chunk: Chunk, slot: Slot, window: number, at: number, length: number): Promise<unknown[]> {
+    const pageSize = this.#pageSize;
+    const ctx = slot.ctx;
+    this.#core.u8.fill(0, ctx.ptr, ctx.ptr + this.#core.exports.encode_context_size());
+    const from = chunk.start * pageSize;
+    const to = Math.min(chunk.end * pageSize, length);
+    ctx.setU32(Enc.CUR, window + from);
+    ctx.setU32(Enc.LEN, Math.max(0, to - from));
+    ctx.setU32(Enc.PAGE, pageSize);
+    ctx.setU32(Enc.OUT, slot.out);
+    ctx.setU32(Enc.OUTCAP, slot.outCap);
+    ctx.setU32(Enc.MAXPAYLOAD, this.#options.maxRecordPayload);
+    ctx.setU32(Enc.SEQ, chunk.seq);
+    ctx.setU8(Enc.ALG, this.#options.checksum === "crc32c" ? 2 : 1);
+    ctx.setU8(Enc.MODE, this.#options.compress ? EncMode.LZ4 : 0);
+    ctx.setU64(Enc.OFFSET, BigInt(at + from));
+    ctx.setU16(Enc.REGION, this.#options.region ?? 0);
+    ctx.setU32(Enc.SCRATCH, slot.scratch);
+    ctx.setU32(Enc.LZ4_SCRATCH, slot.lz4);
+    if (chunk.init) {
+      ctx.setU8(Enc.REC_TAG, TAG_ZERO);
+      ctx.setU16(Enc.REC_REGION, this.#options.region ?? 0);
+      ctx.setU64(Enc.REC_OFFSET, chunk.init.offset);
+      ctx.setU32(Enc.REC_PAGES, chunk.init.pages);
+    }
+    return this.#pool.run([
+      ["encode_window", ctx.ptr],
+      ["encode_flush", ctx.ptr],
+    ]);
+  }
+
+  #splice(chunk: Chunk, slot: Slot, results: unknown[]): void {
+    const ctx = slot.ctx;
+    const seq = ctx.u32(Enc.SEQ);
+    if (results[0] !== 0 || seq !== chunk.seqEnd || chunk.seq !== this.#encoder.nextRecordIndex) {
+      throw new MigrationError(
+        "EFAULT",
+        `internal: a pool chunk planned as records ${chunk.seq}..${chunk.seqEnd} came back as ..${seq} (status ${String(results[0])}) at record ${this.#encoder.nextRecordIndex}`,
+      );
+    }
+    const c = this.#core;
+    const length = ctx.u32(Enc.OUTLEN);
+    const records = new Uint8Array(c.memory.buffer, slot.out, length);
+    this.#encoder.spliceRecords(
+      records,
+      seq - chunk.seq,
+      (digest) => BigInt.asUintN(64, c.exports.chain_records(digest, slot.out, length)),
+      // A ZERO record the chunk continued brings pages no chunk counted (they were planned
+      // into its open record, not encoded).
+      (field) =>
+        field === Enc.LZ4_PACKED || field === Enc.LZ4_COVERED ? ctx.u64(field) : ctx.u32(field) + (field === Enc.PAGES_ZERO ? (chunk.init?.pages ?? 0) : 0),
+    );
+  }
+}

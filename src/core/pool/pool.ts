@@ -1,0 +1,289 @@
+// The worker pool: N threads that run kernels of the shared core over one shared
+// WebAssembly.Memory, so work is split by page ranges and record ranges with no copy of the
+// state per worker (docs/ARCHITECTURE.md, "Worker pool"). One code path for every runtime: Web
+// Workers (browsers, Deno, Bun) where the global Worker exists, Node's worker_threads
+// otherwise, both started from the same source string.
+import { MigrationError } from "../errors.js";
+import { Core, sharedCoreModule } from "../instance.js";
+import { WORKER_SOURCE } from "./worker-source.js";
+
+/** Most workers a pool starts, whatever is asked: past this, memory bandwidth is the limit. */
+export const MAX_JOBS = 64;
+/** Default `--jobs` cap: the cores there are, up to this many. */
+export const DEFAULT_JOBS_CAP = 8;
+
+/** A kernel call: the export's name, then its arguments. */
+export type KernelCall = [name: string, ...args: Array<number | bigint>];
+
+interface Thread {
+  post(message: unknown): void;
+  terminate(): void;
+  /** Node: keep the process alive while a task runs, not while idle. */
+  hold(busy: boolean): void;
+}
+
+interface NodeWorker {
+  postMessage(message: unknown): void;
+  terminate(): Promise<number>;
+  on(event: string, listener: (value: never) => void): void;
+  ref(): void;
+  unref(): void;
+}
+
+interface NodeWorkerThreads {
+  Worker: new (source: string, options: { eval: true }) => NodeWorker;
+}
+
+function nodeWorkerThreads(): NodeWorkerThreads | undefined {
+  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
+  return proc?.getBuiltinModule?.("node:worker_threads") as NodeWorkerThreads | undefined;
+}
+
+/** Why this runtime cannot run a pool (undefined: it can). */
+export function poolUnavailable(): string | undefined {
+  const g = globalThis as { crossOriginIsolated?: boolean; Deno?: unknown; Worker?: unknown };
+  if (typeof SharedArrayBuffer === "undefined" || (g.crossOriginIsolated === false && g.Deno === undefined)) {
+    return "shared memory is unavailable (a browser page needs cross-origin isolation: COOP same-origin and COEP require-corp)";
+  }
+  if (typeof g.Worker !== "function" && !nodeWorkerThreads()) return "this runtime has no workers";
+  try {
+    new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+  } catch {
+    return "this runtime cannot share WebAssembly memory";
+  }
+  return undefined;
+}
+
+/** Cores this runtime reports (navigator.hardwareConcurrency or Node's availableParallelism). */
+export function availableCores(): number {
+  const nav = (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator;
+  if (nav?.hardwareConcurrency) return nav.hardwareConcurrency;
+  const os = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process?.getBuiltinModule?.("node:os") as
+    | { availableParallelism?: () => number }
+    | undefined;
+  return os?.availableParallelism?.() ?? 1;
+}
+
+/** The CLI's default `--jobs`: the cores there are, up to {@link DEFAULT_JOBS_CAP}. */
+export function defaultJobs(): number {
+  return Math.max(1, Math.min(DEFAULT_JOBS_CAP, availableCores()));
+}
+
+/** Checks a `jobs` option: an integer from 1 to {@link MAX_JOBS}. */
+export function checkJobs(jobs: number): number {
+  if (!Number.isInteger(jobs) || jobs < 1 || jobs > MAX_JOBS) throw new MigrationError("EINVAL", `jobs must be an integer from 1 to ${MAX_JOBS}, got ${jobs}`);
+  return jobs;
+}
+
+function spawn(onmessage: (data: unknown) => void, ondeath: (reason: string) => void): Thread {
+  const WebWorker = (globalThis as { Worker?: new (url: string, options: { type: "module" }) => Worker }).Worker;
+  if (typeof WebWorker === "function") {
+    const url = URL.createObjectURL(new Blob([WORKER_SOURCE], { type: "text/javascript" }));
+    const worker = new WebWorker(url, { type: "module" });
+    worker.addEventListener("message", (event) => onmessage((event as MessageEvent).data));
+    worker.addEventListener("error", (event) => {
+      event.preventDefault?.();
+      ondeath((event as ErrorEvent).message || "error");
+    });
+    worker.addEventListener("messageerror", () => ondeath("a message could not be read"));
+    return {
+      post: (message) => worker.postMessage(message),
+      terminate: () => {
+        worker.terminate();
+        URL.revokeObjectURL(url);
+      },
+      hold: () => undefined,
+    };
+  }
+  const threads = nodeWorkerThreads();
+  if (!threads) throw new MigrationError("EINVAL", "this runtime has no workers");
+  const worker = new threads.Worker(WORKER_SOURCE, { eval: true });
+  worker.on("message", onmessage);
+  worker.on("error", (error: Error) => ondeath(error?.message ?? String(error)));
+  worker.on("exit", (code: number) => ondeath(`exited with code ${code}`));
+  return {
+    post: (message) => worker.postMessage(message),
+    terminate: () => void worker.terminate(),
+    hold: (busy) => (busy ? worker.ref() : worker.unref()),
+  };
+}
+
+interface Task {
+  calls: KernelCall[];
+  resolve: (results: unknown[]) => void;
+  reject: (error: MigrationError) => void;
+}
+
+interface Slot {
+  thread: Thread;
+  ready: boolean;
+  task: Task | undefined;
+  /** Per-thread kernel scratch (xxh3 accumulators, digest input) in shared memory. */
+  scratch: number;
+  /** Bumped when the slot gets a new thread: events of an old one are ignored. */
+  epoch: number;
+}
+
+/**
+ * Threads running kernels of one shared core. Work is handed out in calls that name kernels and
+ * pointers into {@link core}'s memory; a caller waits for every task it started before it frees
+ * or reuses the memory those tasks use.
+ */
+export class WorkerPool {
+  readonly jobs: number;
+  /** The core over the shared memory: the main thread allocates and runs kernels here too. */
+  readonly core: Core;
+  readonly #slots: Slot[] = [];
+  readonly #queue: Task[] = [];
+  #nextId = 1;
+  #closed = false;
+  /** Worker deaths seen so far (each replaced by a fresh worker). */
+  restarts = 0;
+
+  /** Use {@link createPool}. */
+  constructor(jobs: number) {
+    this.jobs = checkJobs(jobs);
+    const memory = new WebAssembly.Memory({ initial: 32, maximum: 65536, shared: true });
+    this.core = new Core(-1, memory);
+    const size = this.core.exports.thread_scratch_size();
+    // Every instance over the shared memory writes the module's data segments again when it
+    // starts (a worker joining, or replacing one that died), zeros over the default scratch
+    // block included: the main thread's kernels use a block of their own, like each worker.
+    this.core.exports.set_thread_scratch(this.core.alloc(size));
+    for (let i = 0; i < jobs; i++) {
+      const slot: Slot = { thread: undefined as unknown as Thread, ready: false, task: undefined, scratch: this.core.alloc(size), epoch: 0 };
+      this.#slots.push(slot);
+      this.#start(slot);
+    }
+  }
+
+  /** Runs `calls` in order on one worker; resolves with each call's result. */
+  run(calls: KernelCall[]): Promise<unknown[]> {
+    if (this.#closed) return Promise.reject(new MigrationError("ECANCELED", "the worker pool was closed"));
+    const task = new Promise<unknown[]>((resolve, reject) => {
+      this.#queue.push({ calls, resolve, reject });
+      this.#dispatch();
+    });
+    // Callers await every task of an operation, but not always before one fails (a worker dies
+    // while the main thread reads the next window): that is not an unhandled rejection.
+    task.catch(() => undefined);
+    return task;
+  }
+
+  /**
+   * Ends worker `index` abruptly, as a crash would (for fault tests): its task fails, the pool
+   * starts a replacement.
+   */
+  crash(index: number): void {
+    const slot = this.#slots[index];
+    if (!slot) throw new MigrationError("EINVAL", `no worker ${index}`);
+    slot.thread.terminate();
+    this.#died(slot, slot.epoch, "it was ended abruptly");
+  }
+
+  /** Stops every worker; tasks not finished fail with ECANCELED. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const error = new MigrationError("ECANCELED", "the worker pool was closed");
+    for (const slot of this.#slots) {
+      slot.epoch++;
+      slot.thread.terminate();
+      slot.task?.reject(error);
+      slot.task = undefined;
+    }
+    for (const task of this.#queue.splice(0)) task.reject(error);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #start(slot: Slot): void {
+    const epoch = ++slot.epoch;
+    slot.ready = false;
+    slot.thread = spawn(
+      (data) => this.#message(slot, epoch, data as WorkerReply),
+      (reason) => this.#died(slot, epoch, reason),
+    );
+    slot.thread.post({ init: true, module: sharedCoreModule(), memory: this.core.memory, scratch: slot.scratch });
+  }
+
+  #message(slot: Slot, epoch: number, data: WorkerReply): void {
+    if (epoch !== slot.epoch) return;
+    if (data.ready) {
+      slot.ready = true;
+      slot.thread.hold(false);
+      this.#dispatch();
+      return;
+    }
+    const task = slot.task;
+    slot.task = undefined;
+    slot.thread.hold(false);
+    if (task) {
+      if (data.error !== undefined) {
+        task.reject(new MigrationError("EFAULT", `a pool worker failed: ${data.error}`));
+        // A trapped instance may hold inconsistent state of its own: start a clean one.
+        if (data.trap) this.#replace(slot);
+      } else task.resolve(data.results ?? []);
+    }
+    this.#dispatch();
+  }
+
+  #died(slot: Slot, epoch: number, reason: string): void {
+    if (epoch !== slot.epoch || this.#closed) return;
+    this.restarts++;
+    const task = slot.task;
+    slot.task = undefined;
+    task?.reject(new MigrationError("EIO", `a pool worker stopped (${reason}); the operation was abandoned`));
+    this.#replace(slot);
+  }
+
+  #replace(slot: Slot): void {
+    slot.epoch++;
+    slot.thread.terminate();
+    this.#start(slot);
+  }
+
+  #dispatch(): void {
+    for (const slot of this.#slots) {
+      if (this.#queue.length === 0) return;
+      if (!slot.ready || slot.task) continue;
+      const task = this.#queue.shift()!;
+      slot.task = task;
+      slot.thread.hold(true);
+      slot.thread.post({ id: this.#nextId++, calls: task.calls });
+    }
+  }
+}
+
+interface WorkerReply {
+  ready?: boolean;
+  id?: number;
+  results?: unknown[];
+  error?: string;
+  trap?: boolean;
+}
+
+/**
+ * A pool of `jobs` workers, or, where this runtime cannot run one (see {@link poolUnavailable}),
+ * undefined and the reason: the caller then works on one thread and says so.
+ */
+export function createPool(jobs: number): { pool: WorkerPool | undefined; note: string | undefined } {
+  checkJobs(jobs);
+  if (jobs === 1) return { pool: undefined, note: undefined };
+  const reason = poolUnavailable();
+  if (reason) return { pool: undefined, note: `running on one thread: ${reason}` };
+  return { pool: new WorkerPool(jobs), note: undefined };
+}
+
+/**
+ * Waits for every promise, then throws the first failure (in order): memory a task uses is
+ * freed only once no task can still be writing it.
+ */
+export async function settleAll<T>(tasks: Promise<T>[]): Promise<T[]> {
+  const settled = await Promise.allSettled(tasks);
+  const failed = settled.find((s) => s.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
+}
