@@ -417,7 +417,7 @@ export function registerCodecCommands(program: Command): void {
   )
     .addHelpText(
       "after",
-      "\nExamples:\n  migstream encode vm.state -o vm.mig\n  cat vm.state | migstream encode - -o - | ssh host migstream decode - -o vm.state",
+      "\nExamples:\n  migstream encode vm.state -o vm.mig\n  cat vm.state | migstream encode - -o - | migstream decode - -o copy.state\n\nA pipe may cross machines: put `ssh host` before the second migstream.",
     )
     .action((snapshot: string, flags: EncodeFlags) => runEncode("encode", snapshot, flags));
 

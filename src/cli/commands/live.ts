@@ -627,7 +627,7 @@ export function registerLiveCommands(program: Command): void {
   )
     .addHelpText(
       "after",
-      "\nExamples:\n  migstream demo\n  migstream demo --size 1G --dirty-rate 64M/s --tracking shadow\n  migstream demo --size 16M --json | jq .verification",
+      "\nExamples:\n  migstream demo\n  migstream demo --size 256M --dirty-rate 64M/s --tracking shadow\n  migstream demo --size 16M --json | jq .verification",
     )
     .action(runDemo);
 
@@ -649,7 +649,7 @@ export function registerLiveCommands(program: Command): void {
   )
     .addHelpText(
       "after",
-      "\nExit 0 only once the receiver answered that it validated and stored the whole state; otherwise\nthe exit code says what went wrong (2: corrupt or incomplete, 3: incompatible, 4: connection,\ntimeout or the receiver's storage). A snapshot is read in one pass after connecting.\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send vm.state --to target:7400 --tls-cert src.pem --tls-key src.key --tls-ca ca.pem\n  migstream send --demo --size 64M --dirty-rate 8M/s --to 127.0.0.1:7400 --json",
+      "\nExit 0 only once the receiver answered that it validated and stored the whole state; otherwise\nthe exit code says what went wrong (2: corrupt or incomplete, 3: incompatible, 4: connection,\ntimeout or the receiver's storage). A snapshot is read in one pass after connecting.\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send vm.state --to target:7400 --tls-psk keys.psk\n  migstream send --demo --size 64M --dirty-rate 8M/s --to target:7400 --json\n\nEach example sends to the matching example of `migstream receive --help`. Certificates instead\nof a pre-shared key: --tls-cert src.pem --tls-key src.key --tls-ca ca.pem",
     )
     .action(runSend);
 
