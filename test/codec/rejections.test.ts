@@ -712,6 +712,18 @@ describe("end of stream (FORMAT.md 3.4, 3.5, 3.6)", () => {
     rejects(new Uint8Array(0), { code: "ENODATA", recordIndex: 0, byteOffset: 0 });
   });
 
+  test("cut inside a record: ENODATA at the end of the data, the message says where the record began", () => {
+    const b = build();
+    const start = b.offsetOf(2);
+    const cut = start + 30;
+    rejects(b.bytes().subarray(0, cut), {
+      code: "ENODATA",
+      recordIndex: 2,
+      byteOffset: cut,
+      message: new RegExp(`ends at byte ${cut}, inside record 2 \\(which began at byte ${start}\\)`),
+    });
+  });
+
   test("wrong END record count: corrupt at END", () => {
     for (const records of [5, 7, 0, 2n ** 32n + 6n]) {
       const b = build(steps(), HEADER, false);

@@ -44,6 +44,8 @@ import {
 import { headerJson, peakRss, round3 } from "../json.js";
 import { migrationReportHtml } from "../report.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
+import { gcPacer } from "../gc-pacer.js";
+import { explainTls } from "../tls-failure.js";
 
 // ---------------------------------------------------------------------------------------------
 // Option parsing
@@ -280,12 +282,14 @@ function transportOptions(command: Command): Command {
     .option("--tls-cert <pem>", "this end's certificate (TLS with --tls-key and --tls-ca; the peer must present one signed by the CA)")
     .option("--tls-key <pem>", "this end's private key")
     .option("--tls-ca <pem>", "the CA that signed the peer's certificate")
-    .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)");
+    .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)")
+    .option("--verbose", "with a TLS failure's cause, print the TLS library's own text too");
 }
 
 function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportSecurity } {
   const timeoutMs = parseTimeout(flags.timeout);
   const tls = loadSecurity(flags);
+  context.tls = tls === undefined ? undefined : "psk" in tls ? "psk" : "certificates";
   return { timeoutMs, ...(tls ? { tls } : {}) };
 }
 
@@ -332,7 +336,15 @@ async function runDemo(flags: DemoFlags): Promise<void> {
   try {
     let listening!: (port: number) => void;
     const bound = new Promise<number>((resolve) => (listening = resolve));
-    const receiving = receiveDevice({ port: 0, host: "127.0.0.1", final: "STOP", signal: receiver.signal, onListening: (a) => listening(a.port) });
+    const receiving = receiveDevice({
+      port: 0,
+      host: "127.0.0.1",
+      final: "STOP",
+      signal: receiver.signal,
+      onListening: (a) => listening(a.port),
+      // Both ends in one process: collect the receiving end's read buffers as it goes (gc-pacer.ts).
+      onProgress: gcPacer(),
+    });
     // The receiver may fail before the sender is done; keep its rejection for later.
     receiving.catch(() => undefined);
     const port = await Promise.race([bound, receiving.then(() => -1)]);
@@ -560,7 +572,11 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
         else if (!flags.quiet && !flags.json) process.stderr.write(`receiving from ${peer.host}:${peer.port}\n`);
       },
       onDropped: (peer, reason) => {
-        if (!flags.quiet) process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${reason.message}\n`);
+        if (flags.quiet) return;
+        // A TLS failure said as its cause, with a hint; OpenSSL's text only with --verbose.
+        const tls = security.tls ? explainTls(reason.message, "receiver") : undefined;
+        const why = tls ? `${tls.cause}${context.verbose ? ` (${reason.message.trim()})` : ""}\nhint: ${tls.hint}` : reason.message;
+        process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${why}\n`);
       },
       onProgress: (bytes) => progress.update(bytes),
     });
