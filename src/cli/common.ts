@@ -158,10 +158,10 @@ function pathProblem(error: unknown): { code: string; message: string } | undefi
   if (typeof system?.code !== "string" || !PATH_ERRNOS.has(system.code) || typeof system.path !== "string") return undefined;
   // Node's text: "ENOENT: no such file or directory, open 'vm.state'".
   const why = /^E[A-Z]+: ([^,]+)/.exec(system.message)?.[1] ?? system.code;
-  // A wrapper said what it was doing ("cannot read keys.psk: <Node's text>"): keep that part.
-  const doing =
-    wrapped && error instanceof Error && error.message.endsWith(`: ${system.message}`) ? error.message.slice(0, -system.message.length - 2) : undefined;
-  return { code: system.code, message: `${doing ?? `cannot open ${system.path}`}: ${why}` };
+  // A wrapper said what it was doing ("cannot read keys.psk: <Node's text>"): keep that, with
+  // Node's text shortened to the reason (the wrapper named the path as the user gave it).
+  if (wrapped && error instanceof Error) return { code: system.code, message: error.message.replace(/E[A-Z]+: ([^,]+), \w+ '[^']*'/, "$1") };
+  return { code: system.code, message: `cannot open ${system.path}: ${why}` };
 }
 
 /** The error object of the JSON schema (`{ "error": ErrorJson }`). */
