@@ -65,12 +65,16 @@ try {
     // No property ran (a filter matched nothing): the table below is empty.
   }
   for (const line of lines) {
+    // @fast-check/vitest runs every plain test() as a one-run property: not a property.
+    if (line.runs === 1 && !line.failed) continue;
     const key = `${relative(root, line.file)} > ${line.test.replace(/ \(with seed=-?\d+\)$/, "")}`;
     totals.set(key, (totals.get(key) ?? 0) + line.runs);
     if (line.failed) failures.push(line);
   }
   console.log(`\n== cases per property over ${done} round(s)`);
   for (const [key, runs] of [...totals].sort()) console.log(`${String(runs).padStart(8)}  ${key}`);
+  const all = [...totals.values()].reduce((a, b) => a + b, 0);
+  console.log(`${String(all).padStart(8)}  in all, ${totals.size} properties`);
   for (const f of failures) {
     console.log(`\nFAILED ${relative(root, f.file)} > ${f.test}\n  seed ${f.seed}, path "${f.path}"`);
     console.log(`  replay: add { seed: ${f.seed}, path: "${f.path}", endOnFailure: true } to that property's parameters,`);
