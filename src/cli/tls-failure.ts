@@ -67,6 +67,11 @@ const RULES: readonly Rule[] = [
     }),
   },
   {
+    // A plain receiver read a TLS record where the stream's magic should be (src/format/header.ts).
+    pattern: /starts like a TLS handshake/,
+    explain: () => ({ cause: "the sender uses TLS and this receiver does not", hint: SAME_OPTIONS }),
+  },
+  {
     // One end speaks TLS and the other plain TCP: the TLS end reads a record that is not TLS.
     pattern: /wrong version number|packet length too long|unknown protocol|http request/i,
     explain: (side) => ({

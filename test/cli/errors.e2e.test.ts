@@ -80,9 +80,10 @@ describe("TLS failures name their cause on both ends", () => {
   });
 
   it("a TLS sender at a receiver without TLS", { timeout: 120_000 }, async () => {
-    const { sent } = await attempt([], ["--tls-psk", pem("keys.psk")]);
+    const { sent, receiverSaid } = await attempt([], ["--tls-psk", pem("keys.psk")]);
     expect(sent.code).toBe(4);
     expect(sent.stderr).toMatch(/failed: the receiver does not use TLS\nhint: give both ends the same kind of TLS/);
+    expect(receiverSaid).toMatch(/before it owned the migration: the sender uses TLS and this receiver does not\nhint: give both ends/);
   });
 
   it("a sender certificate from another CA: the sender is told the receiver may have refused it", { timeout: 120_000 }, async () => {

@@ -574,7 +574,7 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       onDropped: (peer, reason) => {
         if (flags.quiet) return;
         // A TLS failure said as its cause, with a hint; OpenSSL's text only with --verbose.
-        const tls = security.tls ? explainTls(reason.message, "receiver") : undefined;
+        const tls = security.tls || /starts like a TLS handshake/.test(reason.message) ? explainTls(reason.message, "receiver") : undefined;
         const why = tls ? `${tls.cause}${context.verbose ? ` (${reason.message.trim()})` : ""}\nhint: ${tls.hint}` : reason.message;
         process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${why}\n`);
       },
