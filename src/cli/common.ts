@@ -15,6 +15,7 @@ import { MigrationError } from "../core/errors.js";
 import { AtomicFile, onInterruptCleanup, resolveOutputPath } from "../node/atomic-file.js";
 import { parseSize, sizeFlag } from "./format.js";
 import { peakRss } from "./json.js";
+import { explainTls } from "./tls-failure.js";
 
 export { formatBytes, parseSize } from "./format.js";
 export { Progress } from "./progress.js";
@@ -102,6 +103,28 @@ export function hintFor(error: unknown): string | undefined {
     }
     return "migstream inspect <stream> shows the base digest this stream needs";
   }
+  if (error.code === "ENODEV") {
+    const ids = /stream is for device (".*"), expected (".*")/.exec(message);
+    if (ids && /receiver refused/.test(message))
+      return `the receiver expects device id ${ids[2]}: send with --device-id ${ids[2]}, or start receive without --device-id`;
+    if (ids) return `the stream was made for device ${ids[1]}: read it where that device is expected, or drop --device-id to accept the stream's own`;
+  }
+  const tls = tlsFailure(error);
+  if (tls) return tls.hint;
+  if (error.code === "EIO") {
+    const connect = /^cannot connect to (\S+?):(\d+): .*\b(ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH)\b/.exec(message);
+    if (connect?.[3] === "ECONNREFUSED")
+      return `nothing is listening at ${connect[1]}:${connect[2]}: start migstream receive --listen ${connect[2]} there first, or check the host and port`;
+    if (connect?.[3] === "ENOTFOUND" || connect?.[3] === "EAI_AGAIN") return `the host name ${connect[1]} does not resolve: check it, or give an address`;
+    if (connect) return `no route to ${connect[1]}: check the address and the network`;
+    if (/closed the connection without a verdict/.test(message)) {
+      return context.tls === "certificates"
+        ? "the receiver may have refused this sender's certificate (not signed by the CA it trusts): its own message names the cause"
+        : context.tls === "psk"
+          ? "the receiver may use another pre-shared key or no TLS: its own message names the cause"
+          : "if the receiver uses TLS, give send the same TLS options (--tls-psk, or --tls-cert/--tls-key/--tls-ca)";
+    }
+  }
   // A value the command line could not use (a size, a timeout, a missing argument): a usage error.
   if (error.code === "EINVAL" && error.recordIndex === undefined && context.command) return `see migstream ${context.command} --help`;
   return undefined;
@@ -116,10 +139,39 @@ export interface ErrorJson {
   exitCode: number;
 }
 
+/** "TLS handshake with H failed: <OpenSSL text>" said as its cause; the raw text only with --verbose. */
+function tlsFailure(error: MigrationError): { message: string; hint: string } | undefined {
+  const parts = /^(TLS handshake with \S+ failed): ([\s\S]*)$/.exec(error.message);
+  const why = parts ? explainTls(parts[2]!, "sender") : undefined;
+  if (!parts || !why) return undefined;
+  return { message: `${parts[1]}: ${why.cause}${context.verbose ? ` (${parts[2]!.trim()})` : ""}`, hint: why.hint };
+}
+
+/** Problems with an input or output path, whichever command met them and however they were wrapped. */
+const PATH_ERRNOS = new Set(["ENOENT", "EACCES", "EPERM", "EISDIR", "ENOTDIR", "ELOOP", "ENAMETOOLONG"]);
+
+/** A path error (Node's own, or an EIO MigrationError around one) as one code and one message: `cannot open <path>: <why>`. */
+function pathProblem(error: unknown): { code: string; message: string } | undefined {
+  const direct = !(error instanceof MigrationError) && !(error instanceof CliError) ? error : undefined;
+  const wrapped = error instanceof MigrationError && error.code === "EIO" ? error.cause : undefined;
+  const system = (direct ?? wrapped) as NodeJS.ErrnoException | undefined;
+  if (typeof system?.code !== "string" || !PATH_ERRNOS.has(system.code) || typeof system.path !== "string") return undefined;
+  // Node's text: "ENOENT: no such file or directory, open 'vm.state'".
+  const why = /^E[A-Z]+: ([^,]+)/.exec(system.message)?.[1] ?? system.code;
+  // A wrapper said what it was doing ("cannot read keys.psk: <Node's text>"): keep that, with
+  // Node's text shortened to the reason (the wrapper named the path as the user gave it).
+  if (wrapped && error instanceof Error) return { code: system.code, message: error.message.replace(/E[A-Z]+: ([^,]+), \w+ '[^']*'/, "$1") };
+  return { code: system.code, message: `cannot open ${system.path}: ${why}` };
+}
+
 /** The error object of the JSON schema (`{ "error": ErrorJson }`). */
 export function errorJson(error: unknown): ErrorJson {
   if (error instanceof Reported) return errorJson(error.error);
+  const path = pathProblem(error);
+  if (path) return { ...path, recordIndex: null, byteOffset: null, hint: null, exitCode: EXIT.io };
   const isMigration = error instanceof MigrationError;
+  const tls = isMigration ? tlsFailure(error) : undefined;
+  if (isMigration && tls) return { code: error.code, message: tls.message, recordIndex: null, byteOffset: null, hint: tls.hint, exitCode: exitCodeFor(error) };
   // A system error from Node (a missing input, say) keeps its errno code: ENOENT says more than EIO.
   const errno = (error as NodeJS.ErrnoException | undefined)?.code;
   const systemCode = typeof errno === "string" && /^E[A-Z0-9]+$/.test(errno) ? errno : undefined;
@@ -150,7 +202,15 @@ export function describeError(error: unknown): string {
 // Reports
 
 /** What main.ts needs to print a failure the way the running command prints its report. */
-export const context: { command: string; json: boolean; dataOnStdout: boolean } = { command: "", json: false, dataOnStdout: false };
+export const context: {
+  command: string;
+  json: boolean;
+  dataOnStdout: boolean;
+  /** --verbose: library text (OpenSSL's, say) beside the cause it was turned into. */
+  verbose: boolean;
+  /** The TLS kind of a send in progress, for hints about a receiver that hung up. */
+  tls?: "psk" | "certificates" | undefined;
+} = { command: "", json: false, dataOnStdout: false, verbose: false };
 
 /** JSON text: bigints (digests) as 0x-prefixed 16-digit hex. */
 export function toJson(value: unknown, pretty: boolean): string {

@@ -54,8 +54,9 @@ for (const command of program.commands) {
     throw error.exitCode === 0 ? error : new CliError("EINVAL", error.message.replace(/^error: /, ""), { hint: `see migstream ${command.name()} --help` });
   });
   command.hook("preAction", (_program, action) => {
-    const flags = action.opts<{ json?: boolean; output?: string }>();
+    const flags = action.opts<{ json?: boolean; output?: string; verbose?: boolean }>();
     context.command = action.name();
+    context.verbose = flags.verbose === true;
     context.json = flags.json === true;
     context.dataOnStdout = flags.output === "-";
   });

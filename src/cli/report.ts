@@ -17,6 +17,8 @@ const escapeHtml = (text: string): string => text.replace(/&/g, "&amp;").replace
 const W = 560;
 const H = 220;
 const PAD = { left: 70, right: 16, top: 28, bottom: 34 };
+/** Height in px of the smallest non-zero bar, so that none disappears beside a large one. */
+const MIN_BAR = 3;
 
 /**
  * A round axis maximum for `max` (1, 2, 4, 5 or 8 times a power of ten, in units of `unit`: 1024^k
@@ -61,8 +63,14 @@ function chart(id: string, title: string, labels: readonly string[], series: rea
     if (s.kind === "bars") {
       const width = Math.max(2, slot * 0.6);
       s.values.forEach((v, i) => {
+        // Bars share a linear axis, so a small one (an 88 KiB stop-copy beside a 166 MiB first
+        // round) would be a sliver: every non-zero bar is at least MIN_BAR tall, and every bar
+        // carries its value above it.
+        const height = v > 0 ? Math.max(MIN_BAR, PAD.top + innerH - y(v)) : 0;
+        const topY = PAD.top + innerH - height;
         parts.push(
-          `<rect class="bar" data-series="${escapeHtml(s.name)}" x="${(x(i) - width / 2).toFixed(1)}" y="${y(v).toFixed(1)}" width="${width.toFixed(1)}" height="${(PAD.top + innerH - y(v)).toFixed(1)}" fill="${s.color}"><title>${escapeHtml(`${labels[i]}: ${format(v)}`)}</title></rect>`,
+          `<rect class="bar" data-series="${escapeHtml(s.name)}" x="${(x(i) - width / 2).toFixed(1)}" y="${topY.toFixed(1)}" width="${width.toFixed(1)}" height="${height.toFixed(1)}" fill="${s.color}"><title>${escapeHtml(`${labels[i]}: ${format(v)}`)}</title></rect>`,
+          `<text class="value" x="${x(i).toFixed(1)}" y="${(topY - 4).toFixed(1)}" text-anchor="middle">${escapeHtml(format(v))}</text>`,
         );
       });
     } else if (s.kind === "line") {
@@ -157,7 +165,7 @@ h1{font-size:20px;margin:0 0 12px}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(${W}px,1fr));gap:12px}
 figure{margin:0;border:1px solid #ddd;border-radius:6px;padding:6px}
 svg{max-width:100%;height:auto}
-.title{font-size:13px;font-weight:600;fill:#222}.tick{font-size:11px;fill:#555}.grid{stroke:#eee}
+.title{font-size:13px;font-weight:600;fill:#222}.tick{font-size:11px;fill:#555}.value{font-size:11px;fill:#222}.grid{stroke:#eee}
 figcaption{font-size:12px;color:#444}figcaption span{margin-right:14px}figcaption i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
 table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
 </style></head>

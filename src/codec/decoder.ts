@@ -268,8 +268,11 @@ export class StreamDecoder {
     if (final) this.end();
   }
 
-  /** Ends the stream: checks it is complete, then commits the target. */
+  /** Ends the stream: checks it is complete, then commits the target. A no-op once it ended (after `push(last, true)`). */
   end(): void {
+    // After push(last, true) the stream is finished already: ending it again changes nothing
+    // (the usual Node pattern "push every chunk, then end()" works whatever the last push said).
+    if (this.#phase === "done") return;
     this.#live();
     try {
       this.#finish();
@@ -625,10 +628,10 @@ export class StreamDecoder {
     if (!this.#ended) {
       const message =
         this.#winLen > 0
-          ? `it ends inside record ${recordIndex} (byte ${this.#winStart}) without an end-of-stream record`
+          ? `it ends at byte ${this.#consumed}, inside record ${recordIndex} (which began at byte ${this.#winStart}), without an end-of-stream record`
           : recordIndex === 0
             ? `it ends right after its header (byte ${this.#consumed}), before any record`
-            : `it ends after record ${recordIndex - 1} without an end-of-stream record`;
+            : `it ends at byte ${this.#consumed}, after record ${recordIndex - 1}, without an end-of-stream record`;
       throw new MigrationError("ENODATA", `incomplete stream: ${message}`, {
         recordIndex,
         byteOffset: this.#consumed,

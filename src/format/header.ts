@@ -150,9 +150,14 @@ export function encodeHeader(fields: HeaderFields): { bytes: Uint8Array; header:
  */
 export function checkMagic(received: Uint8Array): void {
   for (let i = 0; i < Math.min(received.length, MAGIC.length); i++) {
-    if (received[i] !== MAGIC[i]) throw corrupt("bad magic (not a migstream stream)", 0);
+    if (received[i] === MAGIC[i]) continue;
+    // A TLS record starts with its type, 22 for the handshake: a peer speaking TLS to a reader
+    // that does not, the one mix-up worth naming.
+    throw corrupt(`bad magic (not a migstream stream${i === 0 && received[0] === TLS_HANDSHAKE ? ": it starts like a TLS handshake" : ""})`, 0);
   }
 }
+
+const TLS_HANDSHAKE = 0x16;
 
 /**
  * Reads the fixed prefix (the first 16 bytes, the same in every version). Returns the header's

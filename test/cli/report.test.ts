@@ -34,6 +34,16 @@ describe("migrationReportHtml", () => {
     expect(html).not.toMatch(/NaN|Infinity|<script/);
   });
 
+  it("every bar shows, with its value: a small stop-copy beside a large first round", () => {
+    const rounds = [{ round: 0, pages: 42_000, bytes: 166 << 20, dirtyBytes: 4 << 20, durationMs: 500, dirtyRate: 8e6, expectedDowntimeMs: 12 }];
+    const html = migrationReportHtml({ ...base, rounds, stopCopyBytes: 88 << 10, converged: "threshold" }, { title: "t", thresholdBytes: 1 << 20 });
+    const bars = [...html.matchAll(/<rect class="bar"[^>]* height="([\d.]+)"/g)].map((m) => Number(m[1]));
+    expect(bars).toHaveLength(2);
+    for (const height of bars) expect(height).toBeGreaterThanOrEqual(3);
+    const values = [...html.matchAll(/<text class="value"[^>]*>([^<]*)</g)].map((m) => m[1]);
+    expect(values).toEqual(["166.0 MiB", "88.0 KiB"]);
+  });
+
   it("escapes the title and facts, and draws a migration without pre-copy rounds", () => {
     const html = migrationReportHtml(base, { title: "<b>&x</b>", thresholdBytes: 0, facts: [["device", '"a" <b>']] });
     expect(html).toContain("&lt;b&gt;&amp;x&lt;/b&gt;");

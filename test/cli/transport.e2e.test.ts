@@ -2,13 +2,13 @@
 // verdict comes after the output is stored, deadlines on every wait, a receiver that cannot be
 // locked out, memory that follows delivered data, and TLS (certificates, pre-shared keys).
 // Every case also checks that nothing was written and no temporary file is left.
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { encodeHeader } from "../../src/format/header.js";
+import { makePki } from "./pki.js";
 import { finished, makeState, run, type RunResult, start, tempFiles, useTestDir, waitForStderr } from "./helpers.js";
 
 const SIZE = 2 * 1024 * 1024 + 512;
@@ -224,59 +224,7 @@ describe("TLS", () => {
 
   beforeAll(() => {
     pki = join(scratch.dir, "pki");
-    const sh = (args: string[]): void => {
-      execFileSync("openssl", args, { cwd: pki, stdio: "pipe" });
-    };
-    execFileSync("mkdir", ["-p", pki]);
-    writeFileSync(join(pki, "san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-    for (const ca of ["ca", "other-ca"]) {
-      sh([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        `${ca}.key`,
-        "-out",
-        `${ca}.pem`,
-        "-days",
-        "2",
-        "-subj",
-        `/CN=${ca}`,
-      ]);
-    }
-    const issue = (name: string, ca: string): void => {
-      sh(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`]);
-      sh([
-        "x509",
-        "-req",
-        "-in",
-        `${name}.csr`,
-        "-CA",
-        `${ca}.pem`,
-        "-CAkey",
-        `${ca}.key`,
-        "-CAcreateserial",
-        "-out",
-        `${name}.pem`,
-        "-days",
-        "2",
-        "-extfile",
-        "san.cnf",
-      ]);
-    };
-    issue("receiver", "ca");
-    // Signed by the right CA, but for another name: the sender dialled 127.0.0.1.
-    writeFileSync(join(pki, "san.cnf"), "subjectAltName=DNS:elsewhere.example\n");
-    issue("elsewhere", "ca");
-    writeFileSync(join(pki, "san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-    issue("sender", "ca");
-    issue("intruder", "other-ca");
-    writeFileSync(join(pki, "keys.psk"), `migstream:${"a5".repeat(32)}\nbackup:${"3c".repeat(16)}\n`);
-    writeFileSync(join(pki, "wrong.psk"), `migstream:${"5a".repeat(32)}\n`);
+    makePki(pki);
   });
 
   const certs = (name: string, ca = "ca"): string[] => ["--tls-cert", pem(`${name}.pem`), "--tls-key", pem(`${name}.key`), "--tls-ca", pem(`${ca}.pem`)];
@@ -348,6 +296,6 @@ describe("key and certificate files", () => {
   it("a key file that cannot be read is an I/O error (exit 4) naming it, before any connection", async () => {
     const sent = await run(["send", at("vm.state"), "--to", "127.0.0.1:1", "--tls-psk", at("missing.psk")]);
     expect(sent.code, sent.stderr).toBe(4);
-    expect(sent.stderr).toMatch(/^migstream: EIO: cannot read .*missing\.psk/);
+    expect(sent.stderr).toMatch(/^migstream: ENOENT: cannot read .*missing\.psk/);
   });
 });

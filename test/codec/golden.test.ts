@@ -182,6 +182,16 @@ describe("FORMAT.md section 7, the worked example", () => {
     expect(hex(b.bytes())).toBe(hex(encodeSnapshot(WORKED_STATE, WORKED_OPTIONS)));
   });
 
+  test("end() after a final push is a no-op; a push after it is still refused", () => {
+    const stream = fromHex(WORKED_XXH3.map(([b]) => b).join(""));
+    const decoder = createDecoder();
+    decoder.push(stream, true);
+    decoder.end();
+    decoder.end();
+    expect(hex(decoder.result())).toBe(hex(WORKED_STATE));
+    expect(() => decoder.push(new Uint8Array(1))).toThrow(/already finished/);
+  });
+
   test("the golden bytes decode to the state, all at once and one byte at a time", () => {
     const stream = fromHex(WORKED_XXH3.map(([b]) => b).join(""));
     expect(hex(decodeSnapshot(stream))).toBe(hex(WORKED_STATE));

@@ -198,7 +198,9 @@ describe("header: reading order of FORMAT.md 2", () => {
     rejects(mangled, { code: "EBADMSG", recordIndex: 0, byteOffset: 0 });
     // Refused as soon as a received byte of the magic is wrong, not reported incomplete.
     rejects(new TextEncoder().encode("GET / HTTP/1.1"), { code: "EBADMSG", recordIndex: 0, byteOffset: 0, message: /magic/ });
-    rejects(Uint8Array.of(0x89, 0x4d, 0x49, 0x46), { code: "EBADMSG", recordIndex: 0, byteOffset: 0, message: /magic/ });
+    rejects(Uint8Array.of(0x89, 0x4d, 0x49, 0x46), { code: "EBADMSG", recordIndex: 0, byteOffset: 0, message: /magic \(not a migstream stream\)/ });
+    // A TLS ClientHello (a sender with TLS, a reader without) is named as such.
+    rejects(Uint8Array.of(0x16, 0x03, 0x01, 0x00, 0x80), { code: "EBADMSG", recordIndex: 0, byteOffset: 0, message: /starts like a TLS handshake/ });
     const decoder = createDecoder();
     decoder.push(Uint8Array.of(0x89, 0x4d));
     expect(fields(errorOf(() => decoder.push(Uint8Array.of(0x00))))).toEqual({ code: "EBADMSG", recordIndex: 0, byteOffset: 0 });
@@ -711,6 +713,18 @@ describe("end of stream (FORMAT.md 3.4, 3.5, 3.6)", () => {
     // Nothing but a header.
     rejects(b.header, { code: "ENODATA", recordIndex: 0, byteOffset: HEADER_LENGTH });
     rejects(new Uint8Array(0), { code: "ENODATA", recordIndex: 0, byteOffset: 0 });
+  });
+
+  test("cut inside a record: ENODATA at the end of the data, the message says where the record began", () => {
+    const b = build();
+    const start = b.offsetOf(2);
+    const cut = start + 30;
+    rejects(b.bytes().subarray(0, cut), {
+      code: "ENODATA",
+      recordIndex: 2,
+      byteOffset: cut,
+      message: new RegExp(`ends at byte ${cut}, inside record 2 \\(which began at byte ${start}\\)`),
+    });
   });
 
   test("wrong END record count: corrupt at END", () => {

@@ -681,6 +681,46 @@ describe("failed arcs", () => {
   });
 });
 
+describe("enterError", () => {
+  it("ends the session, keeps the content, refuses every state until reset", async () => {
+    const device = makeDevice({ features: { p2p: false, precopy: true } });
+    fillWith(device, 0x17);
+    const before = device.model.snapshot();
+    const session = asSaving(await device.setState("PRE_COPY"));
+    device.enterError();
+    expect(device.state).toBe("ERROR");
+    expect(device.session).toBeUndefined();
+    expect(session.closed).toBe(true);
+    await expectCode(() => device.setState("RUNNING"), "EINVAL");
+    expectSameBytes(device.model.snapshot(), before);
+    device.reset();
+    expect(device.state).toBe("RUNNING");
+    device.free();
+  });
+
+  it("is EBUSY while a state change is in progress", async () => {
+    let release: () => void = () => undefined;
+    let entered: () => void = () => undefined;
+    const quiescing = new Promise<void>((resolve) => (entered = resolve));
+    const device = makeDevice({
+      features: { p2p: true, precopy: false },
+      callbacks: {
+        quiesce: () => {
+          entered();
+          return new Promise<void>((resolve) => (release = resolve));
+        },
+      },
+    });
+    const pending = device.setState("STOP");
+    await quiescing;
+    await expectCode(() => device.enterError(), "EBUSY");
+    release();
+    await pending;
+    expect(device.state).toBe("STOP");
+    device.free();
+  });
+});
+
 describe("reset", () => {
   it.each(FEATURE_SETS)("$name: from every state back to RUNNING, ending any session", async ({ features }) => {
     for (const state of MIGRATION_STATES) {

@@ -9,6 +9,7 @@ import type { EncoderSummary } from "../../codec/encoder.js";
 import { HEADER_PREFIX, tagName } from "../../format/constants.js";
 import { parseHeader, parseHeaderPrefix, type StreamHeader } from "../../format/header.js";
 import {
+  CliError,
   formatBytes,
   inputSize,
   OUTPUT_HELP,
@@ -203,7 +204,7 @@ async function runDecode(command: "decode" | "apply", stream: string, flags: Dec
   const started = performance.now();
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [stream, flags.base] });
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
-  const source = openSource(stream);
+  const source = command === "apply" ? incrementalOnly(openSource(stream), stream) : openSource(stream);
   const progress = new Progress(command, flags);
   const total = inputSize(stream);
   // Decoded data reaches a stream output (stdout, a device, a FIFO) only after the stream
@@ -280,6 +281,49 @@ function decodeText(s: DecoderSummary, output: string): string {
   return `decoded ${formatBytes(s.header?.totalSize ?? 0)} from ${formatBytes(s.bytes)} of stream -> ${output === "-" ? "stdout" : output}: verified`;
 }
 
+/** The header of a stream's first bytes, parsed without limits; undefined until it is all there (or unreadable). */
+function headerOf(bytes: Uint8Array, keep: number): StreamHeader | undefined {
+  try {
+    if (bytes.length < HEADER_PREFIX) return undefined;
+    const length = parseHeaderPrefix(bytes, keep);
+    if (bytes.length < length) return undefined;
+    return parseHeader(bytes.subarray(0, length), { maxStateSize: Number.MAX_SAFE_INTEGER, maxRecordPayload: 0xffffffff });
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * `apply` refuses a full stream before anything is written: it would ignore the base, and the
+ * output would be the stream's own state, not "base + changes" (most likely the wrong file was
+ * given). The first bytes are held until the header is readable; a header the decoder will refuse
+ * anyway passes through to be reported as such.
+ */
+async function* incrementalOnly(source: AsyncIterable<Uint8Array>, shown: string): AsyncIterable<Uint8Array> {
+  const KEEP = 1 << 16;
+  const held: Uint8Array[] = [];
+  let bytes = 0;
+  let checked = false;
+  for await (const chunk of source) {
+    if (checked) {
+      yield chunk;
+      continue;
+    }
+    held.push(chunk);
+    bytes += chunk.length;
+    const header = headerOf(Buffer.concat(held), KEEP);
+    if (header === undefined && bytes < KEEP) continue;
+    if (header !== undefined && header.baseDigest === undefined) {
+      throw new CliError("EINVAL", `${shown === "-" ? "stdin" : shown} is a full stream, not an incremental one: apply would ignore the base`, {
+        hint: `a full stream needs no base: migstream decode ${shown} -o <out>`,
+      });
+    }
+    checked = true;
+    yield* held;
+  }
+  if (!checked) yield* held;
+}
+
 /**
  * Keeps the first bytes of a stream as they pass: when the decoder refuses the header (a limit),
  * inspect still shows what the header says, parsed again without limits.
@@ -299,17 +343,7 @@ function headerKeeper(source: AsyncIterable<Uint8Array>): { source: AsyncIterabl
   }
   return {
     source: pass(),
-    header: () => {
-      const bytes = Buffer.concat(kept);
-      try {
-        if (bytes.length < HEADER_PREFIX) return undefined;
-        const length = parseHeaderPrefix(bytes, KEEP);
-        if (bytes.length < length) return undefined;
-        return parseHeader(bytes.subarray(0, length), { maxStateSize: Number.MAX_SAFE_INTEGER, maxRecordPayload: 0xffffffff });
-      } catch {
-        return undefined;
-      }
-    },
+    header: () => headerOf(Buffer.concat(kept), KEEP),
   };
 }
 
@@ -474,7 +508,7 @@ export function registerCodecCommands(program: Command): void {
   )
     .addHelpText(
       "after",
-      "\nExamples:\n  migstream encode vm.state -o vm.mig\n  cat vm.state | migstream encode - -o - | ssh host migstream decode - -o vm.state",
+      "\nExamples:\n  migstream encode vm.state -o vm.mig\n  cat vm.state | migstream encode - -o - | migstream decode - -o copy.state\n\nA pipe may cross machines: put `ssh host` before the second migstream.",
     )
     .action((snapshot: string, flags: EncodeFlags) => runEncode("encode", snapshot, flags));
 

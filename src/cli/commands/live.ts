@@ -44,6 +44,8 @@ import {
 import { headerJson, peakRss, round3 } from "../json.js";
 import { migrationReportHtml } from "../report.js";
 import { createSyntheticDevice, Workload } from "../synthetic-device.js";
+import { gcPacer } from "../gc-pacer.js";
+import { explainTls } from "../tls-failure.js";
 
 // ---------------------------------------------------------------------------------------------
 // Option parsing
@@ -281,12 +283,14 @@ function transportOptions(command: Command): Command {
     .option("--tls-cert <pem>", "this end's certificate (TLS with --tls-key and --tls-ca; the peer must present one signed by the CA)")
     .option("--tls-key <pem>", "this end's private key")
     .option("--tls-ca <pem>", "the CA that signed the peer's certificate")
-    .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)");
+    .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)")
+    .option("--verbose", "with a TLS failure's cause, print the TLS library's own text too");
 }
 
 function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportSecurity } {
   const timeoutMs = parseTimeout(flags.timeout);
   const tls = loadSecurity(flags);
+  context.tls = tls === undefined ? undefined : "psk" in tls ? "psk" : "certificates";
   return { timeoutMs, ...(tls ? { tls } : {}) };
 }
 
@@ -336,7 +340,15 @@ async function runDemo(flags: DemoFlags): Promise<void> {
   try {
     let listening!: (port: number) => void;
     const bound = new Promise<number>((resolve) => (listening = resolve));
-    const receiving = receiveDevice({ port: 0, host: "127.0.0.1", final: "STOP", signal: receiver.signal, onListening: (a) => listening(a.port) });
+    const receiving = receiveDevice({
+      port: 0,
+      host: "127.0.0.1",
+      final: "STOP",
+      signal: receiver.signal,
+      onListening: (a) => listening(a.port),
+      // Both ends in one process: collect the receiving end's read buffers as it goes (gc-pacer.ts).
+      onProgress: gcPacer(),
+    });
     // The receiver may fail before the sender is done; keep its rejection for later.
     receiving.catch(() => undefined);
     const port = await Promise.race([bound, receiving.then(() => -1)]);
@@ -569,7 +581,10 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
         // A flood of connections is dropped by the thousand: the first few are named, then counted.
         dropped++;
         if (flags.quiet || dropped > SHOWN_DROPS) return;
-        process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${reason.message}\n`);
+        // A TLS failure said as its cause, with a hint; OpenSSL's text only with --verbose.
+        const tls = security.tls || /starts like a TLS handshake/.test(reason.message) ? explainTls(reason.message, "receiver") : undefined;
+        const why = tls ? `${tls.cause}${context.verbose ? ` (${reason.message.trim()})` : ""}\nhint: ${tls.hint}` : reason.message;
+        process.stderr.write(`migstream: dropped ${peer.host}:${peer.port} before it owned the migration: ${why}\n`);
         if (dropped === SHOWN_DROPS) process.stderr.write("migstream: further dropped connections are counted, not shown\n");
       },
       onProgress: (bytes) => progress.update(bytes),
@@ -638,7 +653,7 @@ export function registerLiveCommands(program: Command): void {
   )
     .addHelpText(
       "after",
-      "\nExamples:\n  migstream demo\n  migstream demo --size 1G --dirty-rate 64M/s --tracking shadow\n  migstream demo --size 16M --json | jq .verification",
+      "\nExamples:\n  migstream demo\n  migstream demo --size 256M --dirty-rate 64M/s --tracking shadow\n  migstream demo --size 16M --json | jq .verification",
     )
     .action(runDemo);
 
@@ -660,7 +675,7 @@ export function registerLiveCommands(program: Command): void {
   )
     .addHelpText(
       "after",
-      "\nExit 0 only once the receiver answered that it validated and stored the whole state; otherwise\nthe exit code says what went wrong (2: corrupt or incomplete, 3: incompatible, 4: connection,\ntimeout or the receiver's storage). A snapshot is read in one pass after connecting.\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send vm.state --to target:7400 --tls-cert src.pem --tls-key src.key --tls-ca ca.pem\n  migstream send --demo --size 64M --dirty-rate 8M/s --to 127.0.0.1:7400 --json",
+      "\nExit 0 only once the receiver answered that it validated and stored the whole state; otherwise\nthe exit code says what went wrong (2: corrupt or incomplete, 3: incompatible, 4: connection,\ntimeout or the receiver's storage). A snapshot is read in one pass after connecting.\n\nExamples:\n  migstream send vm.state --to target:7400 --device-id nic-v2\n  migstream send vm.state --to target:7400 --tls-psk keys.psk\n  migstream send --demo --size 64M --dirty-rate 8M/s --to target:7400 --json\n\nEach example sends to the matching example of `migstream receive --help`. Certificates instead\nof a pre-shared key: --tls-cert src.pem --tls-key src.key --tls-ca ca.pem",
     )
     .action(runSend);
 

@@ -8,9 +8,11 @@
  * 0/NDMA = STOP, RUNNING, RUNNING|NDMA = RUNNING_P2P, pre-copy = PRE_COPY, pre-copy|NDMA =
  * PRE_COPY_P2P, SAVING(|NDMA) = STOP_COPY, RESUMING(|NDMA) = RESUMING); the saving and resuming
  * data sessions of the v2 device back the two loops. A failed write reads back the previous value
- * when the device could be put back with the same session, else the error value 6. With 6 the v2
- * device is in ERROR when validation failed on leaving RESUMING; when restoring failed it stays
- * where the failure left it (v2 lets ERROR keep the device's function, section 6 item 2).
+ * when the device could be put back with the same session, else the error value 6 (the only two
+ * outcomes v1 allows after a failed device_state write). The register and the v2 device always
+ * agree: with 6 the device is in ERROR, whether validation failed on leaving RESUMING or the
+ * previous state could not be restored (the region puts it there), so the next operation cannot
+ * act on a state the register does not show.
  *
  * Sync vs async: `writeRegister` always returns a Promise (a device_state write may wait for the
  * device to quiesce; the other writes settle at once), and every write error is a rejection.
@@ -292,7 +294,12 @@ export class MigrationRegion {
       // A reset while the write was pending: RUNNING stands, nothing of the write lands.
       if (this.#resets !== resets) throw this.#failure(error, previous, value);
       this.#deviceState = await this.#recover(previous, before);
-      if (this.#deviceState === DEVICE_STATE_ERROR) this.#restartLoops();
+      if (this.#deviceState === DEVICE_STATE_ERROR) {
+        // The device may stand in a valid v2 state (say STOP, after RESUMING's data was loaded
+        // and the save failed): the register says error, so the device must be in ERROR too.
+        if (this.device.state !== "ERROR") this.device.enterError();
+        this.#restartLoops();
+      }
       throw this.#failure(error, previous, value);
     } finally {
       if (this.#resets === resets) this.#busy = false;

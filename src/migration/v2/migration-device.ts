@@ -371,6 +371,22 @@ export class MigrationDevice {
     this.#committed = "RUNNING";
   }
 
+  /**
+   * Declares the device failed where it stands: ERROR, any session ended, content untouched.
+   * What a driver does when it could neither finish a transition nor restore the state before it
+   * (the v1 migration region's error state, 6), so that the state it reports and the device's
+   * state agree. Only reset() leaves ERROR. EBUSY while a state change is in progress.
+   */
+  enterError(): void {
+    if (this.#pending > 0) {
+      throw new MigrationError("EBUSY", "cannot enter ERROR while a state change is in progress", { state: this.#committed });
+    }
+    this.#session?.close();
+    this.#session = undefined;
+    this.#state = "ERROR";
+    this.#committed = "ERROR";
+  }
+
   /** Releases the device's core memory. */
   free(): void {
     this.#resetState();
