@@ -122,6 +122,8 @@ interface Slot {
   scratch: number;
   /** Bumped when the slot gets a new thread: events of an old one are ignored. */
   epoch: number;
+  /** Set by {@link WorkerPool.crash} on an idle worker: it dies when handed its next task. */
+  crashOnNextTask?: boolean;
 }
 
 /**
@@ -172,11 +174,16 @@ export class WorkerPool {
 
   /**
    * Ends worker `index` abruptly, as a crash would (for fault tests): its task fails, the pool
-   * starts a replacement.
+   * starts a replacement. A worker that is idle right now dies as soon as it is handed its next
+   * task instead, so that a test always sees a task fail, however the threads were scheduled.
    */
   crash(index: number): void {
     const slot = this.#slots[index];
     if (!slot) throw new MigrationError("EINVAL", `no worker ${index}`);
+    if (!slot.task) {
+      slot.crashOnNextTask = true;
+      return;
+    }
     slot.thread.terminate();
     this.#died(slot, slot.epoch, "it was ended abruptly");
   }
@@ -253,6 +260,11 @@ export class WorkerPool {
       slot.task = task;
       slot.thread.hold(true);
       slot.thread.post({ id: this.#nextId++, calls: task.calls });
+      if (slot.crashOnNextTask) {
+        slot.crashOnNextTask = false;
+        slot.thread.terminate();
+        this.#died(slot, slot.epoch, "it was ended abruptly");
+      }
     }
   }
 }
