@@ -231,6 +231,7 @@ interface DemoFlags extends MigrateFlags {
 
 interface TransportFlags extends SecurityFiles {
   timeout: string;
+  channels?: string;
 }
 
 interface SendFlags extends DemoFlags, TransportFlags {
@@ -281,13 +282,15 @@ function transportOptions(command: Command): Command {
     .option("--tls-cert <pem>", "this end's certificate (TLS with --tls-key and --tls-ca; the peer must present one signed by the CA)")
     .option("--tls-key <pem>", "this end's private key")
     .option("--tls-ca <pem>", "the CA that signed the peer's certificate")
-    .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)");
+    .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)")
+    .option("--channels <n>", "connections per migration, 1-16 (send: how many to open, default 1; receive: the most a sender may open, default 8)");
 }
 
-function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportSecurity } {
+function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportSecurity; channels?: number } {
   const timeoutMs = parseTimeout(flags.timeout);
   const tls = loadSecurity(flags);
-  return { timeoutMs, ...(tls ? { tls } : {}) };
+  const channels = flags.channels === undefined ? undefined : parseCount(flags.channels, "channel count");
+  return { timeoutMs, ...(tls ? { tls } : {}), ...(channels !== undefined ? { channels } : {}) };
 }
 
 const DEMO_DEVICE_ID = "migstream-demo";
