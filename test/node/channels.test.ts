@@ -3,7 +3,7 @@
 // strangers refused while the real migration succeeds, a channel that never comes (deadline),
 // and one channel staying today's wire byte for byte.
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { connect, createServer, type Server, Socket } from "node:net";
+import { connect, createServer, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -13,6 +13,7 @@ import { receiveDevice, receiveFile, sendDevice, sendFile } from "../../src/node
 import { ChannelGroup, ChunkReader, encodePreamble, frameHeader, parsePreamble } from "../../src/node/transport/channels.js";
 import { TRAILER_BYTES, TRAILER_MAGIC } from "../../src/node/transport/verdict.js";
 import { fillRandom, makeDevice, startWorkload } from "../migration/helpers.js";
+import { cuttingRelay } from "./relay.js";
 
 const ID = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
 
@@ -153,39 +154,6 @@ describe("sendDevice / receiveDevice over channels", () => {
     }
   });
 });
-
-/** A TCP relay to `port` that cuts connection number `victim` (0-based) after `after` bytes. */
-function cuttingRelay(port: number, victim: number, after: number): Promise<{ server: Server; port: number; cut: Promise<void> }> {
-  let n = 0;
-  let cutDone!: () => void;
-  const cut = new Promise<void>((r) => (cutDone = r));
-  const server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (inbound) => {
-    const index = n++;
-    const outbound = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
-    inbound.on("error", () => undefined);
-    outbound.on("error", () => undefined);
-    let passed = 0;
-    inbound.on("data", (data: Buffer) => {
-      passed += data.length;
-      if (index === victim && passed > after) {
-        inbound.resetAndDestroy();
-        outbound.resetAndDestroy();
-        cutDone();
-        return;
-      }
-      if (!outbound.write(data)) {
-        inbound.pause();
-        outbound.once("drain", () => inbound.resume());
-      }
-    });
-    inbound.on("end", () => outbound.end());
-    outbound.on("data", (data: Buffer) => inbound.write(data));
-    outbound.on("end", () => inbound.end());
-    inbound.on("close", () => outbound.destroy());
-    outbound.on("close", () => inbound.destroy());
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, port: (server.address() as { port: number }).port, cut })));
-}
 
 describe("all or nothing", () => {
   it("a channel reset mid-round fails the migration: device RUNNING, target untouched", { timeout: 60_000 }, async () => {
