@@ -123,7 +123,7 @@ const MAX_FRAME = 1 << 30;
 
 /**
  * sendStream over `count` connections (./channels.ts): channel 0 opens with its preamble and the
- * stream header, the other channels are dialled once the header went out, then the rest of the
+ * stream header, the other channels are dialled meanwhile, then the rest of the
  * stream goes out in frames, frame k on channel k mod count, each channel with its own writer
  * (its own in-flight bound and, with TLS, its own encryption). Any channel failing stops the
  * producer and fails the whole migration; the one verdict comes on channel 0.
@@ -154,7 +154,7 @@ async function sendChannels<T>(
     for (const s of sockets) s.destroy();
   };
   signal?.addEventListener("abort", onAbort, { once: true });
-  const writers = [new SocketWriter(first, deadline, stop.signal)];
+  const writers = [new SocketWriter(first, deadline, stop.signal, count)];
   let sent = 0;
   const last = new LastBytes(END_RECORD_BYTES);
   const trailer = makeTrailer();
@@ -171,6 +171,8 @@ async function sendChannels<T>(
         const socket = await dialOne().catch((error: unknown) => {
           throw ioError(`cannot open channel ${i + 1} to ${where}`, error);
         });
+        // The migration may have failed while this one was connecting: nothing else would close it.
+        if (ended) socket.destroy();
         sockets.push(socket);
         // A channel that ends before the migration did fails it at once, whoever is writing.
         socket.on("error", () => stop.abort());
@@ -182,7 +184,7 @@ async function sendChannels<T>(
     );
     if (stop.signal.aborted) throw new MigrationError("ECANCELED", "connection ended");
     extras.forEach((socket, i) => {
-      const writer = new SocketWriter(socket, deadline, stop.signal);
+      const writer = new SocketWriter(socket, deadline, stop.signal, count);
       writers.push(writer);
       void writer.write(encodePreamble({ id, index: i + 1, count })).catch(() => undefined);
     });
@@ -215,16 +217,20 @@ async function sendChannels<T>(
     const done = release ? () => --pending === 0 && release() : undefined;
     if (at > 0) await writers[0]!.write(chunk.subarray(0, at), done);
     if (at === chunk.length) return;
-    if (writers.length < count) await openExtras();
+    await extrasOpen;
     for (let from = at; from < chunk.length; from += MAX_FRAME) await frame(chunk.subarray(from, Math.min(chunk.length, from + MAX_FRAME)), done);
   };
 
+  // The other channels are dialled while channel 0 sends its header (the receiver holds them
+  // until that header made channel 0 the owner): their handshakes overlap the first encoding.
+  const extrasOpen = openExtras();
+  extrasOpen.catch(() => undefined);
   try {
     let result: T;
     try {
       await writers[0]!.write(encodePreamble({ id, index: 0, count }));
       result = await produce(write, stop.signal);
-      if (writers.length < count) await openExtras();
+      await extrasOpen;
       // The end frame on every channel, then the trailer on channel 0, after every stream byte.
       for (const writer of writers) await writer.write(frameHeader(0, seq));
       proof = verdictProof(sent, last.bytes, trailer.subarray(TRAILER_BYTES - NONCE_BYTES));
