@@ -202,6 +202,23 @@ describe("all or nothing", () => {
     expect(failed).toMatchObject({ code: "ETIMEDOUT" });
   });
 
+  it("an extra channel waits at the door under its own auth deadline: no owner, dropped (ETIMEDOUT)", { timeout: 30_000 }, async () => {
+    const { bound, onListening } = listen();
+    const stop = new AbortController();
+    let reportDrop!: (e: Error) => void;
+    const drop = new Promise<Error>((r) => (reportDrop = r));
+    const receiving = receiveDevice({ port: 0, authTimeoutMs: 500, signal: stop.signal, onListening, onDropped: (_p, e) => reportDrop(e) }).catch(
+      (e: unknown) => e,
+    );
+    const early = connect({ port: await bound, host: "127.0.0.1" });
+    early.on("error", () => undefined);
+    early.write(encodePreamble({ id: ID, index: 1, count: 2 }));
+    expect(await drop).toMatchObject({ code: "ETIMEDOUT" });
+    early.destroy();
+    stop.abort();
+    expect(await receiving).toMatchObject({ code: "ECANCELED" });
+  });
+
   it("a stranger's channel (unknown migration id) is dropped; the real migration succeeds", { timeout: 30_000 }, async () => {
     const { bound, onListening } = listen();
     const dropped: string[] = [];
@@ -225,6 +242,72 @@ describe("all or nothing", () => {
     } finally {
       device.free();
       stranger.destroy();
+    }
+  });
+});
+
+describe("two channels on the wire", () => {
+  it("preambles, the header on channel 0, frames round-robin that rebuild the stream, end frames, the trailer", { timeout: 30_000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "migstream-channels-"));
+    try {
+      const state = new Uint8Array(5 * 1024 * 1024);
+      for (let i = 0; i < state.length; i += 3) state[i] = (i * 17) & 0xff;
+      writeFileSync(join(dir, "in.state"), state);
+      const expected: Uint8Array[] = [];
+      await encodeFile(join(dir, "in.state"), (chunk, release) => {
+        expected.push(chunk.slice());
+        release();
+      });
+      const stream = Buffer.concat(expected);
+      const wires: Buffer[][] = [];
+      const sockets: Socket[] = [];
+      const server = createServer({ allowHalfOpen: true }, (socket) => {
+        const got: Buffer[] = [];
+        wires.push(got);
+        sockets.push(socket);
+        socket.on("data", (d: Buffer) => got.push(d));
+      });
+      const ended = new Promise<void>((resolve) => {
+        let open = 2;
+        server.on("connection", (socket) => socket.on("end", () => --open === 0 && resolve()));
+      });
+      const port = await new Promise<number>((r) => server.listen(0, "127.0.0.1", () => r((server.address() as { port: number }).port)));
+      const sending = sendFile(join(dir, "in.state"), { port, channels: 2, timeoutMs: 5000 }).catch((e: unknown) => e);
+      await ended;
+      for (const s of sockets) s.destroy();
+      server.close();
+      await sending;
+      const [a, b] = wires.map((w) => Buffer.concat(w));
+      const preambles = [a!, b!].map((w) => parsePreamble(w.subarray(0, 32), 16));
+      const [zero, one] = preambles[0]!.index === 0 ? [a!, b!] : [b!, a!];
+      expect(preambles.map((p) => p.count)).toEqual([2, 2]);
+      expect(Buffer.from(preambles[0]!.id).equals(Buffer.from(preambles[1]!.id))).toBe(true);
+      const headerLength = stream.readUInt32LE(12);
+      expect(zero.subarray(32, 32 + headerLength).equals(stream.subarray(0, headerLength))).toBe(true);
+      // Frames: k on channel k mod 2; payloads in order rebuild the stream.
+      const at = [32 + headerLength, 32];
+      const channels = [zero, one];
+      const rebuilt: Buffer[] = [stream.subarray(0, headerLength)];
+      let k = 0;
+      for (; ; k++) {
+        const wire = channels[k % 2]!;
+        const length = wire.readUInt32LE(at[k % 2]!);
+        expect(wire.readUInt32LE(at[k % 2]! + 4)).toBe(k);
+        at[k % 2]! += 8;
+        if (length === 0) break;
+        rebuilt.push(wire.subarray(at[k % 2]!, at[k % 2]! + length));
+        at[k % 2]! += length;
+      }
+      expect(k).toBeGreaterThan(1);
+      expect(Buffer.concat(rebuilt).equals(stream)).toBe(true);
+      const other = (k + 1) % 2;
+      expect([channels[other]!.readUInt32LE(at[other]!), channels[other]!.readUInt32LE(at[other]! + 4)]).toEqual([0, k]);
+      at[other]! += 8;
+      expect(at[1]).toBe(one.length);
+      expect(zero.length - at[0]!).toBe(TRAILER_BYTES);
+      expect(zero.subarray(at[0]!, at[0]! + 8).equals(Buffer.from(TRAILER_MAGIC))).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
