@@ -143,6 +143,24 @@ describe("sendDevice / receiveDevice over channels", () => {
     expect(await receiving).toMatchObject({ code: "ECANCELED" });
   });
 
+  it("a receiver older than channels (bad magic on the preamble) is named as such (EPROTONOSUPPORT)", { timeout: 30_000 }, async () => {
+    const server = createServer({ allowHalfOpen: true }, (socket) => {
+      socket.on("error", () => undefined);
+      socket.once("data", () => socket.end("ERR EBADMSG corrupt stream header: bad magic (not a migstream stream)\n"));
+    });
+    const port = await new Promise<number>((r) => server.listen(0, "127.0.0.1", () => r((server.address() as { port: number }).port)));
+    const device = makeDevice();
+    try {
+      fillRandom(device, 16);
+      const failed = await sendDevice(device, { port, channels: 2, timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(failed).toMatchObject({ code: "EPROTONOSUPPORT", message: expect.stringMatching(/does not take several channels/) });
+      expect(device.state).toBe("RUNNING");
+    } finally {
+      device.free();
+      server.close();
+    }
+  });
+
   it("refuses a channel count outside 1..16 (EINVAL)", async () => {
     const device = makeDevice();
     try {

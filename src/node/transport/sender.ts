@@ -253,7 +253,15 @@ async function sendChannels<T>(
   }
 
   function explain(error: unknown): MigrationError | undefined {
-    return explainEnd({ signal, verdict, where, sent, proof, timedOut, timeoutMs, finished: first.writableFinished }, error);
+    const problem = explainEnd({ signal, verdict, where, sent, proof, timedOut, timeoutMs, finished: first.writableFinished }, error);
+    // A receiver older than channels reads the preamble as a stream with a bad magic.
+    if (problem?.code === "EBADMSG" && /bad magic/.test(problem.message)) {
+      return new MigrationError(
+        "EPROTONOSUPPORT",
+        `the receiver at ${where} does not take several channels (a migstream older than --channels): upgrade it, or send with one channel (it said: ${problem.message})`,
+      );
+    }
+    return problem;
   }
 }
 
