@@ -31,12 +31,13 @@ const same = (a: string, b: string): boolean => readFileSync(a).equals(readFileS
 
 describe("send / receive --channels", () => {
   it("a snapshot over 2 TLS-PSK channels arrives byte-identical", { timeout: 120_000 }, async () => {
-    const target = await receiver(["-o", at("two.state"), "--timeout", "20", "--channels", "2", ...psk()]);
+    const target = await receiver(["-o", at("two.state"), "--timeout", "20", "--channels", "2", ...psk(), "--json"]);
     const sent = await run(["send", at("vm.state"), "--to", `127.0.0.1:${target.port}`, "--timeout", "20", "--channels", "2", ...psk(), "--json"]);
     const received = await target.done;
     expect(sent.code, sent.stderr).toBe(0);
     expect(received.code, received.stderr).toBe(0);
-    expect(JSON.parse(sent.stdout.toString())).toMatchObject({ tls: "psk", accepted: true });
+    expect(JSON.parse(sent.stdout.toString())).toMatchObject({ tls: "psk", channels: 2, accepted: true });
+    expect(JSON.parse(received.stdout.toString())).toMatchObject({ tls: "psk", channels: 2, stateBytes: SIZE });
     expect(same(at("two.state"), at("vm.state"))).toBe(true);
     expect(tempFiles(scratch.dir)).toEqual([]);
   });

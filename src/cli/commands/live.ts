@@ -427,6 +427,7 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
     const value = {
       to: `${host}:${port}`,
       tls: tlsKind(security.tls),
+      channels: security.channels ?? 1,
       device: deviceJson(device),
       workload: { pagesPerSecond: demo.rate, writes: demo.workload.stats.writes, bytes: demo.workload.stats.bytes },
       ...migrationJson(sent),
@@ -508,6 +509,7 @@ async function sendSnapshot(
   const value = {
     to: `${host}:${port}`,
     tls: tlsKind(security.tls),
+    channels: security.channels ?? 1,
     device: { size, pageSize, tracking: null, deviceId: flags.deviceId ?? "", regions: [{ name: "state", size }] },
     ...migrationJson(migration),
     converged: "snapshot",
@@ -586,6 +588,7 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       output: flags.output,
       from: `${received.peer.host}:${received.peer.port}`,
       tls: tlsKind(security.tls),
+      channels: received.channels,
       bytes: received.bytes,
       stateBytes: h.totalSize,
       durationMs: round3(received.durationMs),

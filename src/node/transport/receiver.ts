@@ -96,6 +96,8 @@ export interface Received<R> {
   /** Stream bytes received. */
   bytes: number;
   durationMs: number;
+  /** Connections the migration used. */
+  channels: number;
 }
 
 interface Owner {
@@ -216,7 +218,7 @@ export async function receiveStream<R>(
     if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted");
     throw error;
   }
-  return { result: result as R, header, peer, bytes, durationMs: performance.now() - started };
+  return { result: result as R, header, peer, bytes, durationMs: performance.now() - started, channels: owner.group?.count ?? 1 };
 }
 
 /**
@@ -535,6 +537,8 @@ export interface ReceiveResult {
   bytes: number;
   durationMs: number;
   digest: bigint;
+  /** Connections the migration used. */
+  channels: number;
 }
 
 function checkDeviceId(expected: string | undefined, header: StreamHeader): void {
@@ -589,7 +593,15 @@ export async function receiveDevice(options: ReceiveOptions): Promise<ReceiveRes
     };
   });
   const device = received.result;
-  return { device, header: received.header, peer: received.peer, bytes: received.bytes, durationMs: received.durationMs, digest: device.model.digest() };
+  return {
+    device,
+    header: received.header,
+    peer: received.peer,
+    bytes: received.bytes,
+    durationMs: received.durationMs,
+    digest: device.model.digest(),
+    channels: received.channels,
+  };
 }
 
 export interface ReceiveFileOptions extends ListenOptions {
