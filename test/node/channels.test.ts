@@ -6,7 +6,9 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { connect, createServer, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { MigrationError } from "../../src/core/errors.js";
 import { encodeHeader } from "../../src/format/header.js";
 import { encodeFile } from "../../src/node/files.js";
 import { receiveDevice, receiveFile, sendDevice, sendFile } from "../../src/node/tcp.js";
@@ -49,6 +51,47 @@ describe("channel preamble", () => {
     await expect(waiting).rejects.toThrow("stalled");
     expect(group.offer(2, fake())).toBe(false);
     expect(group.complete).toBe(false);
+  });
+});
+
+describe("ChunkReader", () => {
+  it("reads any chunking back byte for byte, by exact and partial reads (property, fixed seed)", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uint8Array({ minLength: 0, maxLength: 4096 }),
+        fc.array(fc.integer({ min: 0, max: 700 }), { minLength: 1, maxLength: 40 }),
+        fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 900 })), { minLength: 1, maxLength: 40 }),
+        async (bytes, cuts, reads) => {
+          const chunks: Uint8Array[] = [];
+          let at = 0;
+          for (const cut of cuts) {
+            chunks.push(bytes.subarray(at, Math.min(bytes.length, at + cut)));
+            at = Math.min(bytes.length, at + cut);
+          }
+          chunks.push(bytes.subarray(at));
+          const reader = new ChunkReader(
+            (async function* () {
+              yield* chunks;
+            })(),
+          );
+          const out: number[] = [];
+          let ended = false;
+          for (let i = 0; !ended; i++) {
+            const [exact, n] = reads[i % reads.length]!;
+            if (exact && out.length + n <= bytes.length) out.push(...(await reader.exact(n, () => new MigrationError("ENODATA", "cut"))));
+            else {
+              const part = await reader.some(n);
+              if (part) out.push(...part);
+              else ended = true;
+            }
+          }
+          expect(Buffer.from(out).equals(Buffer.from(bytes))).toBe(true);
+          expect(reader.consumed).toBe(bytes.length);
+          await expect(reader.exact(1, () => new MigrationError("ENODATA", "cut"))).rejects.toMatchObject({ code: "ENODATA" });
+        },
+      ),
+      { seed: 20_2012, numRuns: 200 },
+    );
   });
 });
 
