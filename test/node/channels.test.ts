@@ -280,6 +280,39 @@ describe("all or nothing", () => {
     expect(await receiving).toMatchObject({ code: "ECANCELED" });
   });
 
+  it("a second channel 1 is dropped as a duplicate; a frame out of its place fails the migration (EBADMSG)", { timeout: 30_000 }, async () => {
+    const { bound, onListening } = listen();
+    const dropped: string[] = [];
+    const receiving = receiveDevice({ port: 0, timeoutMs: 5000, onListening, onDropped: (_p, r) => dropped.push(r.message) }).catch((e: unknown) => e);
+    const port = await bound;
+    const { bytes } = encodeHeader({
+      pageSize: 4096,
+      deviceId: "",
+      baseDigest: undefined,
+      checksum: "xxh3",
+      maxRecordPayload: 1 << 20,
+      regions: [{ name: "state", size: 1 << 20 }],
+    });
+    const open = async (index: number, first: Uint8Array[]): Promise<Socket> => {
+      const socket = connect({ port, host: "127.0.0.1" });
+      socket.on("error", () => undefined);
+      for (const part of [encodePreamble({ id: ID, index, count: 3 }), ...first]) socket.write(part);
+      await new Promise((r) => setTimeout(r, 100));
+      return socket;
+    };
+    const zero = await open(0, [bytes]);
+    const one = await open(1, []);
+    // Channel 2 has not joined: the door is open, and the duplicate meets the check.
+    const duplicate = await open(1, []);
+    await new Promise<void>((r) => (duplicate.destroyed ? r() : duplicate.once("close", () => r())));
+    expect(dropped.some((m) => /channel 1 of this migration is already open/.test(m))).toBe(true);
+    // Frame 1 where frame 0 is due.
+    zero.write(frameHeader(4, 1));
+    zero.write(new Uint8Array(4));
+    expect(await receiving).toMatchObject({ code: "EBADMSG", message: expect.stringMatching(/frame 1 where frame 0 was due/) });
+    for (const s of [zero, one]) s.destroy();
+  });
+
   it("a stranger's channel (unknown migration id) is dropped; the real migration succeeds", { timeout: 30_000 }, async () => {
     const { bound, onListening } = listen();
     const dropped: string[] = [];
