@@ -95,6 +95,18 @@ describe("ChunkReader", () => {
   });
 });
 
+/** A valid header for a 1 MiB state: what a hand-made channel 0 sends. */
+function smallHeader(): { bytes: Uint8Array } {
+  return encodeHeader({
+    pageSize: 4096,
+    deviceId: "",
+    baseDigest: undefined,
+    checksum: "xxh3",
+    maxRecordPayload: 1 << 20,
+    regions: [{ name: "state", size: 1 << 20 }],
+  });
+}
+
 function listen(): { bound: Promise<number>; onListening: (a: { port: number }) => void } {
   let resolve!: (port: number) => void;
   const bound = new Promise<number>((r) => (resolve = r));
@@ -246,14 +258,7 @@ describe("all or nothing", () => {
   it("a channel that never comes fails the receive within its deadline (ETIMEDOUT)", { timeout: 30_000 }, async () => {
     const { bound, onListening } = listen();
     const receiving = receiveDevice({ port: 0, timeoutMs: 1000, authTimeoutMs: 1000, onListening }).catch((e: unknown) => e);
-    const { bytes } = encodeHeader({
-      pageSize: 4096,
-      deviceId: "",
-      baseDigest: undefined,
-      checksum: "xxh3",
-      maxRecordPayload: 1 << 20,
-      regions: [{ name: "state", size: 1 << 20 }],
-    });
+    const { bytes } = smallHeader();
     const socket = connect({ port: await bound, host: "127.0.0.1" });
     socket.on("error", () => undefined);
     socket.write(encodePreamble({ id: ID, index: 0, count: 2 }));
@@ -285,14 +290,7 @@ describe("all or nothing", () => {
     const dropped: string[] = [];
     const receiving = receiveDevice({ port: 0, timeoutMs: 5000, onListening, onDropped: (_p, r) => dropped.push(r.message) }).catch((e: unknown) => e);
     const port = await bound;
-    const { bytes } = encodeHeader({
-      pageSize: 4096,
-      deviceId: "",
-      baseDigest: undefined,
-      checksum: "xxh3",
-      maxRecordPayload: 1 << 20,
-      regions: [{ name: "state", size: 1 << 20 }],
-    });
+    const { bytes } = smallHeader();
     const open = async (index: number, first: Uint8Array[]): Promise<Socket> => {
       const socket = connect({ port, host: "127.0.0.1" });
       socket.on("error", () => undefined);
