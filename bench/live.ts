@@ -68,7 +68,7 @@ interface Exited {
   stderr: string;
 }
 
-function exited(child: ChildProcess): Promise<Exited> {
+export function exited(child: ChildProcess): Promise<Exited> {
   let stdout = "";
   let stderr = "";
   child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -77,7 +77,7 @@ function exited(child: ChildProcess): Promise<Exited> {
 }
 
 /** Starts a receiver printing its port on stderr; resolves with the port and its exit. */
-function listening(args: string[], pattern: RegExp): Promise<{ port: number; done: Promise<Exited> }> {
+export function listening(args: string[], pattern: RegExp): Promise<{ port: number; done: Promise<Exited> }> {
   const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, NO_PROGRESS: "1" } });
   const done = exited(child);
   return new Promise((resolve, reject) => {
@@ -91,7 +91,7 @@ function listening(args: string[], pattern: RegExp): Promise<{ port: number; don
   });
 }
 
-function check(what: string, r: Exited): void {
+export function check(what: string, r: Exited): void {
   if (r.code !== 0) throw new Error(`${what} failed (${r.code}): ${r.stderr}`);
 }
 
@@ -152,7 +152,7 @@ async function rawSocket(bytes: number): Promise<number> {
   }
 }
 
-function writeSnapshot(path: string, size: number): void {
+export function writeSnapshot(path: string, size: number): void {
   // The mix of bench/cli.ts: mostly random pages, some zero stretches.
   const fd = openSync(path, "w");
   const piece = new Uint8Array(16 * MiB);
@@ -164,8 +164,8 @@ function writeSnapshot(path: string, size: number): void {
   closeSync(fd);
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-const spread = (xs: number[]): string => `${(Math.min(...xs) / 1000).toFixed(2)}-${(Math.max(...xs) / 1000).toFixed(2)} s`;
+export const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+export const spread = (xs: number[]): string => `${(Math.min(...xs) / 1000).toFixed(2)}-${(Math.max(...xs) / 1000).toFixed(2)} s`;
 
 /**
  * send/receive of a snapshot between two processes against a plain TCP file copy of the same

@@ -1,4 +1,4 @@
-// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,emulator-memory,live-migration,cli,vfio-user,qemu]
+// npm run -s bench [-- --json [file]] [-- --smoke] [-- --only kernels,codec,compression,live,emulator-memory,live-migration,cli,vfio-user,qemu,channels]
 // Prints each path's throughput with its ratio to Buffer.copy of the same size measured in the
 // same run, and to its pure-TS reference, and whether each target was met. --json prints the same
 // rows as JSON only (npm's -s keeps npm's own banner off stdout), or with a file name writes the
@@ -41,6 +41,7 @@ if (want("qemu")) sections.push({ name: "qemu", rows: await qemuBenchmarks(confi
 if (want("jobs"))
   sections.push({ name: "jobs (worker pool)", rows: await (await import("./jobs.js")).jobsBenchmarks(config.smoke ? 8 * MiB : 1024 * MiB, config) });
 if (want("live-migration")) sections.push({ name: "live migration", rows: await liveMigrationBenchmarks(config) });
+if (want("channels")) sections.push({ name: "channels", rows: await (await import("./channels.js")).channelBenchmarks(config) });
 if (want("vfio-user")) sections.push({ name: "vfio-user", rows: await vfioUserBenchmarks(config) });
 
 if (json) {

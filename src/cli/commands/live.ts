@@ -233,6 +233,7 @@ interface DemoFlags extends MigrateFlags {
 
 interface TransportFlags extends SecurityFiles {
   timeout: string;
+  channels?: string;
 }
 
 interface SendFlags extends DemoFlags, TransportFlags {
@@ -284,14 +285,16 @@ function transportOptions(command: Command): Command {
     .option("--tls-key <pem>", "this end's private key")
     .option("--tls-ca <pem>", "the CA that signed the peer's certificate")
     .option("--tls-psk <file>", "TLS with pre-shared keys, QEMU tls-creds-psk format (identity:hexkey lines)")
-    .option("--verbose", "with a TLS failure's cause, print the TLS library's own text too");
+    .option("--verbose", "with a TLS failure's cause, print the TLS library's own text too")
+    .option("--channels <n>", "connections per migration, 1-16 (send: how many to open, default 1; receive: the most a sender may open, default 8)");
 }
 
-function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportSecurity } {
+function transport(flags: TransportFlags): { timeoutMs: number; tls?: TransportSecurity; channels?: number } {
   const timeoutMs = parseTimeout(flags.timeout);
   const tls = loadSecurity(flags);
   context.tls = tls === undefined ? undefined : "psk" in tls ? "psk" : "certificates";
-  return { timeoutMs, ...(tls ? { tls } : {}) };
+  const channels = flags.channels === undefined ? undefined : parseCount(flags.channels, "channel count");
+  return { timeoutMs, ...(tls ? { tls } : {}), ...(channels !== undefined ? { channels } : {}) };
 }
 
 const DEMO_DEVICE_ID = "migstream-demo";
@@ -436,6 +439,7 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
     const value = {
       to: `${host}:${port}`,
       tls: tlsKind(security.tls),
+      channels: security.channels ?? 1,
       device: deviceJson(device),
       workload: { pagesPerSecond: demo.rate, writes: demo.workload.stats.writes, bytes: demo.workload.stats.bytes },
       ...migrationJson(sent),
@@ -517,6 +521,7 @@ async function sendSnapshot(
   const value = {
     to: `${host}:${port}`,
     tls: tlsKind(security.tls),
+    channels: security.channels ?? 1,
     device: { size, pageSize, tracking: null, deviceId: flags.deviceId ?? "", regions: [{ name: "state", size }] },
     ...migrationJson(migration),
     converged: "snapshot",
@@ -598,6 +603,7 @@ async function runReceive(flags: ReceiveFlags): Promise<void> {
       output: flags.output,
       from: `${received.peer.host}:${received.peer.port}`,
       tls: tlsKind(security.tls),
+      channels: received.channels,
       bytes: received.bytes,
       stateBytes: h.totalSize,
       durationMs: round3(received.durationMs),

@@ -89,9 +89,14 @@ export class SocketWriter {
   #inFlight = 0;
   #wake: (() => void) | undefined;
   #failure: Error | undefined;
+  readonly #limit: number;
 
-  /** `stop` ends a wait for the socket at once (the receiver answered early, time is up). */
-  constructor(socket: Socket, deadline: ProgressDeadline, stop: AbortSignal) {
+  /**
+   * `stop` ends a wait for the socket at once (the receiver answered early, time is up).
+   * `share` divides the in-flight bound: the writers of one migration's channels share it.
+   */
+  constructor(socket: Socket, deadline: ProgressDeadline, stop: AbortSignal, share = 1) {
+    this.#limit = Math.max(1 << 20, Math.floor(IN_FLIGHT / share));
     this.#socket = socket;
     this.#deadline = deadline;
     const fail = (error?: Error): void => {
@@ -115,7 +120,7 @@ export class SocketWriter {
       else this.#deadline.moved(length);
       this.#wake?.();
     });
-    while (this.#inFlight > IN_FLIGHT && !this.#failure) {
+    while (this.#inFlight > this.#limit && !this.#failure) {
       await new Promise<void>((resolve) => (this.#wake = resolve));
       this.#wake = undefined;
     }

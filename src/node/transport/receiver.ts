@@ -15,15 +15,30 @@ import { type Server as TlsServer, createServer as tlsCreateServer } from "node:
 import { MigrationError } from "../../core/errors.js";
 import type { DecoderSummary } from "../../codec/decoder.js";
 import type { DirtyTracking } from "../../device/device-model.js";
-import { DEFAULT_LIMITS, HEADER_PREFIX } from "../../format/constants.js";
-import { checkMagic, parseHeader, parseHeaderPrefix, type StreamHeader } from "../../format/header.js";
+import { DEFAULT_LIMITS, HEADER_PREFIX, MAGIC } from "../../format/constants.js";
+import { parseHeader, parseHeaderPrefix, type StreamHeader } from "../../format/header.js";
 import type { ResumingSession } from "../../migration/resuming-session.js";
 import { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { createFileDecoder } from "../files.js";
 import { Admission, type AdmissionOptions } from "./admission.js";
+import {
+  ChannelGroup,
+  ChunkReader,
+  checkChannels,
+  classifyLead,
+  FRAME_HEADER_BYTES,
+  LastBytes,
+  type Preamble,
+  PREAMBLE_BYTES,
+  parsePreamble,
+  sameId,
+} from "./channels.js";
 import { checkTimeout, ProgressDeadline, PROGRESS_BYTES } from "./deadline.js";
 import { serverTlsOptions, type TransportSecurity } from "./tls.js";
-import { endsWithEndRecord, errLine, ioError, okLine, StreamTail, verdictProof } from "./verdict.js";
+import { endsWithEndRecord, errLine, ioError, okLine, StreamTail, TRAILER_BYTES, TRAILER_MAGIC, verdictProof, END_RECORD_BYTES } from "./verdict.js";
+
+/** Default of `channels`: the most connections one migration may use. */
+const DEFAULT_MAX_CHANNELS = 8;
 
 export interface Peer {
   host: string;
@@ -42,6 +57,12 @@ export interface ListenOptions extends AdmissionOptions {
    * (default 10 s) and the other AdmissionOptions apply.
    */
   timeoutMs?: number;
+  /**
+   * The most channels (connections) one migration may use, 1 to 16: a sender announcing more is
+   * refused (E2BIG). Default 8. Each extra channel passes the same door and authentication as the
+   * first and must name the migration's random id (see ./channels.ts).
+   */
+  channels?: number;
   /** Largest state a stream may declare (checked on the header, before anything is allocated). Default 1 GiB. */
   maxStateSize?: number;
   /** Largest record payload accepted. Default 16 MiB. */
@@ -75,6 +96,8 @@ export interface Received<R> {
   /** Stream bytes received. */
   bytes: number;
   durationMs: number;
+  /** Connections the migration used. */
+  channels: number;
 }
 
 interface Owner {
@@ -84,6 +107,10 @@ interface Owner {
   /** The header and whatever followed it in the same read. */
   first: Uint8Array[];
   peer: Peer;
+  /** The migration's channels, when the owner announced more than one (./channels.ts). */
+  group: ChannelGroup | undefined;
+  /** Stops accepting connections (idempotent): the migration needs no more channels. */
+  closeDoor: () => void;
 }
 
 /**
@@ -112,15 +139,18 @@ export async function receiveStream<R>(
   let result: R | undefined;
   let error: MigrationError | undefined;
   const deadline = new ProgressDeadline(timeoutMs, () => {
-    socket.destroy(
-      new MigrationError(
-        "ETIMEDOUT",
-        `no progress from ${peer.host}:${peer.port} for ${timeoutMs} ms (at least ${PROGRESS_BYTES / 1024} KiB must arrive in each such period)`,
-      ),
+    const stalled = new MigrationError(
+      "ETIMEDOUT",
+      `no progress from ${peer.host}:${peer.port} for ${timeoutMs} ms (at least ${PROGRESS_BYTES / 1024} KiB must arrive in each such period)`,
     );
+    // Every channel, and every wait for one that has not joined, ends with it.
+    owner.group?.fail(stalled);
+    socket.destroy(stalled);
   });
   const onAbort = (): void => {
-    socket.destroy(new MigrationError("ECANCELED", "receive aborted"));
+    const aborted = new MigrationError("ECANCELED", "receive aborted");
+    owner.group?.fail(aborted);
+    socket.destroy(aborted);
   };
   signal?.addEventListener("abort", onAbort, { once: true });
   // The stream goes to the sink as it arrives, but for the trailer the sender writes after it.
@@ -128,38 +158,51 @@ export async function receiveStream<R>(
   let proof = "";
   try {
     sink = await open(header, peer);
-    const take = async (chunk: Uint8Array): Promise<void> => {
-      deadline.moved(chunk.length);
-      for (const part of tail.push(chunk)) {
+    if (owner.group) {
+      const deliver = async (part: Uint8Array): Promise<void> => {
         bytes += part.length;
         await sink!.write(part);
+        options.onProgress?.(bytes);
+      };
+      const { nonce, streamEnd } = await readChannels(owner.group, owner.first[0]!, deadline, deliver, () => bytes);
+      // The end of the stream is progress; storing it (fsync, rename, commit) gets a full period.
+      deadline.restart();
+      result = await sink.finish();
+      proof = verdictProof(bytes, streamEnd, nonce);
+    } else {
+      const take = async (chunk: Uint8Array): Promise<void> => {
+        deadline.moved(chunk.length);
+        for (const part of tail.push(chunk)) {
+          bytes += part.length;
+          await sink!.write(part);
+        }
+        options.onProgress?.(bytes);
+      };
+      for (const chunk of owner.first) await take(chunk);
+      // Pulling chunk by chunk gives backpressure: the socket is read no faster than the sink
+      // takes it, while the kernel keeps receiving into its buffer (reads overlap decoding).
+      for (;;) {
+        const next = await chunks.next();
+        if (next.done) break;
+        await take(next.value);
       }
-      options.onProgress?.(bytes);
-    };
-    for (const chunk of owner.first) await take(chunk);
-    // Pulling chunk by chunk gives backpressure: the socket is read no faster than the sink
-    // takes it, while the kernel keeps receiving into its buffer (reads overlap decoding).
-    for (;;) {
-      const next = await chunks.next();
-      if (next.done) break;
-      await take(next.value);
+      const end = tail.end();
+      if ("rest" in end) {
+        bytes += end.rest.length;
+        await sink.write(end.rest);
+        // A cut stream: the sink names where it stopped (and throws). A complete one without a
+        // trailer comes from a sender older than the verdict proof.
+        if (!endsWithEndRecord(tail.streamEnd, bytes)) await sink.finish();
+        throw new MigrationError(
+          "EPROTONOSUPPORT",
+          "the sender did not follow the stream with the verdict nonce (a migstream sender older than the verdict proof): upgrade it",
+        );
+      }
+      // The end of the stream is progress; storing it (fsync, rename, commit) gets a full period.
+      deadline.restart();
+      result = await sink.finish();
+      proof = verdictProof(bytes, tail.streamEnd, end.nonce);
     }
-    const end = tail.end();
-    if ("rest" in end) {
-      bytes += end.rest.length;
-      await sink.write(end.rest);
-      // A cut stream: the sink names where it stopped (and throws). A complete one without a
-      // trailer comes from a sender older than the verdict proof.
-      if (!endsWithEndRecord(tail.streamEnd, bytes)) await sink.finish();
-      throw new MigrationError(
-        "EPROTONOSUPPORT",
-        "the sender did not follow the stream with the verdict nonce (a migstream sender older than the verdict proof): upgrade it",
-      );
-    }
-    // The end of the stream is progress; storing it (fsync, rename, commit) gets a full period.
-    deadline.restart();
-    result = await sink.finish();
-    proof = verdictProof(bytes, tail.streamEnd, end.nonce);
   } catch (caught) {
     error = asReceiveError(caught, bytes);
     sink?.abort();
@@ -167,12 +210,68 @@ export async function receiveStream<R>(
     deadline.stop();
     signal?.removeEventListener("abort", onAbort);
   }
+  owner.closeDoor();
+  // One verdict for the whole migration, on channel 0, after the commit.
   await reply(socket, error ? errLine(error) : okLine(bytes, proof), error !== undefined);
+  owner.group?.close();
   if (error) {
     if (signal?.aborted) throw new MigrationError("ECANCELED", "receive aborted");
     throw error;
   }
-  return { result: result as R, header, peer, bytes, durationMs: performance.now() - started };
+  return { result: result as R, header, peer, bytes, durationMs: performance.now() - started, channels: owner.group?.count ?? 1 };
+}
+
+/**
+ * Reads a migration's stream from its channels: the header (already verified, from channel 0),
+ * then frame k from channel k mod count, in order, until the end frame, which every channel must
+ * carry; then the verdict trailer from channel 0. Frames go to `deliver` as they arrive, piece
+ * by piece: nothing is allocated on a frame's claimed length.
+ */
+async function readChannels(
+  group: ChannelGroup,
+  header: Uint8Array,
+  deadline: ProgressDeadline,
+  deliver: (part: Uint8Array) => Promise<void>,
+  received: () => number,
+): Promise<{ nonce: Uint8Array; streamEnd: Uint8Array }> {
+  const last = new LastBytes(END_RECORD_BYTES);
+  last.push(header);
+  await deliver(header);
+  const cut = (index: number) => (): MigrationError =>
+    new MigrationError("ENODATA", `incomplete stream: channel ${index} ended after ${received()} stream bytes`, { byteOffset: received() });
+  const frame = async (index: number): Promise<{ length: number; tag: number; reader: ChunkReader }> => {
+    const { reader } = await group.wait(index);
+    const head = await reader.exact(FRAME_HEADER_BYTES, cut(index));
+    const view = new DataView(head.buffer);
+    return { length: view.getUint32(0, true), tag: view.getUint32(4, true), reader };
+  };
+  const misplaced = (index: number, tag: number, due: number): MigrationError =>
+    new MigrationError("EBADMSG", `channel ${index}: frame ${tag} where frame ${due >>> 0} was due`, { byteOffset: received() });
+  let seq = 0;
+  for (; ; seq++) {
+    const index = seq % group.count;
+    const { length, tag, reader } = await frame(index);
+    if (tag !== seq >>> 0) throw misplaced(index, tag, seq);
+    if (length === 0) break;
+    for (let left = length; left > 0; ) {
+      const part = await reader.some(left);
+      if (!part) throw cut(index)();
+      left -= part.length;
+      deadline.moved(part.length);
+      last.push(part);
+      await deliver(part);
+    }
+  }
+  // The end: on every channel, so that none of them may still carry stream bytes.
+  for (let index = 0; index < group.count; index++) {
+    if (index === seq % group.count) continue;
+    const { length, tag } = await frame(index);
+    if (length !== 0 || tag !== seq >>> 0) throw misplaced(index, tag, seq);
+  }
+  const { reader } = await group.wait(0);
+  const trailer = await reader.exact(TRAILER_BYTES, cut(0));
+  if (!TRAILER_MAGIC.every((b, i) => trailer[i] === b)) throw new MigrationError("EBADMSG", "channel 0: no verdict trailer after the end frame");
+  return { nonce: trailer.subarray(TRAILER_MAGIC.length), streamEnd: last.bytes };
 }
 
 /** Our own errors are the verdict; anything else on the socket means the stream was cut. */
@@ -198,9 +297,20 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
   let server: Server;
   let tlsServer: TlsServer | undefined;
   return new Promise<Owner>((resolve, reject) => {
+    /** An owner was chosen (its channels may still be joining). */
     let decided = false;
+    /** Nothing more is accepted: the listener and the admission are closed. */
+    let doorClosed = false;
+    let group: ChannelGroup | undefined;
+    // Extra channels that arrive before their owner wait for this (the owner's group, or none).
+    let settleGroup: (g: ChannelGroup | undefined) => void = () => undefined;
+    const groupReady = {
+      promise: new Promise<ChannelGroup | undefined>((resolve) => (settleGroup = resolve)),
+      resolve: (g: ChannelGroup | undefined) => settleGroup(g),
+    };
+    const maxChannels = checkChannels(options.channels ?? DEFAULT_MAX_CHANNELS, "channels");
     const report = (socket: Socket, reason: Error): void => {
-      if (decided || reported.has(socket)) return;
+      if (doorClosed || reported.has(socket)) return;
       reported.add(socket);
       options.onDropped?.(peerOf(socket), reason);
     };
@@ -216,8 +326,12 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
       },
       dropped: (raw, _reason, error) => report(raw, error),
     });
-    const finish = (): void => {
+    /** Stops accepting: once the owner is known (one channel) or all its channels joined, or the migration is over. */
+    const closeDoor = (): void => {
+      if (doorClosed) return;
+      doorClosed = true;
       decided = true;
+      groupReady.resolve(undefined);
       signal?.removeEventListener("abort", onAbort);
       server.close();
       admission.close();
@@ -227,18 +341,18 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
     };
     const onAbort = (): void => {
       if (decided) return;
-      finish();
+      closeDoor();
       reject(new MigrationError("ECANCELED", "receive aborted while waiting for a connection"));
     };
 
     /**
-     * Reads a header from `socket`. Plain TCP: `raw` is the socket, still in the admission
-     * table (its deadline is the table's). TLS: the handshake is done, and the header must come
-     * within `leftMs`.
+     * Reads a header (or a channel preamble) from `socket`. Plain TCP: `raw` is the socket, still
+     * in the admission table (its deadline is the table's). TLS: the handshake is done, and the
+     * header must come within `leftMs`.
      */
     const candidate = async (socket: Socket, raw: Socket, leftMs: number | undefined): Promise<void> => {
       const peer = peerOf(socket);
-      if (decided) {
+      if (doorClosed) {
         socket.destroy();
         return;
       }
@@ -252,61 +366,99 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
               socket.destroy(new MigrationError("ETIMEDOUT", `no verified header within ${admission.authTimeoutMs} ms of being admitted`));
             }, leftMs);
       const chunks = socket.iterator({ destroyOnReturn: false })[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-      let headerBytes = new Uint8Array(HEADER_PREFIX);
-      let have = 0;
+      const reader = new ChunkReader(chunks);
+      let skipped = 0;
+      const cut = (have: number): MigrationError =>
+        new MigrationError("ENODATA", `incomplete stream: the connection ended inside the header, after ${have + skipped} bytes`, {
+          recordIndex: 0,
+          byteOffset: have + skipped,
+        });
+      let quiet = false;
       try {
-        for (;;) {
-          const next = await chunks.next();
-          if (next.done)
-            throw new MigrationError("ENODATA", `incomplete stream: the connection ended inside the header, after ${have} bytes`, {
-              recordIndex: 0,
-              byteOffset: have,
-            });
-          const chunk = next.value;
-          let at = 0;
-          let header: StreamHeader | undefined;
-          while (!header && at < chunk.length) {
-            const n = Math.min(headerBytes.length - have, chunk.length - at);
-            headerBytes.set(chunk.subarray(at, at + n), have);
-            have += n;
-            at += n;
-            // Garbage (a port scan, a plaintext HTTP probe) is refused on its first bytes.
-            if (headerBytes.length === HEADER_PREFIX) checkMagic(headerBytes.subarray(0, have));
-            if (have < headerBytes.length) break;
-            if (headerBytes.length === HEADER_PREFIX) {
-              const full = new Uint8Array(parseHeaderPrefix(headerBytes, DEFAULT_LIMITS.maxHeaderSize));
-              full.set(headerBytes);
-              headerBytes = full;
-            } else {
-              header = parseHeader(headerBytes, limits);
-            }
-          }
-          if (!header) continue;
-          clearTimeout(timer);
-          if (decided) {
-            socket.destroy();
+        // Garbage (a port scan, a plaintext HTTP probe) is refused on its first bytes.
+        const lead = await reader.exact(MAGIC.length, cut, (part) => classifyLead(part));
+        let prefix = lead;
+        let preamble: Preamble | undefined;
+        if (classifyLead(lead)) {
+          const rest = await reader.exact(PREAMBLE_BYTES - lead.length, (have) => cut(have + lead.length));
+          const whole = new Uint8Array(PREAMBLE_BYTES);
+          whole.set(lead);
+          whole.set(rest, lead.length);
+          preamble = parsePreamble(whole, maxChannels);
+          if (preamble.index > 0) {
+            quiet = true;
+            await join(socket, raw, reader, preamble);
+            clearTimeout(timer);
             return;
           }
-          pending.delete(socket);
-          admission.authenticated(raw);
-          finish();
-          resolve({ socket, chunks, header, first: at < chunk.length ? [headerBytes, chunk.subarray(at)] : [headerBytes], peer });
-          return;
+          skipped = PREAMBLE_BYTES;
+          prefix = await reader.exact(HEADER_PREFIX, cut);
+        } else {
+          const more = await reader.exact(HEADER_PREFIX - lead.length, (have) => cut(have + lead.length));
+          prefix = new Uint8Array(HEADER_PREFIX);
+          prefix.set(lead);
+          prefix.set(more, lead.length);
         }
+        const full = new Uint8Array(parseHeaderPrefix(prefix, DEFAULT_LIMITS.maxHeaderSize));
+        full.set(prefix);
+        full.set(await reader.exact(full.length - HEADER_PREFIX, (have) => cut(have + HEADER_PREFIX)), HEADER_PREFIX);
+        const header = parseHeader(full, limits);
+        clearTimeout(timer);
+        if (decided) {
+          // The door stays open after an owner only for its channels.
+          quiet = true;
+          throw new MigrationError("EBUSY", "a migration is already under way");
+        }
+        pending.delete(socket);
+        admission.authenticated(raw);
+        decided = true;
+        group = preamble ? new ChannelGroup(preamble, { socket, reader }) : undefined;
+        groupReady.resolve(group);
+        if (!group) closeDoor();
+        resolve({ socket, chunks, header, first: [full, ...reader.held()], peer, group, closeDoor });
       } catch (caught) {
         clearTimeout(timer);
         pending.delete(socket);
         report(raw, caught instanceof Error ? caught : new Error(String(caught)));
         // A refused header is worth telling (an honest sender with a bad stream learns why); a
-        // timed-out, dropped or broken connection just goes.
-        if (caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, errLine(caught), true);
+        // timed-out, dropped or broken connection, or a channel nobody asked for, just goes.
+        if (!quiet && caught instanceof MigrationError && caught.code !== "ETIMEDOUT" && !socket.destroyed) void reply(socket, errLine(caught), true);
         else socket.destroy();
       }
     };
 
+    /**
+     * An extra channel: it joins the owner's migration when it names its id and a free index.
+     * It may arrive before the owner's header was verified: it then waits for it, within its own
+     * authentication deadline (the admission's, or the TLS timer that destroys the socket).
+     */
+    const join = async (socket: Socket, raw: Socket, reader: ChunkReader, preamble: Preamble): Promise<void> => {
+      let onClose: (() => void) | undefined;
+      const closed = new Promise<never>((_, reject) => {
+        onClose = () => reject(new MigrationError("ETIMEDOUT", "the channel closed while waiting for its migration"));
+        socket.once("close", onClose);
+      });
+      closed.catch(() => undefined);
+      let owner: ChannelGroup | undefined;
+      try {
+        owner = await Promise.race([groupReady.promise, closed]);
+      } finally {
+        if (onClose) socket.off("close", onClose);
+      }
+      if (!owner || !sameId(owner.id, preamble.id) || owner.count !== preamble.count) {
+        throw new MigrationError("EBADMSG", "channel of an unknown migration (wrong migration id or channel count)");
+      }
+      if (socket.destroyed || !owner.offer(preamble.index, { socket, reader })) {
+        throw new MigrationError("EBADMSG", `channel ${preamble.index} of this migration is already open`);
+      }
+      pending.delete(socket);
+      admission.authenticated(raw);
+      if (owner.complete) closeDoor();
+    };
+
     // Connections arrive paused: nothing is read (no TLS state is even made) before admission.
     server = netCreateServer({ allowHalfOpen: true, pauseOnConnect: true }, (raw) => {
-      if (decided) raw.destroy();
+      if (doorClosed) raw.destroy();
       else admission.offer(raw);
     });
     if (options.tls) {
@@ -335,7 +487,7 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
     signal?.addEventListener("abort", onAbort, { once: true });
     server.once("error", (error) => {
       if (decided) return;
-      finish();
+      closeDoor();
       reject(ioError(`cannot listen on ${host}:${port}`, error));
     });
     server.listen({ host, port }, () => {
@@ -385,6 +537,8 @@ export interface ReceiveResult {
   bytes: number;
   durationMs: number;
   digest: bigint;
+  /** Connections the migration used. */
+  channels: number;
 }
 
 function checkDeviceId(expected: string | undefined, header: StreamHeader): void {
@@ -439,7 +593,15 @@ export async function receiveDevice(options: ReceiveOptions): Promise<ReceiveRes
     };
   });
   const device = received.result;
-  return { device, header: received.header, peer: received.peer, bytes: received.bytes, durationMs: received.durationMs, digest: device.model.digest() };
+  return {
+    device,
+    header: received.header,
+    peer: received.peer,
+    bytes: received.bytes,
+    durationMs: received.durationMs,
+    digest: device.model.digest(),
+    channels: received.channels,
+  };
 }
 
 export interface ReceiveFileOptions extends ListenOptions {

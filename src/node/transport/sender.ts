@@ -11,10 +11,13 @@ import { createXxh3 } from "../../core/xxh3.js";
 import { type MigrationReport, migrateOut, type PrecopyOptions } from "../../migration/precopy.js";
 import type { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { encodeFile, type EncodeFileOptions } from "../files.js";
+import { DEFAULT_LIMITS, HEADER_PREFIX } from "../../format/constants.js";
+import { parseHeaderPrefix } from "../../format/header.js";
+import { checkChannels, encodePreamble, frameHeader, LastBytes, newMigrationId } from "./channels.js";
 import { dial, SocketWriter } from "./connection.js";
 import { checkTimeout, ProgressDeadline } from "./deadline.js";
 import type { TransportSecurity } from "./tls.js";
-import { ioError, MAX_VERDICT, makeTrailer, NONCE_BYTES, StreamTail, TRAILER_BYTES, verdictError, verdictProof } from "./verdict.js";
+import { END_RECORD_BYTES, ioError, MAX_VERDICT, makeTrailer, NONCE_BYTES, StreamTail, TRAILER_BYTES, verdictError, verdictProof } from "./verdict.js";
 
 export interface DialTarget {
   host?: string;
@@ -28,6 +31,11 @@ export interface DialTarget {
    * the end. Default 60 s.
    */
   timeoutMs?: number;
+  /**
+   * Connections the migration uses, 1 to 16 (default 1). With more, the stream after its header
+   * is striped across them in frames (./channels.ts); one connection is today's wire, byte for byte.
+   */
+  channels?: number;
 }
 
 export interface SendOptions extends DialTarget, Pick<PrecopyOptions, "thresholdBytes" | "maxRounds" | "bandwidth" | "minProgress" | "onRound" | "chunkSize"> {}
@@ -49,8 +57,10 @@ export async function sendStream<T>(
 ): Promise<T> {
   const { host = "127.0.0.1", port, signal } = target;
   const timeoutMs = checkTimeout(target.timeoutMs);
+  const channels = checkChannels(target.channels);
   const where = `${host}:${port}`;
   if (signal?.aborted) throw new MigrationError("ECANCELED", "migration aborted before it started");
+  if (channels > 1) return sendChannels(target, produce, channels, timeoutMs);
   const socket = await dial({ host, port, tls: target.tls, timeoutMs, signal });
 
   // Stops the producer when the connection ends, the receiver answers early, or time is up.
@@ -103,33 +113,197 @@ export async function sendStream<T>(
     socket.destroy();
   }
 
-  /** The best explanation of why the transfer ended without an OK (undefined: it got one). */
   function explain(error: unknown): MigrationError | undefined {
-    if (signal?.aborted) return new MigrationError("ECANCELED", "migration aborted");
-    // What the receiver said, if anything, explains the failure better than our side of it.
-    if (verdict.line !== undefined) {
-      if (verdict.early && verdict.line.startsWith("OK")) {
-        return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
-      }
-      const refused = verdictError(verdict.line, sent, proof);
-      if (refused) return refused;
-      if (verdict.early) return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
-      return error === undefined ? undefined : ioError(`the migration failed after the receiver at ${where} accepted it`, error);
+    return explainEnd({ signal, verdict, where, sent, proof, timedOut, timeoutMs, finished: socket.writableFinished }, error);
+  }
+}
+
+/** Frames are cut at most this long (the length field is 32-bit; smaller keeps channels alternating). */
+const MAX_FRAME = 1 << 30;
+
+/**
+ * sendStream over `count` connections (./channels.ts): channel 0 opens with its preamble and the
+ * stream header, the other channels are dialled meanwhile, then the rest of the
+ * stream goes out in frames, frame k on channel k mod count, each channel with its own writer
+ * (its own in-flight bound and, with TLS, its own encryption). Any channel failing stops the
+ * producer and fails the whole migration; the one verdict comes on channel 0.
+ */
+async function sendChannels<T>(
+  target: DialTarget,
+  produce: (write: (chunk: Uint8Array, release?: () => void) => Promise<void>, signal: AbortSignal) => Promise<T>,
+  count: number,
+  timeoutMs: number,
+): Promise<T> {
+  const { host = "127.0.0.1", port, signal } = target;
+  const where = `${host}:${port}`;
+  const dialOne = (): Promise<Socket> => dial({ host, port, tls: target.tls, timeoutMs, signal });
+  const id = newMigrationId();
+  const first = await dialOne();
+  const sockets: Socket[] = [first];
+  const stop = new AbortController();
+  let timedOut = false;
+  let ended = false;
+  const deadline = new ProgressDeadline(timeoutMs, () => {
+    timedOut = true;
+    stop.abort();
+    for (const s of sockets) s.destroy();
+  });
+  const verdict = watchVerdict(first, () => stop.abort());
+  const onAbort = (): void => {
+    stop.abort();
+    for (const s of sockets) s.destroy();
+  };
+  signal?.addEventListener("abort", onAbort, { once: true });
+  const writers = [new SocketWriter(first, deadline, stop.signal, count)];
+  let sent = 0;
+  const last = new LastBytes(END_RECORD_BYTES);
+  const trailer = makeTrailer();
+  let proof = "";
+  // The header goes on channel 0 as is: its first HEADER_PREFIX bytes tell its whole size.
+  const prefix = new Uint8Array(HEADER_PREFIX);
+  let headerSize = HEADER_PREFIX;
+  let headerSent = 0;
+  let seq = 0;
+
+  const openExtras = async (): Promise<void> => {
+    const extras = await Promise.all(
+      Array.from({ length: count - 1 }, async (_, i) => {
+        const socket = await dialOne().catch((error: unknown) => {
+          throw ioError(`cannot open channel ${i + 1} to ${where}`, error);
+        });
+        // The migration may have failed while this one was connecting: nothing else would close it.
+        if (ended) socket.destroy();
+        sockets.push(socket);
+        // A channel that ends before the migration did fails it at once, whoever is writing.
+        socket.on("error", () => stop.abort());
+        socket.on("close", () => {
+          if (!ended) stop.abort();
+        });
+        return socket;
+      }),
+    );
+    if (stop.signal.aborted) throw new MigrationError("ECANCELED", "connection ended");
+    extras.forEach((socket, i) => {
+      const writer = new SocketWriter(socket, deadline, stop.signal, count);
+      writers.push(writer);
+      void writer.write(encodePreamble({ id, index: i + 1, count })).catch(() => undefined);
+    });
+  };
+  const frame = async (part: Uint8Array, release?: () => void): Promise<void> => {
+    const writer = writers[seq % count]!;
+    await writer.write(frameHeader(part.length, seq));
+    seq++;
+    await writer.write(part, release);
+  };
+  const write = async (chunk: Uint8Array, release?: () => void): Promise<void> => {
+    if (stop.signal.aborted) throw new MigrationError("ECANCELED", "connection ended");
+    if (chunk.length === 0) {
+      release?.();
+      return;
     }
-    if (timedOut) {
+    sent += chunk.length;
+    last.push(chunk);
+    let at = 0;
+    while (headerSent < headerSize && at < chunk.length) {
+      const n = Math.min(headerSize - headerSent, chunk.length - at);
+      if (headerSent < HEADER_PREFIX) prefix.set(chunk.subarray(at, at + Math.min(n, HEADER_PREFIX - headerSent)), headerSent);
+      headerSent += n;
+      at += n;
+      if (headerSent === HEADER_PREFIX && headerSize === HEADER_PREFIX) headerSize = parseHeaderPrefix(prefix, DEFAULT_LIMITS.maxHeaderSize);
+    }
+    // The chunk may leave in several writes: `release` runs once the last of them is sent.
+    const parts = Math.ceil((chunk.length - at) / MAX_FRAME) + (at > 0 ? 1 : 0);
+    let pending = parts;
+    const done = release ? () => --pending === 0 && release() : undefined;
+    if (at > 0) await writers[0]!.write(chunk.subarray(0, at), done);
+    if (at === chunk.length) return;
+    await extrasOpen;
+    for (let from = at; from < chunk.length; from += MAX_FRAME) await frame(chunk.subarray(from, Math.min(chunk.length, from + MAX_FRAME)), done);
+  };
+
+  // The other channels are dialled while channel 0 sends its header (the receiver holds them
+  // until that header made channel 0 the owner): their handshakes overlap the first encoding.
+  const extrasOpen = openExtras();
+  extrasOpen.catch(() => undefined);
+  try {
+    let result: T;
+    try {
+      await writers[0]!.write(encodePreamble({ id, index: 0, count }));
+      result = await produce(write, stop.signal);
+      await extrasOpen;
+      // The end frame on every channel, then the trailer on channel 0, after every stream byte.
+      for (const writer of writers) await writer.write(frameHeader(0, seq));
+      proof = verdictProof(sent, last.bytes, trailer.subarray(TRAILER_BYTES - NONCE_BYTES));
+      await writers[0]!.write(trailer);
+    } catch (error) {
+      throw explain(error);
+    }
+    ended = true;
+    for (const socket of sockets.slice(1)) socket.end();
+    first.end(() => deadline.restart());
+    await verdict.settled;
+    const problem = explain(undefined);
+    if (problem) throw problem;
+    return result;
+  } finally {
+    ended = true;
+    deadline.stop();
+    signal?.removeEventListener("abort", onAbort);
+    for (const s of sockets) s.destroy();
+  }
+
+  function explain(error: unknown): MigrationError | undefined {
+    const problem = explainEnd({ signal, verdict, where, sent, proof, timedOut, timeoutMs, finished: first.writableFinished }, error);
+    // A receiver older than channels reads the preamble as a stream with a bad magic.
+    if (problem?.code === "EBADMSG" && /bad magic/.test(problem.message)) {
       return new MigrationError(
-        "ETIMEDOUT",
-        socket.writableFinished
-          ? `no verdict from the receiver at ${where} within ${timeoutMs} ms of the end of the stream`
-          : `no progress sending to ${where} for ${timeoutMs} ms (the receiver stopped reading)`,
+        "EPROTONOSUPPORT",
+        `the receiver at ${where} does not take several channels (a migstream older than --channels): upgrade it, or send with one channel (it said: ${problem.message})`,
       );
     }
-    if (error === undefined || verdict.closed || verdict.failure || (error instanceof MigrationError && error.code === "ECANCELED")) {
-      const what = error === undefined ? `receiver at ${where} closed the connection without a verdict` : `connection to ${where} lost during the migration`;
-      return ioError(what, verdict.failure);
-    }
-    return error instanceof MigrationError ? error : ioError(`migration to ${where} failed`, error);
+    return problem;
   }
+}
+
+interface EndContext {
+  signal: AbortSignal | undefined;
+  verdict: VerdictWatch;
+  where: string;
+  sent: number;
+  proof: string;
+  timedOut: boolean;
+  timeoutMs: number;
+  /** This end finished sending (and half-closed). */
+  finished: boolean;
+}
+
+/** The best explanation of why the transfer ended without an OK (undefined: it got one). */
+function explainEnd(context: EndContext, error: unknown): MigrationError | undefined {
+  const { signal, verdict, where, sent, proof, timedOut, timeoutMs } = context;
+  if (signal?.aborted) return new MigrationError("ECANCELED", "migration aborted");
+  // What the receiver said, if anything, explains the failure better than our side of it.
+  if (verdict.line !== undefined) {
+    if (verdict.early && verdict.line.startsWith("OK")) {
+      return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
+    }
+    const refused = verdictError(verdict.line, sent, proof);
+    if (refused) return refused;
+    if (verdict.early) return ioError(`protocol error: the receiver at ${where} answered OK before the stream was complete`);
+    return error === undefined ? undefined : ioError(`the migration failed after the receiver at ${where} accepted it`, error);
+  }
+  if (timedOut) {
+    return new MigrationError(
+      "ETIMEDOUT",
+      context.finished
+        ? `no verdict from the receiver at ${where} within ${timeoutMs} ms of the end of the stream`
+        : `no progress sending to ${where} for ${timeoutMs} ms (the receiver stopped reading)`,
+    );
+  }
+  if (error === undefined || verdict.closed || verdict.failure || (error instanceof MigrationError && error.code === "ECANCELED")) {
+    const what = error === undefined ? `receiver at ${where} closed the connection without a verdict` : `connection to ${where} lost during the migration`;
+    return ioError(what, verdict.failure);
+  }
+  return error instanceof MigrationError ? error : ioError(`migration to ${where} failed`, error);
 }
 
 interface VerdictWatch {
@@ -178,7 +352,7 @@ function watchVerdict(socket: Socket, onEnd: () => void): VerdictWatch {
  * EIO for connection problems, ECANCELED when aborted. On failure the device is RUNNING again.
  */
 export async function sendDevice(device: MigrationDevice, options: SendOptions): Promise<SendResult> {
-  const { host, port, signal, tls, timeoutMs, ...precopy } = options;
+  const { host, port, signal, tls, timeoutMs, channels, ...precopy } = options;
   let digest = 0n;
   const report = await sendStream(
     {
@@ -187,6 +361,7 @@ export async function sendDevice(device: MigrationDevice, options: SendOptions):
       ...(signal ? { signal } : {}),
       ...(tls ? { tls } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      ...(channels !== undefined ? { channels } : {}),
     },
     async (write, stop) => {
       const result = await migrateOut(device, { ...precopy, signal: stop, send: write });
@@ -220,7 +395,7 @@ export interface SendFileResult {
  * with nobody listening it fails before reading the file.
  */
 export async function sendFile(path: string, options: SendFileOptions): Promise<SendFileResult> {
-  const { host, port, signal, tls, timeoutMs, onprogress, ...encoder } = options;
+  const { host, port, signal, tls, timeoutMs, channels, onprogress, ...encoder } = options;
   const started = performance.now();
   const target: DialTarget = {
     port,
@@ -228,6 +403,7 @@ export async function sendFile(path: string, options: SendFileOptions): Promise<
     ...(signal ? { signal } : {}),
     ...(tls ? { tls } : {}),
     ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    ...(channels !== undefined ? { channels } : {}),
   };
   let digest = 0n;
   const summary = await sendStream(target, async (write, stop) => {

@@ -36,7 +36,7 @@ export const TRAILER_MAGIC = new TextEncoder().encode("MSNONCE1");
 export const NONCE_BYTES = 32;
 export const TRAILER_BYTES = TRAILER_MAGIC.length + NONCE_BYTES;
 /** An END record: 24 bytes of record header, 24 of payload (count, byte count, digest), 8 of checksum. */
-const END_RECORD_BYTES = 56;
+export const END_RECORD_BYTES = 56;
 const END_TAG = 0x12;
 
 /** The trailer a sender writes after its stream, with a fresh nonce. */
