@@ -15,6 +15,7 @@ import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
 import { MigrationError } from "../../core/errors.js";
 import { MAGIC } from "../../format/constants.js";
+import { checkMagic } from "../../format/header.js";
 
 /** The most connections one migration may use. */
 export const MAX_CHANNELS = 16;
@@ -81,7 +82,8 @@ export function classifyLead(received: Uint8Array): boolean | undefined {
   const n = Math.min(received.length, MAGIC.length);
   const isStream = received.subarray(0, n).every((b, i) => b === MAGIC[i]);
   const isChannel = received.subarray(0, n).every((b, i) => b === CHANNEL_MAGIC[i]);
-  if (!isStream && !isChannel) throw new MigrationError("EBADMSG", "bad magic (not a migstream stream)", { recordIndex: 0, byteOffset: 0 });
+  // Neither: the stream's own refusal, which also names a TLS handshake sent to a plain receiver.
+  if (!isStream && !isChannel) checkMagic(received);
   return n < MAGIC.length ? undefined : isChannel;
 }
 
