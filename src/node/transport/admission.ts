@@ -170,7 +170,11 @@ export class Admission {
     if (!socket.destroyed) socket.resetAndDestroy();
   }
 
-  /** The queue is over its bound: the source with the most waiting connections loses one. */
+  /**
+   * The queue is over its bound: a source with the most waiting connections loses one, chosen at
+   * random among all tied for most (with one connection per source, that is any waiter, not
+   * always the oldest: the honest peer reaching the head of the queue is no likelier a victim).
+   */
   #overflow(newcomer: Socket): void {
     const bySource = new Map<string, Socket[]>();
     for (const socket of this.#waiting) {
@@ -180,9 +184,10 @@ export class Admission {
       if (list) list.push(socket);
       else bySource.set(source, [socket]);
     }
-    let worst: Socket[] = [];
-    for (const list of bySource.values()) if (list.length > worst.length) worst = list;
-    const victim = worst[Math.floor(this.#random() * worst.length)];
+    let most = 0;
+    for (const list of bySource.values()) most = Math.max(most, list.length);
+    const tied = [...bySource.values()].filter((list) => list.length === most).flat();
+    const victim = tied[Math.floor(this.#random() * tied.length)];
     if (victim) this.#drop(victim, "overflow", new MigrationError("EBUSY", `more than ${this.#maxWaiting} connections waiting to authenticate`));
   }
 

@@ -213,9 +213,15 @@ export class ClientConnection {
     }
   }
 
+  /**
+   * Waits until the client has taken the replies queued so far. A client that reads none of them
+   * within the message deadline is closed: it would otherwise hold the one client slot forever.
+   */
   #drained(): Promise<void> {
     return new Promise((resolve) => {
+      const timer = setTimeout(() => this.close(), this.#limits.messageTimeoutMs);
       const done = (): void => {
+        clearTimeout(timer);
         this.socket.off("drain", done);
         this.socket.off("close", done);
         resolve();
