@@ -275,20 +275,40 @@ export class DmaLogging {
     const first = Number(iova / size - base);
     const last = Number((end - 1n) / size - base);
     const bits = range.bitmap.bytes;
-    // Walk the set tracked pages byte by byte (zero bytes are skipped), map each to the report
-    // pages it overlaps. Control path: it runs once per report, over the reported range only.
+    const mark = (r0: number, r1: number): void => {
+      for (let r = r0; r <= r1; r++) out[r >>> 3] = out[r >>> 3]! | (1 << (r & 7));
+    };
+    // Each dirty tracked page marks the report pages it overlaps. Offsets are taken relative to
+    // `iova`, in plain numbers wherever the reported span allows (every real one): no bigint is
+    // made per page. Spans past 2^53 bytes keep exact bigint arithmetic.
+    const span = end - iova;
+    const markPage: (page: number) => void =
+      span <= BigInt(Number.MAX_SAFE_INTEGER - this.#pageSize)
+        ? (() => {
+            const tracked = this.#pageSize;
+            const reportPage = Number(pageSize);
+            const length = Number(span);
+            // Where iova falls inside the first tracked page (a report page may be narrower).
+            const lead = Number(iova - (base + BigInt(first)) * size);
+            return (page: number) => {
+              const start = (page - first) * tracked - lead;
+              mark(Math.floor(Math.max(0, start) / reportPage), Math.floor((Math.min(length, start + tracked) - 1) / reportPage));
+            };
+          })()
+        : (page: number) => {
+            const pageStart = (base + BigInt(page)) * size;
+            const from = iova > pageStart ? iova : pageStart;
+            const to = end < pageStart + size ? end : pageStart + size;
+            mark(Number((from - iova) / pageSize), Number((to - 1n - iova) / pageSize));
+          };
+    // Walk the set tracked pages byte by byte (zero bytes are skipped): once per report, over
+    // the reported range only.
     for (let byte = first >>> 3; byte <= last >>> 3; byte++) {
       const value = bits[byte]!;
       if (value === 0) continue;
       for (let bit = 0; bit < 8; bit++) {
         const page = byte * 8 + bit;
-        if (page < first || page > last || (value & (1 << bit)) === 0) continue;
-        const pageStart = (base + BigInt(page)) * size;
-        const from = iova > pageStart ? iova : pageStart;
-        const to = end < pageStart + size ? end : pageStart + size;
-        const r0 = Number((from - iova) / pageSize);
-        const r1 = Number((to - 1n - iova) / pageSize);
-        for (let r = r0; r <= r1; r++) out[r >>> 3] = out[r >>> 3]! | (1 << (r & 7));
+        if (page >= first && page <= last && (value & (1 << bit)) !== 0) markPage(page);
       }
     }
     core().exports.bitmap_clear_range(range.bitmap.ptr, first, last - first + 1);

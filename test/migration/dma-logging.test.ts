@@ -115,6 +115,18 @@ describe("DMA logging", () => {
     device.free();
   });
 
+  it("a narrower report that starts inside a tracked page, in a range above 0, marks only the report pages it shares", () => {
+    const device = makeDevice();
+    const at = 256 * KiB4;
+    // Tracked at 16 KiB from 1 MiB: tracked page 2 covers [at + 8, at + 12) x 4 KiB.
+    device.startDmaLogging({ ranges: [{ iova: at, length: 64 * KiB4 }], pageSize: 4 * KiB4 });
+    device.dmaWrite(at + 9 * KiB4, new Uint8Array(1));
+    device.dmaWrite(at + 13 * KiB4, new Uint8Array(1));
+    // [at + 10, at + 18) x 4 KiB: half of tracked page 2, all of page 3, half of page 4 (clean).
+    expect(setBits(device.reportDmaLogging({ iova: at + 10 * KiB4, length: 8 * KiB4, pageSize: KiB4 }))).toEqual([0, 1, 2, 3, 4, 5]);
+    device.free();
+  });
+
   it("a report outside the tracked ranges, unaligned, or with no session is EINVAL", async () => {
     const device = makeDevice();
     await expectCode(() => device.reportDmaLogging({ iova: 0, length: KiB4, pageSize: KiB4 }), "EINVAL");
