@@ -1,7 +1,7 @@
 // What every command shares: exit codes, errors (one style, with a hint when there is a known way
 // out), inputs ("-" is stdin), outputs (atomic files, written-through devices and FIFOs, stdout),
 // and reports on stdout (--json) or stderr.
-import { accessSync, constants, createReadStream, createWriteStream, fstatSync, mkdtempSync, rmSync, type Stats, statSync } from "node:fs";
+import { accessSync, constants, createReadStream, createWriteStream, fstatSync, fsync, mkdtempSync, rmSync, type Stats, statSync } from "node:fs";
 import { once } from "node:events";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
@@ -13,6 +13,7 @@ import type { Writable } from "node:stream";
 import type { Command } from "commander";
 import { MigrationError } from "../core/errors.js";
 import { AtomicFile, onInterruptCleanup, resolveOutputPath } from "../node/atomic-file.js";
+import { StreamFile } from "../node/files.js";
 import { parseSize, sizeFlag } from "./format.js";
 import { peakRss } from "./json.js";
 import { explainTls } from "./tls-failure.js";
@@ -266,7 +267,18 @@ export function openSource(path: string, what = "stream"): AsyncIterable<Uint8Ar
     claimStdin(what);
     return process.stdin;
   }
+  // A regular file can also be read straight into the worker pool's memory (StreamFile).
+  if (isRegularFile(path)) return new StreamFile(path);
   return createReadStream(path, { highWaterMark: 1 << 20 });
+}
+
+function isRegularFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    // Missing or unreadable: the read stream reports it, as it always did.
+    return false;
+  }
 }
 
 /** Size of an input file (undefined for stdin or anything without a size): a progress total. */
@@ -396,9 +408,19 @@ export function planOutput(path: string, options: { force: boolean; inputs?: rea
 /** A sequential output: a file written atomically, or a stream (stdout, device, FIFO, socket). */
 export interface Output {
   readonly plan: OutputPlan;
-  write(chunk: Uint8Array): Promise<void>;
+  /**
+   * Writes `chunk` after everything written before. `release`, if given, is called once the
+   * chunk's memory may be reused (a file: at once; a stream: when the system took it).
+   */
+  write(chunk: Uint8Array, release?: () => void): Promise<void>;
   /** The temporary file's path (files only), for a verification pass before commit. */
   readonly tempPath: string | undefined;
+  /**
+   * Starts writing what was written so far to disk, off this thread (files; a no-op for
+   * streams), so that the flush runs beside whatever comes next (a verification pass) instead of
+   * inside `commit`, which still makes sure of it.
+   */
+  syncAhead(): Promise<void>;
   commit(): Promise<void>;
   abort(): void;
 }
@@ -411,9 +433,14 @@ export async function openOutput(plan: OutputPlan): Promise<Output> {
     return {
       plan,
       tempPath: file.tempPath,
-      async write(chunk) {
+      async write(chunk, release) {
         file.writeAt(chunk, position);
         position += chunk.length;
+        release?.();
+      },
+      syncAhead() {
+        // A failure here is not the output's: commit's own fsync reports any that matters.
+        return new Promise((resolve) => fsync(file.fd, () => resolve()));
       },
       async commit() {
         file.commit();
@@ -472,10 +499,12 @@ function streamOutput(plan: OutputPlan, sink: Writable): Output {
   return {
     plan,
     tempPath: undefined,
-    async write(chunk) {
+    syncAhead: async () => undefined,
+    async write(chunk, release) {
       check();
       const ok = sink.write(chunk, (error) => {
         if (error) failure ??= error;
+        else release?.();
       });
       if (!ok) {
         await new Promise<void>((resolve) => {

@@ -33,6 +33,8 @@ interface Segment {
   tables: number[];
   areas: number[];
   pending: Promise<unknown[][]> | undefined;
+  /** The tasks behind `pending`. */
+  tasks: Promise<unknown[]>[];
 }
 
 /**
@@ -104,6 +106,32 @@ export class ParallelDecoder {
     }
   }
 
+  /**
+   * Feeds the whole stream from `read`, which fills the view it is given with the next stream
+   * bytes and returns how many (0: the stream ended; `end()` comes next). The bytes land in pool
+   * memory directly: a file read this way is never copied on this thread.
+   */
+  async pushFrom(read: (into: Uint8Array) => number): Promise<void> {
+    for (;;) {
+      if (this.#direct) {
+        // Past what frames, the decoder takes the rest as it comes (and names the problem).
+        const rest = new Uint8Array(1 << 16);
+        for (let n = read(rest); n > 0; n = read(rest)) this.#decoder.push(rest.subarray(0, n));
+        return;
+      }
+      const seg = this.#segment();
+      // The view is made after #segment(): allocating there may grow (and detach) the memory.
+      // Up to the point where the segment goes to the workers, or, past it (a record longer
+      // than what is left), up to its end.
+      const room = seg.len < this.#threshold ? this.#threshold - seg.len : this.#segCap - seg.len;
+      const n = read(new Uint8Array(this.#core.memory.buffer, seg.ptr + seg.len, room));
+      if (n === 0) return;
+      seg.len += n;
+      if (!this.#headerTaken) this.#takeHeader(seg, false);
+      else if (seg.len >= this.#threshold) await this.#rotate(false);
+    }
+  }
+
   /** Ends the stream: everything held is decoded, then the decoder checks it is complete. */
   async end(): Promise<void> {
     try {
@@ -135,7 +163,7 @@ export class ParallelDecoder {
       // depends on the header).
       this.#tableCap = Math.ceil(this.#segCap / RECORD_OVERHEAD) * ENTRY;
       for (let i = 0; i < 2; i++) {
-        const seg: Segment = { ptr: this.#alloc(this.#segCap), len: 0, streamPos: 0, whole: 0, tables: [], areas: [], pending: undefined };
+        const seg: Segment = { ptr: this.#alloc(this.#segCap), len: 0, streamPos: 0, whole: 0, tables: [], areas: [], pending: undefined, tasks: [] };
         for (let j = 0; j < this.#pool.jobs; j++) seg.tables.push(this.#alloc(this.#tableCap));
         this.#segments.push(seg);
       }
@@ -151,6 +179,7 @@ export class ParallelDecoder {
 
   async #release(): Promise<void> {
     // No worker may still be writing what is about to be freed.
+    await this.#pool.help(this.#segments.flatMap((s) => s.tasks));
     await Promise.allSettled(this.#segments.map((s) => s.pending));
     for (const ptr of this.#taken.splice(0)) this.#core.free(ptr);
     this.#segments.length = 0;
@@ -229,12 +258,15 @@ export class ParallelDecoder {
       from = to;
     }
     seg.whole = whole;
+    seg.tasks = tasks;
     seg.pending = settleAll(tasks);
   }
 
   /** Runs the decoder over a segment's whole records with the workers' results. */
   async #decode(seg: Segment): Promise<void> {
     if (!seg.pending) return;
+    // This thread checks the parts no worker took yet, then waits for the rest.
+    await this.#pool.help(seg.tasks);
     const counts = await seg.pending;
     seg.pending = undefined;
     // One table in stream order: the parts' entries moved together behind the first.

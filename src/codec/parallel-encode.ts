@@ -6,7 +6,7 @@
 // config, rounds, end). The result is byte for byte the stream of one thread.
 import { MigrationError } from "../core/errors.js";
 import type { Core } from "../core/instance.js";
-import { settleAll, type WorkerPool } from "../core/pool/pool.js";
+import type { WorkerPool } from "../core/pool/pool.js";
 import { RECORD_OVERHEAD, TAG_PAGES, TAG_ZERO } from "../format/constants.js";
 import { ContextView, Enc, EncMode } from "./contexts.js";
 import type { StreamEncoder } from "./encoder.js";
@@ -28,6 +28,8 @@ interface Chunk {
 
 /** Bytes of state per chunk (a worker's unit of work) when records are small. */
 const CHUNK_BYTES = 2 << 20;
+/** Chunks per thread in a window. */
+const CHUNKS_PER_JOB = 3;
 
 /** Per in-flight chunk: the encoder context, output and scratch the worker encodes with. */
 interface Slot {
@@ -93,10 +95,11 @@ class ParallelRun {
     this.#pageSize = pageSize;
     const chunk = Math.max(options.chunkBytes ?? CHUNK_BYTES, 2 * maxRecordPayload);
     this.#chunkPages = Math.max(8, Math.floor(chunk / pageSize));
-    // Two windows (one read while the other is encoded), each a chunk for every worker, and
-    // always more than a record so the plan moves forward. Small: every buffer here is first
-    // touched by each process (about 3 ms per MiB on a VM), and two windows keep the workers busy.
-    this.#windowBytes = Math.max(pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
+    // Two windows (one read while the other is encoded), each CHUNKS_PER_JOB chunks for every
+    // thread (so that the calling thread, which also reads and writes, can take fewer than the
+    // workers), and always more than a record so the plan moves forward. Small: every buffer
+    // here is first touched by each process (about 3 ms per MiB on a VM).
+    this.#windowBytes = Math.max(CHUNKS_PER_JOB * pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
     const c = this.#core;
     const k = c.exports;
     const ctxSize = k.encode_context_size();
@@ -142,7 +145,8 @@ class ParallelRun {
       if (!pending) return;
       const { chunks, tasks, slots, done } = pending;
       pending = undefined;
-      const results = await settleAll(tasks);
+      // This thread runs whatever no worker took yet, then waits for the rest.
+      const results = await this.#pool.settle(tasks);
       chunks.forEach((chunk, i) => this.#splice(chunk, slots[i]!, results[i]!));
       await this.#options.flush?.();
       this.#options.onprogress?.(done);
@@ -168,7 +172,10 @@ class ParallelRun {
       await finish();
     } catch (error) {
       // Nothing may still be writing the memory about to be released.
-      if (pending) await Promise.allSettled(pending.tasks);
+      if (pending) {
+        await this.#pool.help(pending.tasks);
+        await Promise.allSettled(pending.tasks);
+      }
       throw error;
     }
   }

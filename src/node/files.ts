@@ -2,7 +2,7 @@
 // encoding reads windows of the snapshot (and its base) straight into core memory; decoding
 // applies each verified record at its offset in a temporary output file, renamed only once the
 // whole stream verified.
-import { closeSync, fstatSync, ftruncateSync, openSync, readSync } from "node:fs";
+import { closeSync, createReadStream, fstatSync, ftruncateSync, openSync, readSync } from "node:fs";
 import { CoreBuffer } from "../core/buffer.js";
 import { MigrationError } from "../core/errors.js";
 import { guarded } from "../core/instance.js";
@@ -369,8 +369,10 @@ export interface DecodeFileOptions extends Omit<DecoderOptions, "base" | "baseDi
 }
 
 /** A decoder fed with awaits: the worker pool's, or the one-thread decoder as it is. */
-interface AsyncDecoder {
+export interface AsyncDecoder {
   push(chunk: Uint8Array): Promise<void> | void;
+  /** The pool's decoder: reads a {@link StreamFile} straight into its memory. */
+  pushFrom?(read: (into: Uint8Array) => number): Promise<void>;
   end(): Promise<void> | void;
   abort(): void;
   summary(): DecoderSummary;
@@ -390,6 +392,7 @@ export function openDecoder(target: DecodeTarget, options: DecoderOptions, jobs:
   const decoder = new ParallelDecoder(parallel.pool, target, options, payloads);
   return {
     push: (chunk) => decoder.push(chunk),
+    pushFrom: (read) => decoder.pushFrom(read),
     end: () => decoder.end(),
     abort: () => decoder.abort(),
     summary: () => decoder.summary(),
@@ -400,14 +403,82 @@ export function openDecoder(target: DecodeTarget, options: DecoderOptions, jobs:
 }
 
 /**
+ * A stream in a file. Iterated, it is a read stream (its reads run beside the decoder, on
+ * libuv's threads); a decoder on the worker pool instead reads it with {@link readInto} straight
+ * into the pool's memory, with no copy on this thread.
+ */
+export class StreamFile implements AsyncIterable<Uint8Array> {
+  readonly path: string;
+  #fd: number | undefined;
+  #position = 0;
+
+  constructor(path: string) {
+    this.path = path;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    return createReadStream(this.path, { highWaterMark: 1 << 20 })[Symbol.asyncIterator]();
+  }
+
+  /** Reads the next bytes of the file into `into`; returns how many (0 at its end). */
+  readInto(into: Uint8Array): number {
+    if (this.#fd === undefined) this.#fd = openRead(this.path).fd;
+    let n: number;
+    try {
+      n = readSync(this.#fd, into, 0, into.length, this.#position);
+    } catch (cause) {
+      throw ioError(`cannot read ${this.path}`, cause);
+    }
+    this.#position += n;
+    return n;
+  }
+
+  close(): void {
+    if (this.#fd !== undefined) closeSync(this.#fd);
+    this.#fd = undefined;
+  }
+}
+
+/** What a decoder reads: chunks, or a {@link StreamFile}. */
+export type StreamSource = AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
+/**
+ * Feeds all of `source` to `decoder` (not its end): a {@link StreamFile} straight into the
+ * pool's memory when the decoder runs on the pool, chunks otherwise. `onbytes` gets the bytes fed
+ * so far after each step.
+ */
+export async function feedDecoder(decoder: AsyncDecoder, source: StreamSource, onbytes?: (bytes: number) => void, signal?: AbortSignal): Promise<void> {
+  let bytes = 0;
+  const aborted = (): void => {
+    if (signal?.aborted) throw new MigrationError("ECANCELED", "decode aborted");
+  };
+  if (source instanceof StreamFile && decoder.pushFrom) {
+    try {
+      await decoder.pushFrom((into) => {
+        aborted();
+        const n = source.readInto(into);
+        bytes += n;
+        if (n > 0) onbytes?.(bytes);
+        return n;
+      });
+    } finally {
+      source.close();
+    }
+    return;
+  }
+  for await (const chunk of source) {
+    aborted();
+    await decoder.push(chunk);
+    bytes += chunk.length;
+    onbytes?.(bytes);
+  }
+}
+
+/**
  * Decodes a stream into the snapshot file `output` (written atomically), or, with `output`
  * undefined, only verifies it. Resolves with the decoder's summary.
  */
-export async function decodeToFile(
-  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
-  output: string | undefined,
-  options: DecodeFileOptions = {},
-): Promise<DecoderSummary> {
+export async function decodeToFile(source: StreamSource, output: string | undefined, options: DecodeFileOptions = {}): Promise<DecoderSummary> {
   const { base, signal, onprogress, jobs, pool, onnote, ...decoderOptions } = options;
   const baseFile = base === undefined ? undefined : openRead(base);
   const target = output === undefined ? new DiscardTarget() : new FileTarget(output, base);
@@ -419,13 +490,7 @@ export async function decodeToFile(
       { ...(jobs !== undefined ? { jobs } : {}), ...(pool ? { pool } : {}), ...(onnote ? { onnote } : {}) },
       output !== undefined,
     );
-    let bytes = 0;
-    for await (const chunk of source) {
-      if (signal?.aborted) throw new MigrationError("ECANCELED", "decode aborted");
-      await decoder.push(chunk);
-      bytes += chunk.length;
-      onprogress?.(bytes);
-    }
+    await feedDecoder(decoder, source, onprogress, signal);
     await decoder.end();
     return decoder.summary();
   } catch (error) {
@@ -458,9 +523,10 @@ export interface InspectReport {
  * (with its record index and byte offset) instead of throwing.
  */
 export async function inspectStream(
-  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  source: StreamSource,
   options: DecoderLimits = {},
   jobs: JobsOptions = {},
+  onbytes?: (bytes: number) => void,
 ): Promise<InspectReport> {
   const bytesByKind = { pages: 0, lz4: 0, zero: 0, delta: 0 };
   const kinds: Record<number, keyof typeof bytesByKind> = { [TAG_PAGES]: "pages", [TAG_ZERO]: "zero", [TAG_DELTA]: "delta" };
@@ -480,7 +546,7 @@ export async function inspectStream(
   );
   let problem: MigrationError | undefined;
   try {
-    for await (const chunk of source) await decoder.push(chunk);
+    await feedDecoder(decoder, source, onbytes);
     await decoder.end();
   } catch (error) {
     if (!(error instanceof MigrationError)) throw error;

@@ -18,6 +18,8 @@ export {
   decodeToFile,
   inspectStream,
   digestFile,
+  StreamFile,
+  type StreamSource,
   type EncodeFileOptions,
   type DecodeFileOptions,
   type InspectReport,

@@ -176,12 +176,32 @@ function decodeSerial(stream: Uint8Array, chunk: number): Outcome {
   return outcomeOf(error, target, () => decoder.summary());
 }
 
-async function decodeParallel(stream: Uint8Array, chunk: number, p: WorkerPool, partBytes: number, payloads = true): Promise<Outcome> {
+/**
+ * The pool's decoder over `stream`, fed `chunk` bytes at a time: pushed, or (`feed` "pushFrom")
+ * read straight into pool memory as a file is, each read at most `chunk` bytes.
+ */
+async function decodeParallel(
+  stream: Uint8Array,
+  chunk: number,
+  p: WorkerPool,
+  partBytes: number,
+  payloads = true,
+  feed: "push" | "pushFrom" = "push",
+): Promise<Outcome> {
   const target = new ArrayTarget();
   const decoder = new ParallelDecoder(p, target, { maxRecordPayload: 1 << 20 }, payloads, partBytes);
   let error: unknown;
   try {
-    for (let at = 0; at < stream.length; at += chunk) await decoder.push(stream.subarray(at, at + chunk));
+    if (feed === "push") for (let at = 0; at < stream.length; at += chunk) await decoder.push(stream.subarray(at, at + chunk));
+    else {
+      let at = 0;
+      await decoder.pushFrom((into) => {
+        const n = Math.min(into.length, chunk, stream.length - at);
+        into.set(stream.subarray(at, at + n));
+        at += n;
+        return n;
+      });
+    }
     await decoder.end();
   } catch (e) {
     error = e;
@@ -198,6 +218,7 @@ describe("decode on the pool", () => {
     bit: fc.integer({ min: 0, max: 7 }),
     chunk: fc.constantFrom(1000, 4096, 65536, 1 << 20),
     partBytes: fc.constantFrom(512, 4096, 32768),
+    feed: fc.constantFrom("push" as const, "pushFrom" as const),
   });
 
   test.prop([damageArb], { seed: 0x20d3, numRuns: 30 })("gives the state, summary or error of one thread", async (a) => {
@@ -219,7 +240,7 @@ describe("decode on the pool", () => {
       damagePayload(damaged, at, a.where, a.bit, s.checksum);
     }
     const serial = decodeSerial(damaged, a.chunk);
-    const parallel = await decodeParallel(damaged, a.chunk, pool(s.jobs), a.partBytes);
+    const parallel = await decodeParallel(damaged, a.chunk, pool(s.jobs), a.partBytes, true, a.feed);
     expect(parallel).toEqual(serial);
     if (a.damage === "none") expect(Buffer.compare(parallel.state!, state)).toBe(0);
   });
@@ -335,6 +356,8 @@ describe("the pool", () => {
   it("a worker that dies fails the operation with EIO, and the pool recovers", async () => {
     const p = new WorkerPool(2);
     try {
+      // Started, so that it takes tasks from the first window on (the crash needs it to).
+      await p.ready();
       const state = buildState(
         [
           { kind: 1, pages: 2048 },
@@ -369,6 +392,50 @@ describe("the pool", () => {
       // The same pool, afterwards: the right bytes.
       const again = await encodeOnPool(state, p, { ...o, chunkBytes: 65536 });
       expect(Buffer.compare(again, encodeSnapshot(state, { ...o, compress: "lz4", config: new Uint8Array([1, 2, 3]) }))).toBe(0);
+    } finally {
+      p.close();
+    }
+  });
+
+  it("counts the calling thread as a job: a pool of N starts N - 1 workers", () => {
+    for (const jobs of [2, 3, 5]) {
+      const p = new WorkerPool(jobs);
+      try {
+        expect([p.jobs, p.workers]).toEqual([jobs, jobs - 1]);
+      } finally {
+        p.close();
+      }
+    }
+  });
+
+  it("the calling thread runs the tasks it waits for that no worker took, with the same results", async () => {
+    const p = new WorkerPool(2);
+    try {
+      await p.ready();
+      const c = p.core;
+      const size = 64 * 1024;
+      const data = c.alloc(size * 8);
+      for (let i = 0; i < size * 8; i++) c.u8[data + i] = (i * 131) >>> 3;
+      // The one worker takes two tasks (its pipeline), the other six wait in the queue.
+      const tasks = Array.from({ length: 8 }, (_, i) => p.run([["xxh3_64", data + i * size, size, 0n]]));
+      const results = await p.settle(tasks);
+      expect(results.map((r) => r[0])).toEqual(Array.from({ length: 8 }, (_, i) => c.exports.xxh3_64(data + i * size, size, 0n)));
+      c.free(data);
+    } finally {
+      p.close();
+    }
+  });
+
+  it("a kernel that traps on the calling thread fails its task with EFAULT, and the pool goes on", async () => {
+    const p = new WorkerPool(2);
+    try {
+      await p.ready();
+      const outside = 0xfffffff0;
+      // Two tasks keep the worker's pipeline full, so the trapping one is left to this thread.
+      const busy = [p.run([["lz4_table_size"]]), p.run([["lz4_table_size"]])];
+      const bad = p.run([["crc32c", outside, 4096]]);
+      await expect(p.settle([...busy, bad])).rejects.toMatchObject({ code: "EFAULT", message: expect.stringContaining("calling thread") });
+      await expect(p.settle([p.run([["lz4_table_size"]])])).resolves.toEqual([[p.core.exports.lz4_table_size()]]);
     } finally {
       p.close();
     }

@@ -2,7 +2,7 @@
 import { readFileSync, statSync } from "node:fs";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
-import { decodeToFile, encodeFile, inspectStream, openDecoder } from "../../node/files.js";
+import { decodeToFile, encodeFile, feedDecoder, inspectStream, openDecoder, StreamFile } from "../../node/files.js";
 import { createPool, defaultJobs, MAX_JOBS } from "../../core/pool/pool.js";
 import type { DecoderSummary } from "../../codec/decoder.js";
 import type { EncoderSummary } from "../../codec/encoder.js";
@@ -135,6 +135,7 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
   const input = await snapshotPath(snapshot, "snapshot");
   const progress = new Progress(command, flags);
   let output: Awaited<ReturnType<typeof openOutput>> | undefined;
+  let synced: Promise<void> | undefined;
   let pool: ReturnType<typeof createPool>["pool"];
   try {
     if (base) {
@@ -153,7 +154,7 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     const pooled = createPool(jobs);
     pool = pooled.pool;
     if (pooled.note) noteFor(flags)(pooled.note);
-    const summary = await encodeFile(input.path, (chunk) => output!.write(chunk), {
+    const summary = await encodeFile(input.path, (chunk, release) => output!.write(chunk, release), {
       ...(pool ? { pool } : {}),
       pageSize: parseSize(flags.pageSize),
       maxRecordPayload: parseSize(flags.maxRecord),
@@ -166,18 +167,22 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     });
     progress.done();
     let verified: DecoderSummary | undefined;
+    // The written stream goes to disk while it is read back and checked.
+    synced = output.syncAhead();
     if (flags.verify && output.tempPath !== undefined) {
       // The bytes on disk, not the ones in memory, are what a reader will get.
       progress.phase("verify", summary.bytes);
       const check = await inspectStream(
-        progressSource(openSource(output.tempPath), progress),
+        new StreamFile(output.tempPath),
         { maxStateSize: summary.stateBytes, maxRecordPayload: parseSize(flags.maxRecord) },
         pool ? { pool } : {},
+        (bytes) => progress.update(bytes),
       );
       progress.done();
       if (check.problem) throw new MigrationError("EIO", `written stream failed verification: ${check.problem.message}`);
       verified = check.summary;
     }
+    await synced;
     await output.commit();
     const value = {
       output: flags.output,
@@ -187,6 +192,8 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     };
     report(value, encodeText(summary, flags.output), { ...flags, dataOnStdout: plan.kind === "stdout" });
   } catch (error) {
+    // The background flush holds the file's descriptor: it ends before the file is removed.
+    await synced;
     output?.abort();
     throw error;
   } finally {
@@ -194,16 +201,6 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     progress.done();
     input.cleanup();
     base?.cleanup();
-  }
-}
-
-/** Counts the bytes of a source into a progress line as they pass. */
-async function* progressSource(source: AsyncIterable<Uint8Array>, progress: Progress): AsyncIterable<Uint8Array> {
-  let bytes = 0;
-  for await (const chunk of source) {
-    bytes += chunk.length;
-    progress.update(bytes);
-    yield chunk;
   }
 }
 
@@ -472,12 +469,8 @@ async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "fo
         { jobs: parseJobs(flags), onnote: noteFor(flags) },
         false,
       );
-      let bytes = 0;
       try {
-        for await (const chunk of source) {
-          await decoder.push(chunk);
-          progress.update((bytes += chunk.length), total);
-        }
+        await feedDecoder(decoder, source, (bytes) => progress.update(bytes, total));
         await decoder.end();
       } catch (error) {
         await decoder.abort();

@@ -110,14 +110,23 @@ function spawn(onmessage: (data: unknown) => void, ondeath: (reason: string) => 
 
 interface Task {
   calls: KernelCall[];
+  promise?: Promise<unknown[]>;
   resolve: (results: unknown[]) => void;
   reject: (error: MigrationError) => void;
 }
 
+/**
+ * Tasks handed to one worker at a time: the next one is already in its message queue when it
+ * finishes one, so it does not wait for the calling thread (busy with a task of its own) to hand
+ * it more.
+ */
+const DEPTH = 2;
+
 interface Slot {
   thread: Thread;
   ready: boolean;
-  task: Task | undefined;
+  /** The tasks this worker has, in the order it runs them. */
+  tasks: Task[];
   /** Per-thread kernel scratch (xxh3 accumulators, digest input) in shared memory. */
   scratch: number;
   /** Bumped when the slot gets a new thread: events of an old one are ignored. */
@@ -130,8 +139,14 @@ interface Slot {
  * Threads running kernels of one shared core. Work is handed out in calls that name kernels and
  * pointers into {@link core}'s memory; a caller waits for every task it started before it frees
  * or reuses the memory those tasks use.
+ *
+ * `jobs` counts the calling thread: a pool of `jobs` runs `jobs - 1` workers, and the thread
+ * that waits for them runs queued tasks itself ({@link help}, {@link settle}) instead of
+ * idling. A pool of 2 on 2 cores is then 2 busy threads, not 3 (the caller reading files and
+ * splicing results beside 2 workers, each preempting the others).
  */
 export class WorkerPool {
+  /** Threads that do the work, the calling thread included. */
   readonly jobs: number;
   /** The core over the shared memory: the main thread allocates and runs kernels here too. */
   readonly core: Core;
@@ -152,20 +167,65 @@ export class WorkerPool {
     // starts (a worker joining, or replacing one that died), zeros over the default scratch
     // block included: the main thread's kernels use a block of their own, like each worker.
     this.core.exports.set_thread_scratch(this.core.alloc(size));
-    for (let i = 0; i < jobs; i++) {
-      const slot: Slot = { thread: undefined as unknown as Thread, ready: false, task: undefined, scratch: this.core.alloc(size), epoch: 0 };
+    for (let i = 0; i < Math.max(1, jobs - 1); i++) {
+      const slot: Slot = { thread: undefined as unknown as Thread, ready: false, tasks: [], scratch: this.core.alloc(size), epoch: 0 };
       this.#slots.push(slot);
       this.#start(slot);
     }
   }
 
-  /** Runs `calls` in order on one worker; resolves with each call's result. */
+  /** Worker threads (the calling thread is not one). */
+  get workers(): number {
+    return this.#slots.length;
+  }
+
+  /** Resolves once every worker has started (tests that need a worker to take a task). */
+  async ready(): Promise<void> {
+    while (!this.#closed && this.#slots.some((slot) => !slot.ready)) await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+
+  /**
+   * Runs tasks of `tasks` that no worker has taken yet on this thread, one at a time and from
+   * the back (the workers take from the front), returning to the event loop after each so that
+   * a worker that finished is handed its next task at once rather than after this thread's
+   * turn. Resolves when none of `tasks` waits in the queue any more (some may still run on
+   * workers): the calling thread's share, done while it would otherwise wait.
+   */
+  async help(tasks: Promise<unknown>[]): Promise<void> {
+    const kernels = this.core.exports as unknown as Record<string, (...args: Array<number | bigint>) => unknown>;
+    const wanted = new Set<Promise<unknown>>(tasks);
+    for (;;) {
+      if (this.#closed) return;
+      let index = this.#queue.length - 1;
+      while (index >= 0 && !wanted.has(this.#queue[index]!.promise!)) index--;
+      if (index < 0) return;
+      const task = this.#queue.splice(index, 1)[0]!;
+      try {
+        task.resolve(task.calls.map(([name, ...args]) => kernels[name]!(...args)));
+      } catch (error) {
+        task.reject(new MigrationError("EFAULT", `a pool kernel failed on the calling thread: ${(error as Error)?.message ?? String(error)}`));
+      }
+      await nextTurn();
+    }
+  }
+
+  /** {@link help} with `tasks`, then {@link settleAll} of them. */
+  async settle<T>(tasks: Promise<T>[]): Promise<T[]> {
+    await this.help(tasks);
+    return settleAll(tasks);
+  }
+
+  /** Queues `calls` to run in order on one worker (or the calling thread); resolves with each call's result. */
   run(calls: KernelCall[]): Promise<unknown[]> {
     if (this.#closed) return Promise.reject(new MigrationError("ECANCELED", "the worker pool was closed"));
+    const entry: Task = { calls, resolve: () => undefined, reject: () => undefined };
     const task = new Promise<unknown[]>((resolve, reject) => {
-      this.#queue.push({ calls, resolve, reject });
-      this.#dispatch();
+      entry.resolve = resolve;
+      entry.reject = reject;
     });
+    entry.promise = task;
+    this.#queue.push(entry);
+    this.#dispatch();
     // Callers await every task of an operation, but not always before one fails (a worker dies
     // while the main thread reads the next window): that is not an unhandled rejection.
     task.catch(() => undefined);
@@ -180,7 +240,7 @@ export class WorkerPool {
   crash(index: number): void {
     const slot = this.#slots[index];
     if (!slot) throw new MigrationError("EINVAL", `no worker ${index}`);
-    if (!slot.task) {
+    if (slot.tasks.length === 0) {
       slot.crashOnNextTask = true;
       return;
     }
@@ -196,8 +256,7 @@ export class WorkerPool {
     for (const slot of this.#slots) {
       slot.epoch++;
       slot.thread.terminate();
-      slot.task?.reject(error);
-      slot.task = undefined;
+      for (const task of slot.tasks.splice(0)) task.reject(error);
     }
     for (const task of this.#queue.splice(0)) task.reject(error);
   }
@@ -224,9 +283,8 @@ export class WorkerPool {
       this.#dispatch();
       return;
     }
-    const task = slot.task;
-    slot.task = undefined;
-    slot.thread.hold(false);
+    const task = slot.tasks.shift();
+    slot.thread.hold(slot.tasks.length > 0);
     if (task) {
       if (data.error !== undefined) {
         task.reject(new MigrationError("EFAULT", `a pool worker failed: ${data.error}`));
@@ -240,9 +298,8 @@ export class WorkerPool {
   #died(slot: Slot, epoch: number, reason: string): void {
     if (epoch !== slot.epoch || this.#closed) return;
     this.restarts++;
-    const task = slot.task;
-    slot.task = undefined;
-    task?.reject(new MigrationError("EIO", `a pool worker stopped (${reason}); the operation was abandoned`));
+    const error = new MigrationError("EIO", `a pool worker stopped (${reason}); the operation was abandoned`);
+    for (const task of slot.tasks.splice(0)) task.reject(error);
     this.#replace(slot);
   }
 
@@ -253,17 +310,20 @@ export class WorkerPool {
   }
 
   #dispatch(): void {
-    for (const slot of this.#slots) {
-      if (this.#queue.length === 0) return;
-      if (!slot.ready || slot.task) continue;
-      const task = this.#queue.shift()!;
-      slot.task = task;
-      slot.thread.hold(true);
-      slot.thread.post({ id: this.#nextId++, calls: task.calls });
-      if (slot.crashOnNextTask) {
-        slot.crashOnNextTask = false;
-        slot.thread.terminate();
-        this.#died(slot, slot.epoch, "it was ended abruptly");
+    // Round by round, so each worker gets one task before any gets a second.
+    for (let depth = 1; depth <= DEPTH; depth++) {
+      for (const slot of this.#slots) {
+        if (this.#queue.length === 0) return;
+        if (!slot.ready || slot.tasks.length >= depth) continue;
+        const task = this.#queue.shift()!;
+        slot.tasks.push(task);
+        slot.thread.hold(true);
+        slot.thread.post({ id: this.#nextId++, calls: task.calls });
+        if (slot.crashOnNextTask) {
+          slot.crashOnNextTask = false;
+          slot.thread.terminate();
+          this.#died(slot, slot.epoch, "it was ended abruptly");
+        }
       }
     }
   }
@@ -278,7 +338,7 @@ interface WorkerReply {
 }
 
 /**
- * A pool of `jobs` workers, or, where this runtime cannot run one (see {@link poolUnavailable}),
+ * A pool of `jobs` threads (`jobs - 1` workers and the caller), or, where this runtime cannot run one (see {@link poolUnavailable}),
  * undefined and the reason: the caller then works on one thread and says so.
  */
 export function createPool(jobs: number): { pool: WorkerPool | undefined; note: string | undefined } {
@@ -287,6 +347,23 @@ export function createPool(jobs: number): { pool: WorkerPool | undefined; note: 
   const reason = poolUnavailable();
   if (reason) return { pool: undefined, note: `running on one thread: ${reason}` };
   return { pool: new WorkerPool(jobs), note: undefined };
+}
+
+/**
+ * Resolves after the event loop had a turn (worker messages included): setImmediate where it
+ * exists, a message to itself elsewhere (a timer would wait a millisecond or more).
+ */
+function nextTurn(): Promise<void> {
+  const immediate = (globalThis as { setImmediate?: (callback: () => void) => unknown }).setImmediate;
+  if (immediate) return new Promise((resolve) => void immediate(resolve));
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(0);
+  });
 }
 
 /**

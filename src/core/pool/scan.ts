@@ -3,7 +3,7 @@
 // no two workers touch the same hash or bitmap byte.
 import { MigrationError } from "../errors.js";
 import { bitmapBytes, pageCount, validatePageSize } from "../scan.js";
-import { settleAll, type WorkerPool } from "./pool.js";
+import type { WorkerPool } from "./pool.js";
 
 /**
  * scanHash (src/core/scan.ts) split over `pool`: pages whose XXH3-64 differs from the one in
@@ -38,6 +38,6 @@ export async function scanHashOnPool(pool: WorkerPool, data: Uint8Array, pageSiz
     const to = Math.min(length, last * pageSize);
     tasks.push(pool.run([["scan_hash", data.byteOffset + from, to - from, pageSize, hashes.byteOffset + first * 8, bitmap.byteOffset + first / 8]]));
   }
-  const results = await settleAll(tasks);
+  const results = await pool.settle(tasks);
   return results.reduce<number>((n, r) => n + ((r[0] as number) >>> 0), 0);
 }
