@@ -439,6 +439,9 @@ export class StreamFile implements AsyncIterable<Uint8Array> {
   }
 }
 
+/** Bytes of a stream file read at a time by a one-thread decoder. */
+const FEED_WINDOW = 4 << 20;
+
 /** What a decoder reads: chunks, or a {@link StreamFile}. */
 export type StreamSource = AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
 
@@ -452,15 +455,26 @@ export async function feedDecoder(decoder: AsyncDecoder, source: StreamSource, o
   const aborted = (): void => {
     if (signal?.aborted) throw new MigrationError("ECANCELED", "decode aborted");
   };
-  if (source instanceof StreamFile && decoder.pushFrom) {
+  if (source instanceof StreamFile) {
+    const read = (into: Uint8Array): number => {
+      aborted();
+      const n = source.readInto(into);
+      bytes += n;
+      if (n > 0) onbytes?.(bytes);
+      return n;
+    };
     try {
-      await decoder.pushFrom((into) => {
-        aborted();
-        const n = source.readInto(into);
-        bytes += n;
-        if (n > 0) onbytes?.(bytes);
-        return n;
-      });
+      if (decoder.pushFrom) await decoder.pushFrom(read);
+      else {
+        // One thread: windows of the file read into core memory, which the decoder parses in
+        // place (no copy, no read stream).
+        const window = new CoreBuffer(FEED_WINDOW);
+        try {
+          for (let n = read(window.bytes); n > 0; n = read(window.bytes)) await decoder.push(window.bytes.subarray(0, n));
+        } finally {
+          window.free();
+        }
+      }
     } finally {
       source.close();
     }

@@ -1,5 +1,7 @@
 // --jobs through the real binary: the same stream bytes, decoded state and errors as --jobs 1.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { randomBytes } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
 import { makeState, run, tempFiles, useTestDir } from "./helpers.js";
 
@@ -41,10 +43,11 @@ describe("--jobs on the codec commands", () => {
     ]);
     expect(v2.code, v2.stderr).toBe(0);
     const strip = (r: { stdout: Buffer }) => {
-      const { durationMs: _d, maxRssBytes: _m, throughput: _t, ...rest } = JSON.parse(r.stdout.toString());
+      const { durationMs: _d, maxRssBytes: _m, throughput: _t, jobs: _j, ...rest } = JSON.parse(r.stdout.toString());
       return rest;
     };
     expect(strip(v2)).toEqual(strip(v1));
+    expect([JSON.parse(v1.stdout.toString()).jobs, JSON.parse(v2.stdout.toString()).jobs]).toEqual([1, 2]);
   });
 
   it("a damaged stream: the same error, record and offset; no output left", async () => {
@@ -80,6 +83,31 @@ describe("--jobs on the codec commands", () => {
     expect(JSON.parse(two.stdout.toString()).pages.delta).toBeGreaterThan(0);
     expect(Buffer.compare(readFileSync(at("applied-2.state")), next)).toBe(0);
     expect(Buffer.compare(readFileSync(at("applied-1.state")), next)).toBe(0);
+  });
+
+  it("without --jobs: the cores for inputs of 64 MiB or more, but one thread for small ones and for encode without lz4", async () => {
+    const cores = Math.min(8, availableParallelism());
+    // Over 64 MiB of data, so that its streams are that large too (the default goes by the
+    // input's size: the state for encode, the stream for decode and verify).
+    // Random bytes: no page is zero or compressible, so every stream of it is as large.
+    const big = randomBytes(64 * 1024 * 1024 + 4096);
+    writeFileSync(at("big.state"), big);
+    const jobsOf = async (args: string[]): Promise<number> => {
+      const r = await run([...args, "--json"], { timeoutMs: 120_000 });
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.toString()).jobs;
+    };
+    expect(await jobsOf(["encode", at("big.state"), "-o", at("big.mig"), "--compress", "lz4"])).toBe(cores);
+    expect(await jobsOf(["encode", at("big.state"), "-o", at("big-raw.mig")])).toBe(1);
+    expect(await jobsOf(["verify", at("big-raw.mig")])).toBe(cores);
+    expect(await jobsOf(["decode", at("big.mig"), "-o", at("big-decoded.state")])).toBe(cores);
+    expect(Buffer.compare(readFileSync(at("big-decoded.state")), big)).toBe(0);
+    // Under 64 MiB (this test's 24 MiB stream), and stdin (no size known): one thread.
+    expect(await jobsOf(["verify", at("two-lz4.mig")])).toBe(1);
+    expect(await jobsOf(["encode", at("vm.state"), "-o", at("small.mig"), "--compress", "lz4"])).toBe(1);
+    const piped = await run(["verify", "-", "--json"], { input: readFileSync(at("big.mig")), timeoutMs: 120_000 });
+    expect(piped.code, piped.stderr).toBe(0);
+    expect(JSON.parse(piped.stdout.toString()).jobs).toBe(1);
   });
 
   it("refuses a bad --jobs as a usage error", async () => {

@@ -1,12 +1,12 @@
 // The file layer: streams applied at their offsets in a temporary file, renamed only once the
 // stream verified; snapshots encoded from files in bounded windows.
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { StreamEncoder } from "../../src/codec/encoder.js";
 import { encodeSnapshot } from "../../src/codec/snapshot.js";
-import { decodeToFile, encodeFile, inspectStream } from "../../src/node/files.js";
+import { decodeToFile, encodeFile, inspectStream, StreamFile } from "../../src/node/files.js";
 
 const dir = mkdtempSync(join(tmpdir(), "migstream-files-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -91,5 +91,71 @@ describe("encodeFile", () => {
     const incremental: Uint8Array[] = [];
     await encodeFile(join(dir, "e.state"), (c) => void incremental.push(c), { base: join(dir, "e.base") });
     expect(Buffer.concat(incremental).equals(encodeSnapshot(state, { base }))).toBe(true);
+  });
+});
+
+describe("StreamFile", () => {
+  /** Files this process has open under the test's directory (Linux). */
+  const openHere = (): string[] =>
+    readdirSync("/proc/self/fd")
+      .map((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`);
+        } catch {
+          return "";
+        }
+      })
+      .filter((target) => target.startsWith(dir));
+  // Several windows of the one-thread decoder (4 MiB) and several pool segments.
+  const state = pattern(9 * 1024 * 1024 + 777, 41);
+  state.fill(0, 1 << 20, 3 << 20);
+  const stream = encodeSnapshot(state, { compress: "lz4", maxRecordPayload: 256 * 1024 });
+
+  it("decodes like chunks, on one thread and on the pool, and closes its file", async () => {
+    const path = join(dir, "whole.mig");
+    writeFileSync(path, stream);
+    for (const jobs of [1, 2]) {
+      const out = join(dir, `from-file-${jobs}.state`);
+      const summary = await decodeToFile(new StreamFile(path), out, { jobs });
+      expect(Buffer.compare(readFileSync(out), state)).toBe(0);
+      expect(summary.bytes).toBe(stream.length);
+    }
+    expect(openHere()).toEqual([]);
+  });
+
+  it("a truncated or damaged file: the error of chunks (code, record, offset), the file closed", async () => {
+    const cuts = [10, 100, Math.floor(stream.length / 3), stream.length - 1];
+    for (const [name, bytes] of [
+      ...cuts.map((cut) => [`cut-${cut}`, stream.subarray(0, cut)] as const),
+      ["flipped", Uint8Array.from(stream, (b, i) => (i === Math.floor(stream.length * 0.6) ? b ^ 4 : b))] as const,
+    ]) {
+      const path = join(dir, `${name}.mig`);
+      writeFileSync(path, bytes);
+      const expected = await inspectStream([bytes.slice()]);
+      expect(expected.problem, name).toBeDefined();
+      for (const jobs of [1, 2]) {
+        const found = await inspectStream(new StreamFile(path), {}, { jobs });
+        expect([found.problem?.code, found.problem?.message], `${name}, jobs ${jobs}`).toEqual([expected.problem?.code, expected.problem?.message]);
+        await expect(decodeToFile(new StreamFile(path), join(dir, `${name}-${jobs}.state`), { jobs })).rejects.toMatchObject({
+          code: expected.problem?.code,
+          message: expected.problem?.message,
+        });
+      }
+    }
+    expect(openHere()).toEqual([]);
+    expect(readdirSync(dir).filter((f) => f.includes("migstream-tmp"))).toEqual([]);
+  });
+
+  it("stops at an abort with ECANCELED; a missing file is EIO naming the cause", async () => {
+    const path = join(dir, "aborted.mig");
+    writeFileSync(path, stream);
+    const controller = new AbortController();
+    controller.abort();
+    await expect(decodeToFile(new StreamFile(path), join(dir, "aborted.state"), { signal: controller.signal })).rejects.toMatchObject({ code: "ECANCELED" });
+    await expect(decodeToFile(new StreamFile(join(dir, "missing.mig")), join(dir, "missing.state"))).rejects.toMatchObject({
+      code: "EIO",
+      message: expect.stringContaining("no such file"),
+    });
+    expect(openHere()).toEqual([]);
   });
 });

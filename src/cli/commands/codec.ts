@@ -3,7 +3,7 @@ import { readFileSync, statSync } from "node:fs";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
 import { decodeToFile, encodeFile, feedDecoder, inspectStream, openDecoder, StreamFile } from "../../node/files.js";
-import { createPool, defaultJobs, MAX_JOBS } from "../../core/pool/pool.js";
+import { createPool, DEFAULT_JOBS_CAP, defaultJobs, MAX_JOBS } from "../../core/pool/pool.js";
 import type { DecoderSummary } from "../../codec/decoder.js";
 import type { EncoderSummary } from "../../codec/encoder.js";
 import { HEADER_PREFIX, tagName } from "../../format/constants.js";
@@ -40,25 +40,51 @@ interface CommonFlags {
 }
 
 /**
- * `--jobs <n>`: threads for the codec (the worker pool). The default is one thread: measured on
- * a quiet 2-core machine, the pool made file encodes, decodes and verifies slower, not faster
- * (the main thread's reading, planning and writing bound them; docs/ARCHITECTURE.md, "Where it
- * stops scaling"), so it is asked for, not assumed.
+ * `--jobs <n>`: threads for the codec (the worker pool, the calling thread included). Without
+ * it, {@link parseJobs} picks: the cores (up to DEFAULT_JOBS_CAP) for inputs of AUTO_JOBS_FROM
+ * or more where the pool measured faster on a 2-core machine (decode, verify, apply, and encode
+ * with LZ4), one thread otherwise (small inputs, where starting workers costs more than it
+ * saves, and encode without compression, which the pool made slower: its work is reading and
+ * writing, not computing). docs/ARCHITECTURE.md, "The worker pool", has the numbers.
  */
 function jobsOption(command: Command): Command {
   return command.option(
     "-j, --jobs <n>",
-    `threads to encode, decode and check with (1-${MAX_JOBS}, up to ${defaultJobs()} cores here; output identical to one thread's)`,
-    "1",
+    `threads to encode, decode and check with, 1-${MAX_JOBS} (default: the cores, up to ${DEFAULT_JOBS_CAP}, for inputs of ${AUTO_JOBS_FROM / 2 ** 20} MiB or more, but 1 for encode without --compress; ${defaultJobs()} here; output identical to one thread's)`,
   );
 }
 
-function parseJobs(flags: CommonFlags): number {
-  const text = flags.jobs ?? "1";
+/** Inputs from this size up get more than one thread by default. */
+const AUTO_JOBS_FROM = 64 * 2 ** 20;
+
+/**
+ * The threads to use: `--jobs` when given; otherwise the cores for an input of `inputBytes` or
+ * more (undefined: unknown, stdin say: one thread) where `parallelPays`, else 1.
+ */
+function parseJobs(flags: CommonFlags, inputBytes: number | undefined, parallelPays = true): number {
+  if (flags.jobs === undefined) return parallelPays && inputBytes !== undefined && inputBytes >= AUTO_JOBS_FROM ? defaultJobs() : 1;
+  const text = flags.jobs;
   const jobs = /^\d+$/.test(text) ? Number(text) : Number.NaN;
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > MAX_JOBS)
     throw new MigrationError("EINVAL", `--jobs must be an integer from 1 to ${MAX_JOBS}, got ${JSON.stringify(text)}`);
   return jobs;
+}
+
+/**
+ * The threads a command's codec runs on: `asked`, or 1 once the pool could not start (its note,
+ * printed, says why). `used()` is what --json reports as `jobs`.
+ */
+function threadsFor(flags: CommonFlags, asked: number): { jobs: number; onnote: (message: string) => void; used: () => number } {
+  let used = asked;
+  const note = noteFor(flags);
+  return {
+    jobs: asked,
+    onnote: (message) => {
+      used = 1;
+      note(message);
+    },
+    used: () => used,
+  };
 }
 
 /** Says why the work runs on one thread when more were asked (stderr, not with --quiet). */
@@ -129,7 +155,7 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
   }
   const started = performance.now();
   // Everything that can be refused is refused before any work.
-  const asked = parseJobs(flags);
+  parseJobs(flags, undefined);
   const plan = planOutput(flags.output, { force: flags.force === true, inputs: [snapshot, flags.base, flags.config] });
   const base = flags.base === undefined ? undefined : await snapshotPath(flags.base, "base snapshot");
   const input = await snapshotPath(snapshot, "snapshot");
@@ -150,7 +176,7 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     output = await openOutput(plan);
     // One pool for the encode and the verification that follows it.
     // Incremental streams are encoded on one thread (the pool encodes full streams).
-    const jobs = base ? 1 : asked;
+    const jobs = base ? 1 : parseJobs(flags, statSync(input.path).size, flags.compress === "lz4");
     const pooled = createPool(jobs);
     pool = pooled.pool;
     if (pooled.note) noteFor(flags)(pooled.note);
@@ -188,6 +214,7 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
       output: flags.output,
       ...encodeJson(summary, verified),
       verified: verified !== undefined,
+      jobs: pool ? pool.jobs : 1,
       ...resources(started, summary.stateBytes),
     };
     report(value, encodeText(summary, flags.output), { ...flags, dataOnStdout: plan.kind === "stdout" });
@@ -217,9 +244,11 @@ async function runDecode(command: "decode" | "apply", stream: string, flags: Dec
   // verified: it is staged in a private temporary file first.
   const staged = plan.kind === "file" ? undefined : privateTempFile("decoded.snapshot");
   try {
+    // A base (apply) is decoded on one thread.
+    const threads = threadsFor(flags, base ? 1 : parseJobs(flags, total));
     const summary = await decodeToFile(source, staged?.path ?? plan.target, {
-      jobs: parseJobs(flags),
-      onnote: noteFor(flags),
+      jobs: threads.jobs,
+      onnote: threads.onnote,
       ...(base ? { base: base.path } : {}),
       ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
       ...readerLimits(flags),
@@ -243,7 +272,7 @@ async function runDecode(command: "decode" | "apply", stream: string, flags: Dec
         throw error;
       }
     }
-    const value = { output: flags.output, ...decodeJson(summary), ...resources(started, summary.header?.totalSize ?? 0) };
+    const value = { output: flags.output, ...decodeJson(summary), jobs: threads.used(), ...resources(started, summary.header?.totalSize ?? 0) };
     report(value, decodeText(summary, flags.output), { ...flags, dataOnStdout: plan.kind === "stdout" });
   } finally {
     progress.done();
@@ -448,10 +477,12 @@ async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "fo
   try {
     const source = openSource(stream);
     let summary: DecoderSummary;
+    // A base is checked on one thread.
+    const threads = threadsFor(flags, base ? 1 : parseJobs(flags, total));
     if (base) {
       summary = await decodeToFile(source, undefined, {
-        jobs: parseJobs(flags),
-        onnote: noteFor(flags),
+        jobs: threads.jobs,
+        onnote: threads.onnote,
         base: base.path,
         ...(flags.deviceId !== undefined ? { deviceId: flags.deviceId } : {}),
         ...readerLimits(flags),
@@ -466,7 +497,7 @@ async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "fo
           // Without its base, an incremental stream is checked in everything else.
           baseDigest: (header) => header.baseDigest!,
         },
-        { jobs: parseJobs(flags), onnote: noteFor(flags) },
+        { jobs: threads.jobs, onnote: threads.onnote },
         false,
       );
       try {
@@ -486,6 +517,7 @@ async function runVerify(stream: string, flags: Omit<DecodeFlags, "output" | "fo
       valid: true,
       ...(summary.header?.baseDigest !== undefined ? { needsBase, baseChecked: !needsBase } : {}),
       ...decodeJson(summary),
+      jobs: threads.used(),
       ...resources(started, summary.header?.totalSize ?? 0),
     };
     const text = needsBase
