@@ -179,8 +179,10 @@ export class ParallelDecoder {
 
   async #release(): Promise<void> {
     // No worker may still be writing what is about to be freed.
-    await this.#pool.help(this.#segments.flatMap((s) => s.tasks));
-    await Promise.allSettled(this.#segments.map((s) => s.pending));
+    // After the end every task settled; after a failure, those not started are dropped.
+    const tasks = this.#segments.flatMap((s) => s.tasks);
+    this.#pool.cancel(tasks);
+    await Promise.allSettled(tasks);
     for (const ptr of this.#taken.splice(0)) this.#core.free(ptr);
     this.#segments.length = 0;
     this.#areaCap = 0;
@@ -260,6 +262,8 @@ export class ParallelDecoder {
     seg.whole = whole;
     seg.tasks = tasks;
     seg.pending = settleAll(tasks);
+    // Awaited in #decode; a failure while nothing awaits it yet is not an unhandled one.
+    seg.pending.catch(() => undefined);
   }
 
   /** Runs the decoder over a segment's whole records with the workers' results. */

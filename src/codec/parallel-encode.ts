@@ -99,7 +99,9 @@ class ParallelRun {
     // thread (so that the calling thread, which also reads and writes, can take fewer than the
     // workers), and always more than a record so the plan moves forward. Small: every buffer
     // here is first touched by each process (about 3 ms per MiB on a VM).
-    this.#windowBytes = Math.max(CHUNKS_PER_JOB * pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
+    // (Large records make large chunks: then one per thread, as memory is bounded at 4 GiB.)
+    const perJob = chunk <= CHUNK_BYTES ? CHUNKS_PER_JOB : 1;
+    this.#windowBytes = Math.max(perJob * pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
     const c = this.#core;
     const k = c.exports;
     const ctxSize = k.encode_context_size();
@@ -141,12 +143,15 @@ class ParallelRun {
     let at = 0;
     let w = 0;
     let pending: { chunks: Chunk[]; tasks: Promise<unknown[]>[]; slots: Slot[]; done: number } | undefined;
+    /** Every task handed out and not yet spliced: what a failure must wait for. */
+    const inFlight = new Set<Promise<unknown[]>>();
     const finish = async (): Promise<void> => {
       if (!pending) return;
       const { chunks, tasks, slots, done } = pending;
       pending = undefined;
       // This thread runs whatever no worker took yet, then waits for the rest.
       const results = await this.#pool.settle(tasks);
+      for (const task of tasks) inFlight.delete(task);
       chunks.forEach((chunk, i) => this.#splice(chunk, slots[i]!, results[i]!));
       await this.#options.flush?.();
       this.#options.onprogress?.(done);
@@ -162,6 +167,7 @@ class ParallelRun {
         const slots = this.#slots[w & 1]!;
         if (chunks.length > slots.length) throw new MigrationError("EFAULT", `internal: ${chunks.length} chunks planned for ${slots.length} slots`);
         const tasks = chunks.map((chunk, i) => this.#dispatch(chunk, slots[i]!, window, at, length));
+        for (const task of tasks) inFlight.add(task);
         // The previous window's results go out while this one is encoded.
         await finish();
         pending = { chunks, tasks, slots, done: last ? size : next };
@@ -171,11 +177,11 @@ class ParallelRun {
       }
       await finish();
     } catch (error) {
-      // Nothing may still be writing the memory about to be released.
-      if (pending) {
-        await this.#pool.help(pending.tasks);
-        await Promise.allSettled(pending.tasks);
-      }
+      // Nothing may still be writing the memory about to be released: the tasks not started
+      // are dropped, those running are waited for (whichever window they belong to).
+      const tasks = [...inFlight];
+      this.#pool.cancel(tasks);
+      await Promise.allSettled(tasks);
       throw error;
     }
   }

@@ -374,7 +374,8 @@ export interface AsyncDecoder {
   /** The pool's decoder: reads a {@link StreamFile} straight into its memory. */
   pushFrom?(read: (into: Uint8Array) => number): Promise<void>;
   end(): Promise<void> | void;
-  abort(): void;
+  /** Resolves once nothing of the decode runs any more (the pool's tasks included). */
+  abort(): Promise<void> | void;
   summary(): DecoderSummary;
 }
 
@@ -508,7 +509,7 @@ export async function decodeToFile(source: StreamSource, output: string | undefi
     await decoder.end();
     return decoder.summary();
   } catch (error) {
-    decoder?.abort();
+    await decoder?.abort();
     throw error;
   } finally {
     decoder?.close();
@@ -563,8 +564,8 @@ export async function inspectStream(
     await feedDecoder(decoder, source, onbytes);
     await decoder.end();
   } catch (error) {
+    await decoder.abort();
     if (!(error instanceof MigrationError)) throw error;
-    decoder.abort();
     problem = error;
   } finally {
     decoder.close();

@@ -245,6 +245,18 @@ describe("decode on the pool", () => {
     if (a.damage === "none") expect(Buffer.compare(parallel.state!, state)).toBe(0);
   });
 
+  it("a record that claims more than the largest payload, read from a file: the error of one thread", async () => {
+    const state = buildState([{ kind: 1, pages: 64 }], 4096, 0, 5);
+    const stream = encodeSnapshot(state, { maxRecordPayload: 8192 }).slice();
+    const fifth = splitStream(stream).records[5]!;
+    // Its payload length: the stream stops framing there, and the rest goes to the decoder as
+    // it is read.
+    new DataView(stream.buffer, stream.byteOffset + fifth.at + 4).setUint32(0, 0x7fff0000, true);
+    const serial = decodeSerial(stream, 1000);
+    expect(serial.error).toBeDefined();
+    for (const partBytes of [512, 32768]) expect(await decodeParallel(stream, 1000, pool(2), partBytes, true, "pushFrom")).toEqual(serial);
+  });
+
   it("reports a malformed LZ4 block behind a valid checksum like one thread", async () => {
     const state = buildState([{ kind: 2, pages: 64 }], 4096, 0, 7);
     const stream = encodeSnapshot(state, { compress: "lz4", checksum: "crc32c" }).slice();
@@ -418,6 +430,14 @@ describe("the pool", () => {
       for (let i = 0; i < size * 8; i++) c.u8[data + i] = (i * 131) >>> 3;
       // The one worker takes two tasks (its pipeline), the other six wait in the queue.
       const tasks = Array.from({ length: 8 }, (_, i) => p.run([["xxh3_64", data + i * size, size, 0n]]));
+      let lastSettled = false;
+      tasks[7]!.then(() => (lastSettled = true));
+      // The first task this thread takes (the last one queued) runs before help yields: it is
+      // done before any worker message could have been handled.
+      const helping = p.help(tasks);
+      await Promise.resolve();
+      expect(lastSettled).toBe(true);
+      await helping;
       const results = await p.settle(tasks);
       expect(results.map((r) => r[0])).toEqual(Array.from({ length: 8 }, (_, i) => c.exports.xxh3_64(data + i * size, size, 0n)));
       c.free(data);
@@ -426,16 +446,111 @@ describe("the pool", () => {
     }
   });
 
-  it("a kernel that traps on the calling thread fails its task with EFAULT, and the pool goes on", async () => {
+  it("a kernel that traps on the calling thread fails its task with EFAULT as on a worker, and the pool goes on", async () => {
     const p = new WorkerPool(2);
     try {
       await p.ready();
       const outside = 0xfffffff0;
-      // Two tasks keep the worker's pipeline full, so the trapping one is left to this thread.
+      // Two tasks keep the worker's pipeline full, so the trapping one is left to this thread,
+      // which runs it before it first yields.
       const busy = [p.run([["lz4_table_size"]]), p.run([["lz4_table_size"]])];
       const bad = p.run([["crc32c", outside, 4096]]);
-      await expect(p.settle([...busy, bad])).rejects.toMatchObject({ code: "EFAULT", message: expect.stringContaining("calling thread") });
-      await expect(p.settle([p.run([["lz4_table_size"]])])).resolves.toEqual([[p.core.exports.lz4_table_size()]]);
+      let failure: unknown;
+      bad.catch((error) => (failure = error));
+      const helping = p.help([...busy, bad]);
+      await Promise.resolve();
+      expect(failure).toMatchObject({ code: "EFAULT", message: expect.stringContaining("a pool worker failed") });
+      await helping;
+      await Promise.allSettled(busy);
+      // A fresh instance runs this thread's next task.
+      const more = [p.run([["lz4_table_size"]]), p.run([["lz4_table_size"]]), p.run([["lz4_table_size"]])];
+      await expect(p.settle(more)).resolves.toEqual(more.map(() => [p.core.exports.lz4_table_size()]));
+    } finally {
+      p.close();
+    }
+  });
+
+  it("a kernel that traps on a worker fails its task and the one behind it, and results stay matched", async () => {
+    const p = new WorkerPool(2);
+    try {
+      await p.ready();
+      const outside = 0xfffffff0;
+      // Both go to the one worker (two in flight); nobody helps: plain awaits.
+      const bad = p.run([["crc32c", outside, 4096]]);
+      const behind = p.run([["lz4_table_size"]]);
+      await expect(bad).rejects.toMatchObject({ code: "EFAULT" });
+      await expect(behind).rejects.toMatchObject({ code: "EFAULT", message: expect.stringContaining("trapped") });
+      const c = p.core;
+      const data = c.alloc(4096);
+      c.u8.fill(7, data, data + 4096);
+      await expect(p.run([["xxh3_64", data, 4096, 0n]])).resolves.toEqual([c.exports.xxh3_64(data, 4096, 0n)]);
+      await expect(p.run([["lz4_table_size"]])).resolves.toEqual([c.exports.lz4_table_size()]);
+      c.free(data);
+    } finally {
+      p.close();
+    }
+  });
+
+  it("an encode that fails half-way leaves no task running on memory it released", async () => {
+    const p = new WorkerPool(2);
+    try {
+      await p.ready();
+      const state = buildState([{ kind: 3, pages: 4096 }], 4096, 0, 9);
+      let started = 0;
+      let settled = 0;
+      const run = p.run.bind(p);
+      p.run = (calls) => {
+        const task = run(calls);
+        started++;
+        // Attached first, so it runs before anything the encoder awaits on the same task.
+        task.then(
+          () => settled++,
+          () => settled++,
+        );
+        return task;
+      };
+      const encoder = new StreamEncoder({ size: state.length, pageSize: 4096, maxRecordPayload: 65536, compress: "lz4", ondata: () => undefined });
+      let windows = 0;
+      const failing = encodeRegionParallel(
+        p,
+        encoder,
+        { size: state.length, read: (at, into) => into.set(state.subarray(at, at + into.length)) },
+        {
+          pageSize: 4096,
+          maxRecordPayload: 65536,
+          checksum: "xxh3",
+          compress: true,
+          chunkBytes: 131072,
+          flush: async () => {
+            if (++windows === 2) throw new MigrationError("EIO", "the output failed");
+          },
+        },
+      );
+      await expect(failing).rejects.toMatchObject({ code: "EIO" });
+      encoder.abort();
+      expect(started).toBeGreaterThan(4);
+      expect(settled).toBe(started);
+    } finally {
+      p.close();
+    }
+  });
+
+  it("records of 16 MiB on 8 threads fit the pool's memory, and give one thread's bytes", async () => {
+    const p = new WorkerPool(8);
+    try {
+      const state = buildState(
+        [
+          { kind: 3, pages: 300 },
+          { kind: 0, pages: 200 },
+          { kind: 1, pages: 100 },
+        ],
+        4096,
+        0,
+        13,
+      );
+      const o = { pageSize: 4096, maxRecordPayload: 16 << 20, compress: true, checksum: "xxh3" as const, chunkBytes: 2 << 20 };
+      const parallel = await encodeOnPool(state, p, o);
+      expect(Buffer.compare(parallel, encodeSnapshot(state, { ...o, compress: "lz4", config: new Uint8Array([1, 2, 3]) }))).toBe(0);
     } finally {
       p.close();
     }

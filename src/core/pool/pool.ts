@@ -111,6 +111,8 @@ function spawn(onmessage: (data: unknown) => void, ondeath: (reason: string) => 
 interface Task {
   calls: KernelCall[];
   promise?: Promise<unknown[]>;
+  /** Set when handed to a worker: its reply names it. */
+  id?: number;
   resolve: (results: unknown[]) => void;
   reject: (error: MigrationError) => void;
 }
@@ -143,13 +145,20 @@ interface Slot {
  * `jobs` counts the calling thread: a pool of `jobs` runs `jobs - 1` workers, and the thread
  * that waits for them runs queued tasks itself ({@link help}, {@link settle}) instead of
  * idling. A pool of 2 on 2 cores is then 2 busy threads, not 3 (the caller reading files and
- * splicing results beside 2 workers, each preempting the others).
+ * splicing results beside 2 workers, each preempting the others). (A pool of 1, made directly,
+ * is one worker: the caller then does not help.)
  */
 export class WorkerPool {
   /** Threads that do the work, the calling thread included. */
   readonly jobs: number;
   /** The core over the shared memory: the main thread allocates and runs kernels here too. */
   readonly core: Core;
+  /**
+   * The instance the calling thread runs pool tasks with: like a worker's, its own (kernels
+   * only, no allocation; its own scratch block), replaced after a trap as a worker is.
+   */
+  #local: Record<string, (...args: Array<number | bigint>) => unknown>;
+  readonly #localScratch: number;
   readonly #slots: Slot[] = [];
   readonly #queue: Task[] = [];
   #nextId = 1;
@@ -167,6 +176,8 @@ export class WorkerPool {
     // starts (a worker joining, or replacing one that died), zeros over the default scratch
     // block included: the main thread's kernels use a block of their own, like each worker.
     this.core.exports.set_thread_scratch(this.core.alloc(size));
+    this.#localScratch = this.core.alloc(size);
+    this.#local = this.#instantiate();
     for (let i = 0; i < Math.max(1, jobs - 1); i++) {
       const slot: Slot = { thread: undefined as unknown as Thread, ready: false, tasks: [], scratch: this.core.alloc(size), epoch: 0 };
       this.#slots.push(slot);
@@ -184,15 +195,23 @@ export class WorkerPool {
     while (!this.#closed && this.#slots.some((slot) => !slot.ready)) await new Promise((resolve) => setTimeout(resolve, 1));
   }
 
+  #instantiate(): Record<string, (...args: Array<number | bigint>) => unknown> {
+    const instance = new WebAssembly.Instance(sharedCoreModule(), { env: { memory: this.core.memory } });
+    const kernels = instance.exports as unknown as Record<string, (...args: Array<number | bigint>) => unknown>;
+    kernels.set_thread_scratch!(this.#localScratch);
+    return kernels;
+  }
+
   /**
    * Runs tasks of `tasks` that no worker has taken yet on this thread, one at a time and from
    * the back (the workers take from the front), returning to the event loop after each so that
    * a worker that finished is handed its next task at once rather than after this thread's
    * turn. Resolves when none of `tasks` waits in the queue any more (some may still run on
-   * workers): the calling thread's share, done while it would otherwise wait.
+   * workers): the calling thread's share, done while it would otherwise wait. Results and
+   * failures are a worker's (a trap: EFAULT, and a fresh instance for the next task).
    */
   async help(tasks: Promise<unknown>[]): Promise<void> {
-    const kernels = this.core.exports as unknown as Record<string, (...args: Array<number | bigint>) => unknown>;
+    if (this.jobs === 1) return;
     const wanted = new Set<Promise<unknown>>(tasks);
     for (;;) {
       if (this.#closed) return;
@@ -200,12 +219,27 @@ export class WorkerPool {
       while (index >= 0 && !wanted.has(this.#queue[index]!.promise!)) index--;
       if (index < 0) return;
       const task = this.#queue.splice(index, 1)[0]!;
+      const kernels = this.#local;
       try {
         task.resolve(task.calls.map(([name, ...args]) => kernels[name]!(...args)));
       } catch (error) {
-        task.reject(new MigrationError("EFAULT", `a pool kernel failed on the calling thread: ${(error as Error)?.message ?? String(error)}`));
+        task.reject(new MigrationError("EFAULT", `a pool worker failed: ${(error as Error)?.message ?? String(error)}`));
+        if (error instanceof WebAssembly.RuntimeError) this.#local = this.#instantiate();
       }
       await nextTurn();
+    }
+  }
+
+  /**
+   * Takes the tasks of `tasks` that no worker has started out of the queue and fails them with
+   * ECANCELED (an operation that failed: their results would be thrown away). Those already on
+   * a worker run on; wait for them before freeing their memory.
+   */
+  cancel(tasks: Promise<unknown>[]): void {
+    const wanted = new Set<Promise<unknown>>(tasks);
+    const error = new MigrationError("ECANCELED", "the operation was abandoned");
+    for (let i = this.#queue.length - 1; i >= 0; i--) {
+      if (wanted.has(this.#queue[i]!.promise!)) this.#queue.splice(i, 1)[0]!.reject(error);
     }
   }
 
@@ -283,15 +317,25 @@ export class WorkerPool {
       this.#dispatch();
       return;
     }
-    const task = slot.tasks.shift();
-    slot.thread.hold(slot.tasks.length > 0);
-    if (task) {
-      if (data.error !== undefined) {
-        task.reject(new MigrationError("EFAULT", `a pool worker failed: ${data.error}`));
-        // A trapped instance may hold inconsistent state of its own: start a clean one.
-        if (data.trap) this.#replace(slot);
-      } else task.resolve(data.results ?? []);
+    // Replies come in the order the tasks were posted; one that does not match is a broken
+    // thread, treated as a dead one.
+    const task = slot.tasks[0];
+    if (!task || task.id !== data.id) {
+      this.#died(slot, epoch, `it answered task ${String(data.id)} out of order`);
+      return;
     }
+    slot.tasks.shift();
+    slot.thread.hold(slot.tasks.length > 0);
+    if (data.error !== undefined) {
+      task.reject(new MigrationError("EFAULT", `a pool worker failed: ${data.error}`));
+      if (data.trap) {
+        // A trapped instance may hold inconsistent state of its own: start a clean one. The
+        // tasks posted to it after this one are lost with it (it may have begun them).
+        const error = new MigrationError("EFAULT", "a pool worker failed: abandoned with a worker whose kernel trapped");
+        for (const lost of slot.tasks.splice(0)) lost.reject(error);
+        this.#replace(slot);
+      }
+    } else task.resolve(data.results ?? []);
     this.#dispatch();
   }
 
@@ -316,9 +360,10 @@ export class WorkerPool {
         if (this.#queue.length === 0) return;
         if (!slot.ready || slot.tasks.length >= depth) continue;
         const task = this.#queue.shift()!;
+        task.id = this.#nextId++;
         slot.tasks.push(task);
         slot.thread.hold(true);
-        slot.thread.post({ id: this.#nextId++, calls: task.calls });
+        slot.thread.post({ id: task.id, calls: task.calls });
         if (slot.crashOnNextTask) {
           slot.crashOnNextTask = false;
           slot.thread.terminate();
@@ -357,14 +402,26 @@ function nextTurn(): Promise<void> {
   const immediate = (globalThis as { setImmediate?: (callback: () => void) => unknown }).setImmediate;
   if (immediate) return new Promise((resolve) => void immediate(resolve));
   return new Promise((resolve) => {
-    const channel = new MessageChannel();
-    channel.port1.onmessage = () => {
-      channel.port1.close();
-      resolve();
-    };
-    channel.port2.postMessage(0);
+    turns.waiting.push(resolve);
+    if (!turns.channel) {
+      // One channel for a burst of turns, closed when none waits (an open port can keep a
+      // runtime alive).
+      const channel = new MessageChannel();
+      channel.port1.onmessage = () => {
+        turns.waiting.shift()?.();
+        if (turns.waiting.length === 0) {
+          channel.port1.close();
+          channel.port2.close();
+          turns.channel = undefined;
+        }
+      };
+      turns.channel = channel;
+    }
+    turns.channel.port2.postMessage(0);
   });
 }
+
+const turns: { channel: MessageChannel | undefined; waiting: Array<() => void> } = { channel: undefined, waiting: [] };
 
 /**
  * Waits for every promise, then throws the first failure (in order): memory a task uses is
