@@ -36,7 +36,10 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
   signal?: AbortSignal;
   /** Called after each window with bytes of snapshot done and the total. */
   onprogress?: (done: number, total: number) => void;
-  /** Called with each window of the snapshot as read, in order (a view valid during the call). */
+  /**
+   * Called with the snapshot's bytes as they are read, in order, each byte once (a view valid
+   * during the call).
+   */
   onwindow?: (view: Uint8Array) => void;
   /**
    * Threads to encode a full (non-incremental) stream with (the worker pool); the stream is
@@ -143,14 +146,26 @@ export async function encodeFile(
     const flush = async (): Promise<void> => {
       for (const chunk of out.splice(0)) await write(chunk, () => pool.give(chunk));
     };
-    const parallel = base || onwindow ? undefined : poolFor(options);
+    const parallel = base ? undefined : poolFor(options);
     if (parallel) {
+      let hashed = 0;
       try {
         const header = encoder.header;
         await encodeRegionParallel(
           parallel.pool,
           encoder,
-          { size: source.size, read: (at, into) => readFully(source.fd, into, at, input) },
+          {
+            size: source.size,
+            read: (at, into) => {
+              readFully(source.fd, into, at, input);
+              // A window may start again at a record left open in the one before: each byte is
+              // handed to onwindow once, in order.
+              if (onwindow && at + into.length > hashed) {
+                onwindow(into.subarray(hashed - at));
+                hashed = at + into.length;
+              }
+            },
+          },
           {
             pageSize: header.pageSize,
             maxRecordPayload: header.maxRecordPayload,

@@ -42,6 +42,42 @@ describe("send / receive --channels", () => {
     expect(tempFiles(scratch.dir)).toEqual([]);
   });
 
+  it("a snapshot compressed on 2 threads over 2 TLS-PSK channels: the bytes and digest of one thread", { timeout: 120_000 }, async () => {
+    const digests: string[] = [];
+    for (const jobs of ["1", "2"]) {
+      const target = await receiver(["-o", at(`jobs-${jobs}.state`), "--timeout", "20", "--channels", "2", ...psk(), "--json"]);
+      const sent = await run([
+        "send",
+        at("vm.state"),
+        "--to",
+        `127.0.0.1:${target.port}`,
+        "--timeout",
+        "20",
+        "--channels",
+        "2",
+        "--compress",
+        "lz4",
+        "--jobs",
+        jobs,
+        ...psk(),
+        "--json",
+      ]);
+      const received = await target.done;
+      expect(sent.code, sent.stderr).toBe(0);
+      expect(received.code, received.stderr).toBe(0);
+      const report = JSON.parse(sent.stdout.toString());
+      expect(report).toMatchObject({ channels: 2, jobs: Number(jobs), accepted: true });
+      expect(JSON.parse(received.stdout.toString()).digest).toBe(report.digest);
+      expect(same(at(`jobs-${jobs}.state`), at("vm.state"))).toBe(true);
+      digests.push(report.digest);
+    }
+    expect(digests[1]).toBe(digests[0]);
+    // The demo device is encoded round by round: --jobs is refused there.
+    const refused = await run(["send", "--demo", "--to", "127.0.0.1:9", "--jobs", "2"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("--jobs applies to a snapshot");
+  });
+
   it("a live demo device over 2 TLS-PSK channels, a stranger's channel refused on the way", { timeout: 120_000 }, async () => {
     const target = await receiver(["-o", at("demo.state"), "--timeout", "20", ...psk()]);
     // A stranger (plain TCP to a TLS receiver) claiming to be channel 1: dropped.

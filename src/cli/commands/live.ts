@@ -11,6 +11,7 @@ import type { PrecopyRoundReport } from "../../migration/precopy.js";
 import type { MigrationDevice } from "../../migration/v2/migration-device.js";
 import { ioError } from "../../node/atomic-file.js";
 import { digestFile } from "../../node/files.js";
+import { jobsOption, parseJobs, threadsFor } from "../jobs.js";
 import {
   isLoopback,
   loadSecurity,
@@ -239,6 +240,7 @@ interface TransportFlags extends SecurityFiles {
 interface SendFlags extends DemoFlags, TransportFlags {
   to: string;
   demo?: boolean;
+  jobs?: string;
 }
 
 interface ReceiveFlags extends ReaderFlags, TransportFlags {
@@ -414,6 +416,10 @@ async function runSend(snapshot: string | undefined, flags: SendFlags): Promise<
   const { host, port } = parseEndpoint(flags.to);
   const reportPlan = checkReport(flags, snapshot);
   const security = transport(flags);
+  parseJobs(flags, undefined);
+  if (flags.demo && flags.jobs !== undefined) {
+    throw new MigrationError("EINVAL", "--jobs applies to a snapshot: the demo device is encoded round by round, on one thread");
+  }
   if (snapshot !== undefined) {
     // "-": the snapshot comes on stdin (spooled to a private temporary file, removed at the end).
     const spooled = await snapshotPath(snapshot, "snapshot");
@@ -489,6 +495,7 @@ async function sendSnapshot(
   if (size === 0) throw new MigrationError("EINVAL", `${shown} is empty: nothing to migrate`);
   const pageSize = parseSize(flags.pageSize);
   const progress = new Progress("send", flags);
+  const threads = threadsFor(flags, parseJobs(flags, size, flags.compress === "lz4"));
   let sent: Awaited<ReturnType<typeof sendFile>>;
   try {
     sent = await sendFile(snapshot, {
@@ -498,6 +505,8 @@ async function sendSnapshot(
       pageSize,
       deviceId: flags.deviceId ?? "",
       ...(flags.compress ? { compress: flags.compress } : {}),
+      jobs: threads.jobs,
+      onnote: threads.onnote,
       onprogress: (done, total) => progress.update(done, total),
     });
   } finally {
@@ -522,6 +531,7 @@ async function sendSnapshot(
     to: `${host}:${port}`,
     tls: tlsKind(security.tls),
     channels: security.channels ?? 1,
+    jobs: threads.used(),
     device: { size, pageSize, tracking: null, deviceId: flags.deviceId ?? "", regions: [{ name: "state", size }] },
     ...migrationJson(migration),
     converged: "snapshot",
@@ -666,8 +676,7 @@ export function registerLiveCommands(program: Command): void {
   transportOptions(
     migrateOptions(
       demoOptions(
-        program
-          .command("send")
+        jobsOption(program.command("send"))
           .description(
             'live-migrate a device to a receiver over TCP: a snapshot file (one region "state"), or --demo for the synthetic device with its workload',
           )

@@ -377,7 +377,9 @@ export async function sendDevice(device: MigrationDevice, options: SendOptions):
   return { ...report, digest };
 }
 
-export interface SendFileOptions extends DialTarget, Pick<EncodeFileOptions, "pageSize" | "deviceId" | "checksum" | "maxRecordPayload" | "compress"> {
+export interface SendFileOptions
+  extends DialTarget,
+    Pick<EncodeFileOptions, "pageSize" | "deviceId" | "checksum" | "maxRecordPayload" | "compress" | "jobs" | "pool" | "onnote"> {
   /** Called after each window of the file was encoded, with bytes done and the file's size. */
   onprogress?: (done: number, total: number) => void;
 }
