@@ -13,15 +13,17 @@ export interface JobsFlags {
  * `--jobs <n>`: threads for the codec (the worker pool, the calling thread included). Without
  * it, {@link parseJobs} picks: the cores (up to DEFAULT_JOBS_CAP) for inputs of AUTO_JOBS_FROM
  * or more where the pool measured no slower on a 2-core machine (decode, verify, apply, and
- * encode or send with LZ4), one thread otherwise (small inputs, where starting workers costs more than it
+ * encode with LZ4), one thread otherwise (small inputs, where starting workers costs more than it
  * saves, and encoding without compression, which the pool made slower: its work is reading and
- * writing, not computing). docs/ARCHITECTURE.md, "The worker pool", has the numbers.
+ * writing, not computing). `automatic` false (send): one thread unless asked, since a sender's
+ * extra threads were measured only against a receiver on the same cores (0.9x), which says
+ * nothing of two hosts. docs/ARCHITECTURE.md, "The worker pool", has the numbers.
  */
-export function jobsOption(command: Command): Command {
-  return command.option(
-    "-j, --jobs <n>",
-    `threads to encode, decode and check with, 1-${MAX_JOBS} (default: the cores, up to ${DEFAULT_JOBS_CAP}, for inputs of ${AUTO_JOBS_FROM / 2 ** 20} MiB or more, but 1 for encode or send without --compress; ${defaultJobs()} here; output identical to one thread's)`,
-  );
+export function jobsOption(command: Command, automatic = true): Command {
+  const byDefault = automatic
+    ? `the cores, up to ${DEFAULT_JOBS_CAP}, for inputs of ${AUTO_JOBS_FROM / 2 ** 20} MiB or more, but 1 for encode without --compress; ${defaultJobs()} here`
+    : "1";
+  return command.option("-j, --jobs <n>", `threads to encode, decode and check with, 1-${MAX_JOBS} (default: ${byDefault}; output identical to one thread's)`);
 }
 
 /** Inputs from this size up get more than one thread by default. */

@@ -495,7 +495,8 @@ async function sendSnapshot(
   if (size === 0) throw new MigrationError("EINVAL", `${shown} is empty: nothing to migrate`);
   const pageSize = parseSize(flags.pageSize);
   const progress = new Progress("send", flags);
-  const threads = threadsFor(flags, parseJobs(flags, size, flags.compress === "lz4"));
+  // One thread unless asked (src/cli/jobs.ts).
+  const threads = threadsFor(flags, parseJobs(flags, size, false));
   let sent: Awaited<ReturnType<typeof sendFile>>;
   try {
     sent = await sendFile(snapshot, {
@@ -676,7 +677,7 @@ export function registerLiveCommands(program: Command): void {
   transportOptions(
     migrateOptions(
       demoOptions(
-        jobsOption(program.command("send"))
+        jobsOption(program.command("send"), false)
           .description(
             'live-migrate a device to a receiver over TCP: a snapshot file (one region "state"), or --demo for the synthetic device with its workload',
           )
