@@ -16,7 +16,7 @@ export interface JobsFlags {
  * encode with LZ4), one thread otherwise (small inputs, where starting workers costs more than it
  * saves, and encoding without compression, which the pool made slower: its work is reading and
  * writing, not computing). `automatic` false (send): one thread unless asked, since a sender's
- * extra threads were measured only against a receiver on the same cores (0.9x), which says
+ * extra threads were measured only against a receiver on the same cores (0.83-0.97x), which says
  * nothing of two hosts. docs/ARCHITECTURE.md, "The worker pool", has the numbers.
  */
 export function jobsOption(command: Command, automatic = true): Command {
