@@ -138,11 +138,44 @@ describe("Admission", () => {
     d.admission.close();
   });
 
+  it("a shielded member (a channel waiting for its migration) is never the one dropped to make room; at most maxShielded", async () => {
+    const d = await door({ maxUnauthenticated: 3, protectedMs: 100, maxShielded: 2 });
+    for (let i = 0; i < 3; i++) await d.dial();
+    const [a, b, c] = d.admitted;
+    expect(d.admission.shield(a!)).toBe(true);
+    expect(d.admission.shield(a!)).toBe(true);
+    expect(d.admission.shield(b!)).toBe(true);
+    // The cap: c stays droppable.
+    expect(d.admission.shield(c!)).toBe(false);
+    await d.dial();
+    await d.dial();
+    // Room is made only in c's slot (c, then the newcomer in it once past its protection).
+    await until(() => d.dropped.length >= 2);
+    expect(d.dropped[0]!.socket).toBe(c);
+    expect(d.dropped.every((x) => x.reason === "evicted" && x.socket !== a && x.socket !== b)).toBe(true);
+    expect(d.admission.unauthenticated).toBe(3);
+    // A shielded member that authenticates leaves, and frees its place under the cap.
+    d.admission.authenticated(a!);
+    const last = d.admitted[d.admitted.length - 1]!;
+    expect(d.admission.shield(last)).toBe(true);
+    d.admission.close();
+  });
+
+  it("a shielded member still has its deadline", async () => {
+    const d = await door({ maxUnauthenticated: 2, authTimeoutMs: 300, protectedMs: 100 });
+    await d.dial();
+    expect(d.admission.shield(d.admitted[0]!)).toBe(true);
+    await until(() => d.dropped.length === 1);
+    expect(d.dropped.map((x) => [x.reason, x.code])).toEqual([["timeout", "ETIMEDOUT"]]);
+    d.admission.close();
+  });
+
   it("refuses options that are not positive integers (EINVAL)", () => {
     const handlers = { admit: () => undefined, dropped: () => undefined };
     expect(() => new Admission({ maxUnauthenticated: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => new Admission({ maxPerSource: 1.5 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => new Admission({ maxWaiting: -1 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => new Admission({ authTimeoutMs: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+    expect(() => new Admission({ maxShielded: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
   });
 });

@@ -18,6 +18,11 @@
 //   faster buys a hostile peer nothing.
 // - The queue holds at most `maxWaiting` connections; past that the source with the most
 //   waiting connections loses one of them, at random (never the newcomer).
+// - A member that proved it is an extra channel of a migration (a well-formed channel preamble)
+//   and waits for that migration's first channel is `shield`ed: not a victim of random early
+//   drop, its deadline unchanged. At most `maxShielded` at once (a quarter of the table), so
+//   peers that fake preambles over plain TCP cannot take the table; those are dropped as soon as
+//   the migration they do not belong to is known.
 import type { Socket } from "node:net";
 import { MigrationError } from "../../core/errors.js";
 import { checkTimeout } from "./deadline.js";
@@ -41,6 +46,8 @@ export interface AdmissionOptions {
   protectedMs?: number;
   /** Random numbers in [0, 1): tests pass a seeded one. Default Math.random. */
   random?: () => number;
+  /** Members shielded from random early drop at once ({@link Admission.shield}). Default a quarter of the table. */
+  maxShielded?: number;
 }
 
 /** Why a connection left the door without authenticating. */
@@ -58,6 +65,8 @@ interface Member {
   source: string;
   admittedAt: number;
   timer: ReturnType<typeof setTimeout>;
+  /** Not a victim of random early drop (see {@link Admission.shield}). */
+  shielded?: boolean;
 }
 
 /** The source address of a connection (IPv4-mapped IPv6 addresses as IPv4). */
@@ -79,6 +88,8 @@ export class Admission {
   #waiting: Socket[] = [];
   #wakeup: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
+  readonly #maxShielded: number;
+  #shielded = 0;
 
   constructor(options: AdmissionOptions, handlers: AdmissionHandlers) {
     this.authTimeoutMs = checkTimeout(options.authTimeoutMs ?? DEFAULT_AUTH_TIMEOUT_MS);
@@ -87,6 +98,7 @@ export class Admission {
     this.#maxWaiting = positive(options.maxWaiting ?? 512, "maxWaiting");
     this.#protectedMs = Math.min(options.protectedMs ?? 500, this.authTimeoutMs / 2);
     this.#random = options.random ?? Math.random;
+    this.#maxShielded = positive(options.maxShielded ?? Math.max(1, Math.floor(this.#max / 4)), "maxShielded");
     this.#handlers = handlers;
   }
 
@@ -115,6 +127,21 @@ export class Admission {
     this.#pump();
   }
 
+  /**
+   * The member showed it is an extra channel of a migration and waits for the migration's first
+   * channel: it is not dropped to make room (its deadline still runs). False when
+   * `maxShielded` members are shielded already (it stays as it was) or it is not a member.
+   */
+  shield(socket: Socket): boolean {
+    const member = this.#members.get(socket);
+    if (!member) return false;
+    if (member.shielded) return true;
+    if (this.#shielded >= this.#maxShielded) return false;
+    member.shielded = true;
+    this.#shielded++;
+    return true;
+  }
+
   /** The connection authenticated: it leaves the table, and its deadline with it. */
   authenticated(socket: Socket): void {
     this.#remove(socket);
@@ -140,6 +167,7 @@ export class Admission {
     }
     this.#members.clear();
     this.#perSourceCount.clear();
+    this.#shielded = 0;
   }
 
   #leave(socket: Socket): void {
@@ -156,6 +184,7 @@ export class Admission {
     if (!member) return;
     clearTimeout(member.timer);
     this.#members.delete(socket);
+    if (member.shielded) this.#shielded--;
     const left = (this.#perSourceCount.get(member.source) ?? 1) - 1;
     if (left > 0) this.#perSourceCount.set(member.source, left);
     else this.#perSourceCount.delete(member.source);
@@ -243,7 +272,7 @@ export class Admission {
     const eligible: Socket[] = [];
     for (const member of this.#members.values()) {
       if (source !== undefined && member.source !== source) continue;
-      if (now - member.admittedAt >= this.#protectedMs) eligible.push(member.socket);
+      if (!member.shielded && now - member.admittedAt >= this.#protectedMs) eligible.push(member.socket);
     }
     return eligible[Math.floor(this.#random() * eligible.length)];
   }

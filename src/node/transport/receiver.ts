@@ -433,6 +433,9 @@ function acceptOwner(options: ListenOptions, limits: { maxStateSize: number; max
      * authentication deadline (the admission's, or the TLS timer that destroys the socket).
      */
     const join = async (socket: Socket, raw: Socket, reader: ChunkReader, preamble: Preamble): Promise<void> => {
+      // Waiting for its owner, it is no victim of random early drop: a flood must not cost a
+      // migration a channel it already opened (bounded; see Admission.shield).
+      admission.shield(raw);
       let onClose: (() => void) | undefined;
       const closed = new Promise<never>((_, reject) => {
         onClose = () => reject(new MigrationError("ETIMEDOUT", "the channel closed while waiting for its migration"));
