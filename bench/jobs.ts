@@ -1,5 +1,5 @@
 // The worker pool: the CLI with --jobs 2 against --jobs 1 on a mixed state (1 GiB by default),
-// and the hash-tracking scan on 2 workers against the same kernel on one thread. Each pair runs
+// and the hash-tracking scan on a pool of 2 threads against the same kernel on one thread. Each pair runs
 // interleaved, at least 3 times; rows give the ratio of medians (same run) and its spread (the
 // lowest and highest ratio of runs paired in order). MIGSTREAM_BASELINE_CLI names another
 // build's dist/cli/main.js (the branch point, say) to compare --jobs 1 with the path before
@@ -217,7 +217,8 @@ export async function jobsBenchmarks(size: number, config: BenchConfig): Promise
 }
 
 /**
- * The hash scan of `size` bytes in pool memory: 2 workers against the kernel on this thread.
+ * The hash scan of `size` bytes in pool memory: a pool of 2 threads (a worker and this one)
+ * against the kernel on this thread alone.
  * Beside it, the ceiling: the zero scan over `size` bytes of zeros (a kernel that only reads,
  * every byte) on one thread and on the pool's two, the rate at which memory can be read at all;
  * a scan of data that does not fit in cache cannot go faster than that.
@@ -277,7 +278,7 @@ async function hashScan(size: number, times: number, load: string): Promise<Row>
     return {
       section: "jobs",
       size,
-      task: `hash-tracking scan, 2 workers (${load})`,
+      task: `hash-tracking scan, 2 threads (${load})`,
       gbps: size / (median(b.map((r) => r.durationMs)) / 1000) / 1e9,
       vsCopy: Number.NaN,
       vs: {

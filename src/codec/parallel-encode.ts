@@ -47,6 +47,13 @@ export interface ParallelEncodeOptions {
   compress: boolean;
   /** Called after each window with the state bytes done. */
   onprogress?: (done: number) => void;
+  /**
+   * Called with the bytes of each window the stream is made of, in order, each byte once: a
+   * window that ends inside a raw record is read again from the record's first page, and the
+   * record is encoded from that later read, so those bytes are handed over with it (a view valid
+   * during the call).
+   */
+  onbytes?: (view: Uint8Array) => void;
   /** Awaited after each window's records went to the encoder (drain its output here). */
   flush?: () => Promise<void>;
   signal?: AbortSignal;
@@ -164,6 +171,7 @@ class ParallelRun {
         source.read(at, new Uint8Array(this.#core.memory.buffer, window, length));
         const last = at + length === size;
         const { chunks, next } = this.#planWindow(window, at, length, last);
+        this.#options.onbytes?.(new Uint8Array(this.#core.memory.buffer, window, (last ? at + length : next) - at));
         const slots = this.#slots[w & 1]!;
         if (chunks.length > slots.length) throw new MigrationError("EFAULT", `internal: ${chunks.length} chunks planned for ${slots.length} slots`);
         const tasks = chunks.map((chunk, i) => this.#dispatch(chunk, slots[i]!, window, at, length));

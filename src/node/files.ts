@@ -37,8 +37,8 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
   /** Called after each window with bytes of snapshot done and the total. */
   onprogress?: (done: number, total: number) => void;
   /**
-   * Called with the snapshot's bytes as they are read, in order, each byte once (a view valid
-   * during the call).
+   * Called with the snapshot's bytes in order, each byte once, as read for the stream: what the
+   * stream carries (a view valid during the call).
    */
   onwindow?: (view: Uint8Array) => void;
   /**
@@ -148,30 +148,21 @@ export async function encodeFile(
     };
     const parallel = base ? undefined : poolFor(options);
     if (parallel) {
-      let hashed = 0;
       try {
         const header = encoder.header;
         await encodeRegionParallel(
           parallel.pool,
           encoder,
-          {
-            size: source.size,
-            read: (at, into) => {
-              readFully(source.fd, into, at, input);
-              // A window may start again at a record left open in the one before: each byte is
-              // handed to onwindow once, in order.
-              if (onwindow && at + into.length > hashed) {
-                onwindow(into.subarray(hashed - at));
-                hashed = at + into.length;
-              }
-            },
-          },
+          { size: source.size, read: (at, into) => readFully(source.fd, into, at, input) },
           {
             pageSize: header.pageSize,
             maxRecordPayload: header.maxRecordPayload,
             checksum: header.checksum,
             compress: header.compression === "lz4",
             flush,
+            // The bytes each window's records were encoded from (a window may be read again
+            // from a record left open: those bytes count with the later read, the one sent).
+            ...(onwindow ? { onbytes: onwindow } : {}),
             ...(signal ? { signal } : {}),
             ...(onprogress ? { onprogress: (done: number) => onprogress(done, source.size) } : {}),
           },

@@ -161,8 +161,19 @@ describe("Admission", () => {
     d.admission.close();
   });
 
+  it("never shields the whole table (a table of 1 shields nobody), and 0 turns shielding off", async () => {
+    const one = await door({ maxUnauthenticated: 1, maxShielded: 5 });
+    await one.dial();
+    expect(one.admission.shield(one.admitted[0]!)).toBe(false);
+    one.admission.close();
+    const off = await door({ maxUnauthenticated: 4, maxShielded: 0 });
+    await off.dial();
+    expect(off.admission.shield(off.admitted[0]!)).toBe(false);
+    off.admission.close();
+  });
+
   it("a shielded member still has its deadline", async () => {
-    const d = await door({ maxUnauthenticated: 2, authTimeoutMs: 300, protectedMs: 100 });
+    const d = await door({ maxUnauthenticated: 2, authTimeoutMs: 300, protectedMs: 100, maxShielded: 1 });
     await d.dial();
     expect(d.admission.shield(d.admitted[0]!)).toBe(true);
     await until(() => d.dropped.length === 1);
@@ -176,6 +187,6 @@ describe("Admission", () => {
     expect(() => new Admission({ maxPerSource: 1.5 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => new Admission({ maxWaiting: -1 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => new Admission({ authTimeoutMs: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
-    expect(() => new Admission({ maxShielded: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+    expect(() => new Admission({ maxShielded: -1 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
   });
 });

@@ -1,6 +1,6 @@
 // The file layer: streams applied at their offsets in a temporary file, renamed only once the
 // stream verified; snapshots encoded from files in bounded windows.
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -112,6 +112,34 @@ describe("encodeFile on the pool", () => {
     );
     expect(Buffer.compare(Buffer.concat(seen), state)).toBe(0);
     expect(Buffer.compare(Buffer.concat(parts), encodeSnapshot(state, { compress: "lz4" }))).toBe(0);
+  });
+});
+
+describe("encodeFile on the pool, a file that changes while it is read", () => {
+  it("onwindow sees the bytes the stream carries, not those of a read the stream did not use", async () => {
+    const state = pattern(29 * 1024 * 1024 + 300, 78);
+    const path = join(dir, "changing.state");
+    writeFileSync(path, state);
+    const seen: Uint8Array[] = [];
+    const parts: Uint8Array[] = [];
+    let calls = 0;
+    await encodeFile(path, (chunk) => void parts.push(chunk.slice()), {
+      jobs: 2,
+      compress: "lz4",
+      onwindow: (view) => {
+        seen.push(view.slice());
+        // After the first window: a page the second window reads again (the first window, 12
+        // MiB, ends inside a record) changes on disk.
+        if (calls++ === 0) {
+          const fd = openSync(path, "r+");
+          writeSync(fd, new Uint8Array(4096).fill(0xab), 0, 4096, 11.5 * 2 ** 20);
+          closeSync(fd);
+        }
+      },
+    });
+    const out = join(dir, "changing.out");
+    await decodeToFile([Buffer.concat(parts)], out);
+    expect(Buffer.compare(Buffer.concat(seen), readFileSync(out))).toBe(0);
   });
 });
 

@@ -90,8 +90,9 @@ describe("a full door does not lock the sender out", () => {
       const horde = new Horde({ port, kinds: kinds(["hold", "drip"], 40), opening });
       try {
         await horde.established(40);
-        // Extra channels that get a slot before the first one's header was verified wait for it
-        // there, shielded from the drops that make room for the horde.
+        // Every channel has to pass the horde's door; the extra ones are dialled once the first
+        // connected. (That an extra channel waiting for the first one's header is not dropped to
+        // make room is pinned by the Admission tests: here the header is usually verified first.)
         const sent = await sendFile(join(dir, "in.state"), { port, channels: 3, timeoutMs: 30_000 });
         const received = await receiving;
         expect(received.bytes).toBe(sent.summary.bytes);

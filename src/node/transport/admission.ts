@@ -19,10 +19,12 @@
 // - The queue holds at most `maxWaiting` connections; past that the source with the most
 //   waiting connections loses one of them, at random (never the newcomer).
 // - A member that proved it is an extra channel of a migration (a well-formed channel preamble)
-//   and waits for that migration's first channel is `shield`ed: not a victim of random early
-//   drop, its deadline unchanged. At most `maxShielded` at once (a quarter of the table), so
-//   peers that fake preambles over plain TCP cannot take the table; those are dropped as soon as
-//   the migration they do not belong to is known.
+//   and waits for that migration's first channel to deliver a verified header is `shield`ed:
+//   not a victim of random early drop, its deadline unchanged. Over TLS only key holders get
+//   that far. Over plain TCP anyone can send a preamble: at most `maxShielded` members are
+//   shielded at once (a quarter of the table, never all of it), so made-up preambles can hold
+//   that quarter for their deadline but not the table, and they are dropped as soon as the
+//   migration they do not belong to is known.
 import type { Socket } from "node:net";
 import { MigrationError } from "../../core/errors.js";
 import { checkTimeout } from "./deadline.js";
@@ -46,7 +48,10 @@ export interface AdmissionOptions {
   protectedMs?: number;
   /** Random numbers in [0, 1): tests pass a seeded one. Default Math.random. */
   random?: () => number;
-  /** Members shielded from random early drop at once ({@link Admission.shield}). Default a quarter of the table. */
+  /**
+   * Members shielded from random early drop at once ({@link Admission.shield}). Default a quarter
+   * of the table (rounded down); never more than the table less one; 0 turns shielding off.
+   */
   maxShielded?: number;
 }
 
@@ -98,7 +103,10 @@ export class Admission {
     this.#maxWaiting = positive(options.maxWaiting ?? 512, "maxWaiting");
     this.#protectedMs = Math.min(options.protectedMs ?? 500, this.authTimeoutMs / 2);
     this.#random = options.random ?? Math.random;
-    this.#maxShielded = positive(options.maxShielded ?? Math.max(1, Math.floor(this.#max / 4)), "maxShielded");
+    // Never the whole table: someone must always be droppable to make room.
+    const shielded = options.maxShielded ?? Math.floor(this.#max / 4);
+    if (!Number.isInteger(shielded) || shielded < 0) throw new MigrationError("EINVAL", `maxShielded must be a non-negative integer, got ${shielded}`);
+    this.#maxShielded = Math.min(shielded, this.#max - 1);
     this.#handlers = handlers;
   }
 
