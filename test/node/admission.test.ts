@@ -3,7 +3,7 @@
 // address, a bounded queue, and the auth deadline.
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { Admission, type AdmissionOptions, type DropReason } from "../../src/node/transport/admission.js";
+import { Admission, type AdmissionOptions, type DropReason, sourceOf } from "../../src/node/transport/admission.js";
 import { rng } from "../migration/helpers.js";
 
 interface Door {
@@ -181,6 +181,22 @@ describe("Admission", () => {
     d.admission.close();
   });
 
+  it("counts IPv6 peers by their /64 (sourcePrefix6), IPv4 and IPv4-mapped ones by address", () => {
+    const of = (remoteAddress: string, prefix?: number) => sourceOf({ remoteAddress }, prefix);
+    expect(of("192.0.2.7")).toBe("192.0.2.7");
+    expect(of("::ffff:192.0.2.7")).toBe("192.0.2.7");
+    // One /64, however the addresses are written: one source.
+    const one = ["2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:0db8:0001:0002:0:0:0:9", "2001:db8:1:2::a%eth0"].map((a) => of(a));
+    expect(new Set(one)).toEqual(new Set(["2001:db8:1:2:0:0:0:0/64"]));
+    expect(of("2001:db8:1:3::1")).not.toBe(one[0]);
+    expect(of("::1")).toBe("0:0:0:0:0:0:0:0/64");
+    expect(of("::192.0.2.1", 128)).toBe("0:0:0:0:0:0:c000:201/128");
+    expect(of("2001:db8:1:2::1", 128)).toBe("2001:db8:1:2:0:0:0:1/128");
+    expect(of("2001:db8:abcd:1234::1", 36)).toBe("2001:db8:a000:0:0:0:0:0/36");
+    // Not an address this parser knows: itself.
+    expect(of("1:2:3:4:5:6:7:8:9")).toBe("1:2:3:4:5:6:7:8:9");
+  });
+
   it("refuses options that are not positive integers (EINVAL)", () => {
     const handlers = { admit: () => undefined, dropped: () => undefined };
     expect(() => new Admission({ maxUnauthenticated: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
@@ -188,5 +204,7 @@ describe("Admission", () => {
     expect(() => new Admission({ maxWaiting: -1 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => new Admission({ authTimeoutMs: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
     expect(() => new Admission({ maxShielded: -1 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+    expect(() => new Admission({ sourcePrefix6: 0 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
+    expect(() => new Admission({ sourcePrefix6: 129 }, handlers)).toThrow(expect.objectContaining({ code: "EINVAL" }));
   });
 });

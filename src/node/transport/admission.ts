@@ -4,7 +4,7 @@
 // Learned from sshd (LoginGraceTime, MaxStartups, PerSourcePenalties), adapted so that no number
 // of hostile connections can lock an honest peer out:
 // - A table of at most `maxUnauthenticated` connections being authenticated, at most
-//   `maxPerSource` of them from one source address. Each has `authTimeoutMs` from its admission
+//   `maxPerSource` of them from one source address (IPv6: one /64, `sourcePrefix6`). Each has `authTimeoutMs` from its admission
 //   to authenticate (TLS handshake and a verified header), or it is dropped.
 // - Connections beyond the table wait, unread, in arrival order. A newcomer is never refused:
 //   when the table is full and someone waits, a table member chosen at random among those that
@@ -49,6 +49,11 @@ export interface AdmissionOptions {
   /** Random numbers in [0, 1): tests pass a seeded one. Default Math.random. */
   random?: () => number;
   /**
+   * IPv6 sources are counted by their first this many bits (1 to 128; default 64): addresses of
+   * one /64 are one source for `maxPerSource` and for the queue's overflow rule.
+   */
+  sourcePrefix6?: number;
+  /**
    * Members shielded from random early drop at once ({@link Admission.shield}). Default a quarter
    * of the table (rounded down); never more than the table less one; 0 turns shielding off.
    */
@@ -74,10 +79,49 @@ interface Member {
   shielded?: boolean;
 }
 
-/** The source address of a connection (IPv4-mapped IPv6 addresses as IPv4). */
-export function sourceOf(socket: Socket): string {
+/**
+ * Default of `sourcePrefix6`: one IPv6 host or site usually holds a whole /64, so counting its
+ * addresses apart would give one peer 2^64 sources (sshd's PerSourceNetBlockSize, with /64).
+ */
+export const DEFAULT_SOURCE_PREFIX6 = 64;
+
+/**
+ * The source a connection counts against: its IPv4 address (IPv4-mapped IPv6 addresses too), or
+ * its IPv6 address cut to its first `prefix6` bits ("2001:db8:1:2:0:0:0:0/64").
+ */
+export function sourceOf(socket: Pick<Socket, "remoteAddress">, prefix6 = DEFAULT_SOURCE_PREFIX6): string {
   const address = socket.remoteAddress ?? "?";
-  return address.startsWith("::ffff:") ? address.slice(7) : address;
+  if (address.startsWith("::ffff:") && address.includes(".")) return address.slice(7);
+  if (!address.includes(":")) return address;
+  const groups = ipv6Groups(address);
+  if (!groups) return address;
+  const kept = groups.map((group, i) => {
+    const bits = Math.max(0, Math.min(16, prefix6 - 16 * i));
+    return bits === 0 ? 0 : group & ((0xffff << (16 - bits)) & 0xffff);
+  });
+  return `${kept.map((g) => g.toString(16)).join(":")}/${prefix6}`;
+}
+
+/** The eight 16-bit groups of an IPv6 address in text (zone dropped), or undefined. */
+function ipv6Groups(address: string): number[] | undefined {
+  const bare = address.split("%")[0]!;
+  const halves = bare.split("::");
+  if (halves.length > 2) return undefined;
+  const parse = (part: string): string[] =>
+    part === ""
+      ? []
+      : part.split(":").flatMap((group) => {
+          if (!group.includes(".")) return [group];
+          // An IPv4 tail (::1.2.3.4) is the last two groups.
+          const bytes = group.split(".").map(Number);
+          return [((bytes[0]! << 8) | bytes[1]!).toString(16), ((bytes[2]! << 8) | bytes[3]!).toString(16)];
+        });
+  const head = parse(halves[0]!);
+  const tail = halves.length === 2 ? parse(halves[1]!) : [];
+  const zeros = halves.length === 2 ? 8 - head.length - tail.length : 0;
+  if (zeros < 0) return undefined;
+  const groups = [...head, ...Array<string>(zeros).fill("0"), ...tail].map((g) => (/^[0-9a-f]{1,4}$/i.test(g) ? Number.parseInt(g, 16) : Number.NaN));
+  return groups.length === 8 && groups.every((g) => Number.isInteger(g)) ? groups : undefined;
 }
 
 export class Admission {
@@ -95,6 +139,7 @@ export class Admission {
   #closed = false;
   readonly #maxShielded: number;
   #shielded = 0;
+  readonly #prefix6: number;
 
   constructor(options: AdmissionOptions, handlers: AdmissionHandlers) {
     this.authTimeoutMs = checkTimeout(options.authTimeoutMs ?? DEFAULT_AUTH_TIMEOUT_MS);
@@ -107,6 +152,10 @@ export class Admission {
     const shielded = options.maxShielded ?? Math.floor(this.#max / 4);
     if (!Number.isInteger(shielded) || shielded < 0) throw new MigrationError("EINVAL", `maxShielded must be a non-negative integer, got ${shielded}`);
     this.#maxShielded = Math.min(shielded, this.#max - 1);
+    const prefix6 = options.sourcePrefix6 ?? DEFAULT_SOURCE_PREFIX6;
+    if (!Number.isInteger(prefix6) || prefix6 < 1 || prefix6 > 128)
+      throw new MigrationError("EINVAL", `sourcePrefix6 must be an integer from 1 to 128, got ${prefix6}`);
+    this.#prefix6 = prefix6;
     this.#handlers = handlers;
   }
 
@@ -216,7 +265,7 @@ export class Admission {
     const bySource = new Map<string, Socket[]>();
     for (const socket of this.#waiting) {
       if (socket === newcomer) continue;
-      const source = sourceOf(socket);
+      const source = sourceOf(socket, this.#prefix6);
       const list = bySource.get(source);
       if (list) list.push(socket);
       else bySource.set(source, [socket]);
@@ -238,7 +287,7 @@ export class Admission {
     let i = 0;
     while (i < this.#waiting.length) {
       const socket = this.#waiting[i]!;
-      const source = sourceOf(socket);
+      const source = sourceOf(socket, this.#prefix6);
       const fromSource = this.#perSourceCount.get(source) ?? 0;
       const full = this.#members.size >= this.#max;
       if (!full && fromSource < this.#perSource) {
