@@ -1,6 +1,7 @@
 // Whole states in memory, encoded and decoded with `jobs` threads: the asynchronous twins of
 // encodeSnapshot and decodeSnapshot (same bytes, same results, same errors). Where the runtime
 // cannot run a pool (see poolUnavailable), they work on one thread and report why.
+import { concatBytes } from "../core/bytes.js";
 import { MigrationError } from "../core/errors.js";
 import { checkJobs, createPool, type WorkerPool } from "../core/pool/pool.js";
 import { xbzrleDecode } from "../core/xbzrle.js";
@@ -77,13 +78,7 @@ export function encodeSnapshotAsync(state: Uint8Array, options: SnapshotEncodeOp
         encoder.abort();
         throw error;
       }
-      const out = new Uint8Array(parts.reduce((n, c) => n + c.length, 0));
-      let at = 0;
-      for (const chunk of parts) {
-        out.set(chunk, at);
-        at += chunk.length;
-      }
-      return out;
+      return concatBytes(parts);
     },
   );
 }

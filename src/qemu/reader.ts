@@ -4,6 +4,7 @@
 // at a time; device sections are delimited with the VM description QEMU appends after EOF,
 // given up front (a seekable input read from its end) or found when the input ends (the device
 // part is then buffered, up to a limit).
+import { concatBytes } from "../core/bytes.js";
 import { MigrationError, type MigrationErrorCode } from "../core/errors.js";
 import { type Core, guarded } from "../core/instance.js";
 import {
@@ -212,7 +213,7 @@ export class QemuStreamReader {
     if (this.#state !== "done" || !this.#ram || !this.#options.keepDeviceState) {
       throw new MigrationError("EINVAL", "QEMU reader: the device state is known only after a complete stream, read with keepDeviceState");
     }
-    return { prologue: this.#prologueBytes, ramSection: { ...this.#ram }, blocks: this.#blocks.map((b) => ({ ...b })), tail: concat(this.#tail) };
+    return { prologue: this.#prologueBytes, ramSection: { ...this.#ram }, blocks: this.#blocks.map((b) => ({ ...b })), tail: concatBytes(this.#tail) };
   }
 
   // -------------------------------------------------------------------------------------------
@@ -454,7 +455,7 @@ export class QemuStreamReader {
 
   #closePrologue(): void {
     if (this.#prologue === undefined) return;
-    this.#prologueBytes = concat(this.#prologue);
+    this.#prologueBytes = concatBytes(this.#prologue);
     this.#prologue = undefined;
   }
 
@@ -668,16 +669,6 @@ export class QemuStreamReader {
 /** Is `data` the start of a QEMU migration stream (its magic)? */
 export function isQemuStream(data: Uint8Array): boolean {
   return data.length >= 4 && data[0] === 0x51 && data[1] === 0x45 && data[2] === 0x56 && data[3] === 0x4d;
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

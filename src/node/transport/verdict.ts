@@ -8,6 +8,7 @@
 // comes after every stream byte, so a peer that did not read to the end cannot answer, however
 // predictable the stream is (encoding the same snapshot gives the same bytes, count and digest).
 // The byte count names the stream bytes the receiver took: an OK for another count is refused too.
+import { concatBytes } from "../../core/bytes.js";
 import { createHash, randomBytes } from "node:crypto";
 import { MigrationError, type MigrationErrorCode } from "../../core/errors.js";
 
@@ -78,7 +79,7 @@ export class StreamTail {
   push(chunk: Uint8Array): Uint8Array[] {
     const total = this.#held.length + chunk.length;
     if (total <= TRAILER_BYTES) {
-      this.#held = concat(this.#held, chunk);
+      this.#held = concatBytes([this.#held, chunk]);
       return [];
     }
     let out: Uint8Array[];
@@ -86,7 +87,7 @@ export class StreamTail {
       out = [this.#held, chunk.subarray(0, chunk.length - TRAILER_BYTES)];
       this.#held = chunk.slice(chunk.length - TRAILER_BYTES);
     } else {
-      const both = concat(this.#held, chunk);
+      const both = concatBytes([this.#held, chunk]);
       out = [both.subarray(0, total - TRAILER_BYTES)];
       this.#held = both.slice(total - TRAILER_BYTES);
     }
@@ -112,16 +113,9 @@ export class StreamTail {
   }
 
   #remember(part: Uint8Array): void {
-    const joined = part.length >= END_RECORD_BYTES ? part.subarray(part.length - END_RECORD_BYTES) : concat(this.#last, part);
+    const joined = part.length >= END_RECORD_BYTES ? part.subarray(part.length - END_RECORD_BYTES) : concatBytes([this.#last, part]);
     this.#last = joined.slice(Math.max(0, joined.length - END_RECORD_BYTES));
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 /**
