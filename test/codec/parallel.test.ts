@@ -556,6 +556,18 @@ describe("the pool", () => {
     }
   });
 
+  it("ready() waits for the workers to start, with a deadline", async () => {
+    const p = new WorkerPool(2);
+    try {
+      // No time at all, before this thread yielded once: the worker cannot have started yet.
+      await expect(p.ready(0)).rejects.toMatchObject({ code: "ETIMEDOUT" });
+      await p.ready();
+      await expect(p.ready(0)).resolves.toBeUndefined();
+    } finally {
+      p.close();
+    }
+  });
+
   it("a closed pool refuses work with ECANCELED", async () => {
     const p = new WorkerPool(2);
     p.close();

@@ -190,9 +190,16 @@ export class WorkerPool {
     return this.#slots.length;
   }
 
-  /** Resolves once every worker has started (tests that need a worker to take a task). */
-  async ready(): Promise<void> {
-    while (!this.#closed && this.#slots.some((slot) => !slot.ready)) await new Promise((resolve) => setTimeout(resolve, 1));
+  /**
+   * Resolves once every worker has started (tests and benchmarks that need a worker to take a
+   * task), or the pool was closed; ETIMEDOUT after `timeoutMs` (default 10 s).
+   */
+  async ready(timeoutMs = 10_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    while (!this.#closed && this.#slots.some((slot) => !slot.ready)) {
+      if (performance.now() >= deadline) throw new MigrationError("ETIMEDOUT", `the pool's workers did not start within ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
   }
 
   #instantiate(): Record<string, (...args: Array<number | bigint>) => unknown> {
