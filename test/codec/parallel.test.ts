@@ -16,6 +16,7 @@ import { scanHashOnPool } from "../../src/core/pool/scan.js";
 import { scanHash } from "../../src/core/scan.js";
 import { TAG_PAGES, TAG_ZERO } from "../../src/format/constants.js";
 import { recordChecksum, splitStream } from "./stream-builder.js";
+import { concatBytes } from "../../src/core/bytes.js";
 
 /** Flips a bit in record `index`'s payload and makes its checksum right again. */
 function damagePayload(stream: Uint8Array, index: number, where: number, bit: number, alg: "xxh3" | "crc32c"): void {
@@ -98,13 +99,7 @@ async function encodeOnPool(
   encoder.writeConfig(new Uint8Array([1, 2, 3]));
   encoder.end();
   summaries?.push(encoder.summary());
-  const out = new Uint8Array(parts.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of parts) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 describe("encode on the pool", () => {

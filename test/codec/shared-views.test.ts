@@ -4,6 +4,7 @@ import { describe, expect, test } from "vitest";
 import { createEncoder } from "../../src/codec/encoder.js";
 import { encodeSnapshot } from "../../src/codec/snapshot.js";
 import { core } from "../../src/core/instance.js";
+import { concatBytes } from "../../src/core/bytes.js";
 
 const SIZE = 6 * 1024 * 1024;
 function state(): Uint8Array {
@@ -16,15 +17,7 @@ function state(): Uint8Array {
   return s;
 }
 
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+const concat = concatBytes;
 
 function encode(shared: boolean | undefined, data: Uint8Array) {
   const kept: Uint8Array[] = [];

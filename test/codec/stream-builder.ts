@@ -6,6 +6,7 @@ import { crc32cReference } from "../../src/core/reference/crc32c.js";
 import { lz4DecompressReference } from "../../src/core/reference/lz4.js";
 import { xbzrleDecodeReference } from "../../src/core/reference/xbzrle.js";
 import { xxh3Reference } from "../../src/core/reference/xxh3.js";
+import { concatBytes } from "../../src/core/bytes.js";
 
 export const MAGIC_BYTES = [0x89, 0x4d, 0x49, 0x47, 0x0d, 0x0a, 0x1a, 0x0a] as const;
 
@@ -23,13 +24,7 @@ export type Alg = "xxh3" | "crc32c";
 const utf8 = new TextEncoder();
 
 export function concat(...parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 export function le16(v: number): Uint8Array {

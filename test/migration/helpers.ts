@@ -8,6 +8,7 @@ import { SavingSession } from "../../src/migration/saving-session.js";
 import { ResumingSession } from "../../src/migration/resuming-session.js";
 import { MigrationDevice, type MigrationDeviceOptions } from "../../src/migration/v2/migration-device.js";
 import type { MigrationFeatures } from "../../src/migration/v2/states.js";
+import { concatBytes } from "../../src/core/bytes.js";
 
 export const TRACKINGS: readonly DirtyTracking[] = ["explicit", "shadow", "hash"];
 
@@ -83,15 +84,7 @@ export function drain(session: SavingSession, out: Uint8Array[] = [], max = 1 <<
   }
 }
 
-export function concat(chunks: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-}
+export const concat = concatBytes;
 
 /** Re-cuts a stream into pieces of random sizes (segmentation is not part of the protocol). */
 export function resegment(stream: Uint8Array, random: () => number, maxPiece = 5000): Uint8Array[] {

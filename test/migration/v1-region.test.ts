@@ -15,6 +15,7 @@ import {
 } from "../../src/migration/v1/migration-region.js";
 import { type DeviceCallbacks, MigrationDevice } from "../../src/migration/v2/migration-device.js";
 import type { MigrationState } from "../../src/migration/v2/states.js";
+import { concatBytes } from "../../src/core/bytes.js";
 
 // --- helpers ------------------------------------------------------------------------------------
 
@@ -156,15 +157,7 @@ function drain(region: MigrationRegion, out: Uint8Array[]): number {
   }
 }
 
-function concat(chunks: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-}
+const concat = concatBytes;
 
 /** The v1 resume loop (1.5): data_offset, data, data_size per segment. */
 async function feed(region: MigrationRegion, segments: readonly Uint8Array[]): Promise<void> {
