@@ -12,8 +12,14 @@ import { DEFAULT_LIMITS, HEADER_PREFIX, RECORD_OVERHEAD, TAG_DELTA } from "../fo
 import { parseHeaderPrefix } from "../format/header.js";
 import { type DataRecord, type DecodeTarget, type DecoderOptions, type DecoderSummary, StreamDecoder } from "./decoder.js";
 
-/** Stream bytes per worker per segment (default). */
+/** Stream bytes per thread per segment (default). */
 const PART_BYTES = 2 << 20;
+/**
+ * Parts each thread's share of a segment is cut into. More than one so that the calling thread,
+ * which also reads the stream and runs the decoder, takes fewer parts than a worker, and a
+ * worker never waits for it: whoever is free takes the next part.
+ */
+const PARTS_PER_JOB = 3;
 /** Bytes of one precheck entry (assembly/parallel.ts PRECHECK_ENTRY). */
 const ENTRY = 32;
 
@@ -57,8 +63,10 @@ export class ParallelDecoder {
   #areaCap = 0;
   #headerTaken = false;
   readonly #payloads: boolean;
-  /** Stream bytes per worker per segment. */
+  /** Stream bytes per thread per segment. */
   readonly #partBytes: number;
+  /** Parts a segment is cut into. */
+  readonly #parts: number;
   /** Set when the stream stops framing: the rest goes to the decoder as it comes. */
   #direct = false;
 
@@ -70,6 +78,7 @@ export class ParallelDecoder {
     this.#payloads = payloads;
     this.#partBytes = partBytes;
     this.#pool = pool;
+    this.#parts = pool.jobs === 1 ? 1 : pool.jobs * PARTS_PER_JOB;
     this.#core = pool.core;
     this.#maxHeader = options.maxHeaderSize ?? DEFAULT_LIMITS.maxHeaderSize;
     this.#maxRecord = options.maxRecordPayload ?? DEFAULT_LIMITS.maxRecordPayload;
@@ -164,7 +173,7 @@ export class ParallelDecoder {
       this.#tableCap = Math.ceil(this.#segCap / RECORD_OVERHEAD) * ENTRY;
       for (let i = 0; i < 2; i++) {
         const seg: Segment = { ptr: this.#alloc(this.#segCap), len: 0, streamPos: 0, whole: 0, tables: [], areas: [], pending: undefined, tasks: [] };
-        for (let j = 0; j < this.#pool.jobs; j++) seg.tables.push(this.#alloc(this.#tableCap));
+        for (let j = 0; j < this.#parts; j++) seg.tables.push(this.#alloc(this.#tableCap));
         this.#segments.push(seg);
       }
     }
@@ -243,15 +252,15 @@ export class ParallelDecoder {
     if (this.#areaCap === 0) {
       // Decoded blocks for a part compressed 4:1 (LZ4 records past that are decoded by the
       // decoder itself); for verification, one record's worth, each block over the last.
-      this.#areaCap = this.#payloads ? 4 * this.#partBytes + maxPayload : maxPayload;
-      for (const s of this.#segments) for (let j = 0; j < this.#pool.jobs; j++) s.areas.push(this.#alloc(this.#areaCap));
+      this.#areaCap = this.#payloads ? 4 * Math.ceil(this.#threshold / this.#parts) + maxPayload : maxPayload;
+      for (const s of this.#segments) for (let j = 0; j < this.#parts; j++) s.areas.push(this.#alloc(this.#areaCap));
     }
     const k = this.#core.exports;
-    const jobs = this.#pool.jobs;
+    const parts = this.#parts;
     const tasks: Promise<unknown[]>[] = [];
     let from = 0;
-    for (let j = 1; j <= jobs && from < whole; j++) {
-      const to = j === jobs ? whole : Math.max(from, k.frame_walk(seg.ptr, whole, maxPayload, Math.ceil((whole * j) / jobs)) >>> 0);
+    for (let j = 1; j <= parts && from < whole; j++) {
+      const to = j === parts ? whole : Math.max(from, k.frame_walk(seg.ptr, whole, maxPayload, Math.ceil((whole * j) / parts)) >>> 0);
       if (to > from) {
         const args: Array<number | bigint> = [seg.ptr + from, to - from, BigInt(seg.streamPos + from), alg, maxPayload, lz4];
         args.push(seg.tables[tasks.length]!, Math.floor(this.#tableCap / ENTRY), seg.areas[tasks.length]!, this.#areaCap, this.#payloads ? 1 : 0);
@@ -269,8 +278,12 @@ export class ParallelDecoder {
   /** Runs the decoder over a segment's whole records with the workers' results. */
   async #decode(seg: Segment): Promise<void> {
     if (!seg.pending) return;
-    // This thread checks the parts no worker took yet, then waits for the rest.
-    await this.#pool.help(seg.tasks);
+    // This thread checks parts no worker took yet (the newest segment's first: workers take
+    // the oldest) until this segment's are done.
+    await this.#pool.help(
+      this.#segments.flatMap((s) => s.tasks),
+      seg.pending,
+    );
     const counts = await seg.pending;
     seg.pending = undefined;
     // One table in stream order: the parts' entries moved together behind the first.

@@ -6,7 +6,7 @@
 // config, rounds, end). The result is byte for byte the stream of one thread.
 import { MigrationError } from "../core/errors.js";
 import type { Core } from "../core/instance.js";
-import type { WorkerPool } from "../core/pool/pool.js";
+import { settleAll, type WorkerPool } from "../core/pool/pool.js";
 import { RECORD_OVERHEAD, TAG_PAGES, TAG_ZERO } from "../format/constants.js";
 import { ContextView, Enc, EncMode } from "./contexts.js";
 import type { StreamEncoder } from "./encoder.js";
@@ -157,7 +157,12 @@ class ParallelRun {
       const { chunks, tasks, slots, done } = pending;
       pending = undefined;
       // This thread runs whatever no worker took yet, then waits for the rest.
-      const results = await this.#pool.settle(tasks);
+      // This thread runs queued tasks (the newest window's first: the workers take the
+      // oldest) until this window is done.
+      const settled = settleAll(tasks);
+      settled.catch(() => undefined);
+      await this.#pool.help(inFlight, settled);
+      const results = await settled;
       for (const task of tasks) inFlight.delete(task);
       chunks.forEach((chunk, i) => this.#splice(chunk, slots[i]!, results[i]!));
       await this.#options.flush?.();

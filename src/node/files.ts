@@ -2,6 +2,7 @@
 // encoding reads windows of the snapshot (and its base) straight into core memory; decoding
 // applies each verified record at its offset in a temporary output file, renamed only once the
 // whole stream verified.
+import { setImmediate as turn } from "node:timers/promises";
 import { closeSync, createReadStream, fstatSync, ftruncateSync, openSync, readSync } from "node:fs";
 import { CoreBuffer } from "../core/buffer.js";
 import { MigrationError } from "../core/errors.js";
@@ -477,7 +478,12 @@ export async function feedDecoder(decoder: AsyncDecoder, source: StreamSource, o
         // place (no copy, no read stream).
         const window = new CoreBuffer(FEED_WINDOW);
         try {
-          for (let n = read(window.bytes); n > 0; n = read(window.bytes)) await decoder.push(window.bytes.subarray(0, n));
+          for (let n = read(window.bytes); n > 0; n = read(window.bytes)) {
+            await decoder.push(window.bytes.subarray(0, n));
+            // A turn of the event loop per window: the output's background flushes (and
+            // signals) are handled as the decode goes, not all after it.
+            await turn();
+          }
         } finally {
           window.free();
         }
