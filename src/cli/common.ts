@@ -405,6 +405,9 @@ export function planOutput(path: string, options: { force: boolean; inputs?: rea
   return { kind: "file", path, target, socket: false, force: options.force };
 }
 
+/** Chunks (about 1 MiB each) an output file's writer lets wait before it waits itself. */
+const WRITES_QUEUED = 4;
+
 /** A sequential output: a file written atomically, or a stream (stdout, device, FIFO, socket). */
 export interface Output {
   readonly plan: OutputPlan;
@@ -416,9 +419,14 @@ export interface Output {
   /** The temporary file's path (files only), for a verification pass before commit. */
   readonly tempPath: string | undefined;
   /**
+   * Resolves once every chunk written so far is in the file (files: writes run off this thread,
+   * a few at a time) or handed to the system; rejects with the first failure.
+   */
+  drain(): Promise<void>;
+  /**
    * Starts writing what was written so far to disk, off this thread (files; a no-op for
    * streams), so that the flush runs beside whatever comes next (a verification pass) instead of
-   * inside `commit`, which still makes sure of it.
+   * inside `commit`, which still makes sure of it. Call after {@link drain}.
    */
   syncAhead(): Promise<void>;
   commit(): Promise<void>;
@@ -430,19 +438,48 @@ export async function openOutput(plan: OutputPlan): Promise<Output> {
   if (plan.kind === "file") {
     const file = new AtomicFile(plan.target);
     let position = 0;
+    // Chunks are written off this thread, in order, one at a time (writes at once to one file
+    // queue on its lock): the kernel copies one while this thread encodes the next. A few may
+    // wait; the first failure fails the next write, drain and commit.
+    let queued = 0;
+    let tail: Promise<void> = Promise.resolve();
+    let failure: unknown;
+    let room: (() => void) | undefined;
+    const drain = async (): Promise<void> => {
+      await tail;
+      if (failure !== undefined) throw failure;
+    };
     return {
       plan,
       tempPath: file.tempPath,
       async write(chunk, release) {
-        file.writeAt(chunk, position);
+        if (failure !== undefined) throw failure;
+        const at = position;
         position += chunk.length;
-        release?.();
+        queued++;
+        tail = tail.then(async () => {
+          try {
+            if (failure === undefined) {
+              await file.writeAtAsync(chunk, at);
+              release?.();
+            }
+          } catch (error) {
+            failure ??= error;
+          } finally {
+            queued--;
+            room?.();
+          }
+        });
+        while (queued >= WRITES_QUEUED && failure === undefined) await new Promise<void>((resolve) => (room = resolve));
+        if (failure !== undefined) throw failure;
       },
+      drain,
       syncAhead() {
         // A failure here is not the output's: commit's own fsync reports any that matters.
         return new Promise((resolve) => fsync(file.fd, () => resolve()));
       },
       async commit() {
+        await drain();
         file.commit();
       },
       abort() {
@@ -500,6 +537,10 @@ function streamOutput(plan: OutputPlan, sink: Writable): Output {
     plan,
     tempPath: undefined,
     syncAhead: async () => undefined,
+    drain: async () => {
+      await flushed();
+      check();
+    },
     async write(chunk, release) {
       check();
       const ok = sink.write(chunk, (error) => {

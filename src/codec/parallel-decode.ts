@@ -12,14 +12,19 @@ import { DEFAULT_LIMITS, HEADER_PREFIX, RECORD_OVERHEAD, TAG_DELTA } from "../fo
 import { parseHeaderPrefix } from "../format/header.js";
 import { type DataRecord, type DecodeTarget, type DecoderOptions, type DecoderSummary, StreamDecoder } from "./decoder.js";
 
-/** Stream bytes per thread per segment (default). */
-const PART_BYTES = 2 << 20;
 /**
- * Parts each thread's share of a segment is cut into. More than one so that the calling thread,
- * which also reads the stream and runs the decoder, takes fewer parts than a worker, and a
- * worker never waits for it: whoever is free takes the next part.
+ * Stream bytes per thread per segment (default): large, since every segment costs a round of
+ * messages and a rotation. Decoding holds the decoded LZ4 blocks of each part (up to 4 times its
+ * size) where verifying holds one block per part, so a decode's segments are smaller.
  */
-const PARTS_PER_JOB = 3;
+const PART_BYTES_VERIFY = 8 << 20;
+const PART_BYTES_DECODE = 4 << 20;
+/**
+ * Parts each thread's share of a segment is cut into. More than one, so that the calling
+ * thread, which also reads the stream and runs the decoder, can take fewer parts than a worker,
+ * and a worker never waits for it: whoever is free takes the next part.
+ */
+const PARTS_PER_JOB = 2;
 /** Bytes of one precheck entry (assembly/parallel.ts PRECHECK_ENTRY). */
 const ENTRY = 32;
 
@@ -74,9 +79,9 @@ export class ParallelDecoder {
    * `payloads` false: the target never reads a page record's bytes (verification), so LZ4
    * blocks are decoded by the workers only to check them, each over the last.
    */
-  constructor(pool: WorkerPool, target: DecodeTarget, options: DecoderOptions = {}, payloads = true, partBytes = PART_BYTES) {
+  constructor(pool: WorkerPool, target: DecodeTarget, options: DecoderOptions = {}, payloads = true, partBytes?: number) {
     this.#payloads = payloads;
-    this.#partBytes = partBytes;
+    this.#partBytes = partBytes ?? (payloads ? PART_BYTES_DECODE : PART_BYTES_VERIFY);
     this.#pool = pool;
     this.#parts = pool.jobs === 1 ? 1 : pool.jobs * PARTS_PER_JOB;
     this.#core = pool.core;

@@ -11,10 +11,15 @@ import { RECORD_OVERHEAD, TAG_PAGES, TAG_ZERO } from "../format/constants.js";
 import { ContextView, Enc, EncMode } from "./contexts.js";
 import type { StreamEncoder } from "./encoder.js";
 
-/** Where the state comes from: `read` fills `into` with the bytes at state offset `at`. */
+/**
+ * Where the state comes from: `read` fills `into` with the bytes at state offset `at`.
+ * `readAsync`, where there is one, does the same off this thread (a file read by Node's thread
+ * pool): the next window is then read while this one is encoded.
+ */
 export interface StateSource {
   readonly size: number;
   read(at: number, into: Uint8Array): void;
+  readAsync?(at: number, into: Uint8Array): Promise<void>;
 }
 
 /** A planned chunk: window pages [start, end), and a ZERO record it continues, if any. */
@@ -30,6 +35,13 @@ interface Chunk {
 const CHUNK_BYTES = 2 << 20;
 /** Chunks per thread in a window. */
 const CHUNKS_PER_JOB = 3;
+/**
+ * Windows in turn: one encoded by the threads, one whose results are being spliced, and one
+ * being read meanwhile (off this thread where the source can).
+ */
+const WINDOWS = 3;
+/** Windows in turn for large chunks (large records): the next is read once the last is spliced. */
+const WINDOWS_LARGE = 2;
 
 /** Per in-flight chunk: the encoder context, output and scratch the worker encodes with. */
 interface Slot {
@@ -84,6 +96,8 @@ class ParallelRun {
   readonly #options: ParallelEncodeOptions;
   readonly #pageSize: number;
   readonly #windowBytes: number;
+  /** Windows in turn. */
+  readonly #ring: number;
   readonly #chunkPages: number;
   readonly #taken: number[] = [];
   readonly #windows: number[] = [];
@@ -102,12 +116,14 @@ class ParallelRun {
     this.#pageSize = pageSize;
     const chunk = Math.max(options.chunkBytes ?? CHUNK_BYTES, 2 * maxRecordPayload);
     this.#chunkPages = Math.max(8, Math.floor(chunk / pageSize));
-    // Two windows (one read while the other is encoded), each CHUNKS_PER_JOB chunks for every
-    // thread (so that the calling thread, which also reads and writes, can take fewer than the
-    // workers), and always more than a record so the plan moves forward. Small: every buffer
-    // here is first touched by each process (about 3 ms per MiB on a VM).
-    // (Large records make large chunks: then one per thread, as memory is bounded at 4 GiB.)
+    // WINDOWS windows, each CHUNKS_PER_JOB chunks for every thread (so that the calling
+    // thread, which also reads and writes, can take fewer than the workers), and always more
+    // than a record so the plan moves forward. Small: every buffer here is first touched by
+    // each process (about 3 ms per MiB on a VM).
+    // (Large records make large chunks: then one per thread and two windows, as memory is
+    // bounded at 4 GiB.)
     const perJob = chunk <= CHUNK_BYTES ? CHUNKS_PER_JOB : 1;
+    this.#ring = chunk <= CHUNK_BYTES ? WINDOWS : WINDOWS_LARGE;
     this.#windowBytes = Math.max(perJob * pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
     const c = this.#core;
     const k = c.exports;
@@ -118,7 +134,7 @@ class ParallelRun {
     const chunkMax = this.#chunkPages * pageSize + maxRecordPayload + pageSize;
     const outCap = chunkMax + Math.ceil(chunkMax / pageSize) * RECORD_OVERHEAD + maxRecordPayload + 2 * RECORD_OVERHEAD + 64;
     const lz4Size = options.compress ? k.encode_lz4_scratch_size(maxRecordPayload) >>> 0 : 0;
-    for (let w = 0; w < 2; w++) {
+    for (let w = 0; w < this.#ring; w++) {
       this.#windows.push(this.#alloc(this.#windowBytes));
       const slots: Slot[] = [];
       for (let i = 0; i < perWindow; i++) {
@@ -152,11 +168,18 @@ class ParallelRun {
     let pending: { chunks: Chunk[]; tasks: Promise<unknown[]>[]; slots: Slot[]; done: number } | undefined;
     /** Every task handed out and not yet spliced: what a failure must wait for. */
     const inFlight = new Set<Promise<unknown[]>>();
+    /** The read of the next window, when it runs off this thread. */
+    let reading: Promise<void> | undefined;
+    const view = (w: number, length: number) => new Uint8Array(this.#core.memory.buffer, this.#windows[w % this.#ring]!, length);
+    const startRead = (w: number, at: number): void => {
+      const length = Math.min(this.#windowBytes, size - at);
+      reading = source.readAsync ? source.readAsync(at, view(w, length)) : undefined;
+      reading?.catch(() => undefined);
+    };
     const finish = async (): Promise<void> => {
       if (!pending) return;
       const { chunks, tasks, slots, done } = pending;
       pending = undefined;
-      // This thread runs whatever no worker took yet, then waits for the rest.
       // This thread runs queued tasks (the newest window's first: the workers take the
       // oldest) until this window is done.
       const settled = settleAll(tasks);
@@ -169,20 +192,31 @@ class ParallelRun {
       this.#options.onprogress?.(done);
     };
     try {
+      startRead(0, 0);
       while (at < size || (size === 0 && at === 0 && w === 0)) {
         if (this.#options.signal?.aborted) throw new MigrationError("ECANCELED", "encode aborted");
-        const window = this.#windows[w & 1]!;
+        const window = this.#windows[w % this.#ring]!;
         const length = Math.min(this.#windowBytes, size - at);
-        source.read(at, new Uint8Array(this.#core.memory.buffer, window, length));
+        if (reading) {
+          // The workers go on with the last window meanwhile, and this thread with them.
+          await this.#pool.help(inFlight, reading);
+          await reading;
+          reading = undefined;
+        } else source.read(at, view(w, length));
         const last = at + length === size;
         const { chunks, next } = this.#planWindow(window, at, length, last);
         this.#options.onbytes?.(new Uint8Array(this.#core.memory.buffer, window, (last ? at + length : next) - at));
-        const slots = this.#slots[w & 1]!;
+        const slots = this.#slots[w % this.#ring]!;
         if (chunks.length > slots.length) throw new MigrationError("EFAULT", `internal: ${chunks.length} chunks planned for ${slots.length} slots`);
         const tasks = chunks.map((chunk, i) => this.#dispatch(chunk, slots[i]!, window, at, length));
         for (const task of tasks) inFlight.add(task);
-        // The previous window's results go out while this one is encoded.
+        // The next window is read, and the previous window's results go out, while this one
+        // is encoded (with two windows, the next is read into the previous one's memory, once
+        // its results went out).
+        const early = this.#ring > 2;
+        if (!last && early) startRead(w + 1, next);
         await finish();
+        if (!last && !early) startRead(w + 1, next);
         pending = { chunks, tasks, slots, done: last ? size : next };
         at = next;
         w++;
@@ -191,10 +225,11 @@ class ParallelRun {
       await finish();
     } catch (error) {
       // Nothing may still be writing the memory about to be released: the tasks not started
-      // are dropped, those running are waited for (whichever window they belong to).
+      // are dropped, those running are waited for (whichever window they belong to), and so
+      // is a read under way.
       const tasks = [...inFlight];
       this.#pool.cancel(tasks);
-      await Promise.allSettled(tasks);
+      await Promise.allSettled([...tasks, ...(reading ? [reading] : [])]);
       throw error;
     }
   }

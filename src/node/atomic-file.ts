@@ -14,6 +14,7 @@ import {
   fchmodSync,
   fchownSync,
   fdatasync,
+  write,
   fsyncSync,
   lstatSync,
   openSync,
@@ -40,6 +41,13 @@ const faultAt = ((): number | undefined => {
   return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
 })();
 const cleanups = new Set<() => void>();
+
+/** Throws the injected full disk when a write of `data` at `position` reaches past MIGSTREAM_FAULT_ENOSPC_AT. */
+function injectedFault(data: Uint8Array, position: number): void {
+  if (faultAt !== undefined && position + data.length > faultAt) {
+    throw Object.assign(new Error("ENOSPC: no space left on device, write (injected by MIGSTREAM_FAULT_ENOSPC_AT)"), { code: "ENOSPC" });
+  }
+}
 
 /**
  * Registers temporary state (a spool directory, say) to remove on interruption as well as on
@@ -143,6 +151,10 @@ export class AtomicFile {
   #unflushed = 0;
   /** Background flushes running (each on a descriptor of its own, see {@link #flushAhead}). */
   #flushing = 0;
+  /** Writes started by {@link writeAtAsync} and not yet ended. */
+  #writing = 0;
+  /** Aborted while writes ran: the descriptor is closed when the last one ends. */
+  #closeWhenWritten = false;
 
   /**
    * Creates the temporary file; `initial` (a path) is copied into it first (a base to patch).
@@ -175,17 +187,51 @@ export class AtomicFile {
   writeAt(data: Uint8Array, position: number): void {
     let done = 0;
     try {
-      if (faultAt !== undefined && position + data.length > faultAt) {
-        throw Object.assign(new Error("ENOSPC: no space left on device, write (injected by MIGSTREAM_FAULT_ENOSPC_AT)"), { code: "ENOSPC" });
-      }
+      injectedFault(data, position);
       while (done < data.length) {
         done += writeSync(this.fd, data, done, data.length - done, position + done);
       }
     } catch (cause) {
-      throw ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);
+      throw this.#writeError(cause);
     }
-    this.#unflushed += data.length;
-    if (this.#unflushed >= SYNC_AHEAD_BYTES && this.#flushing < FLUSHES_AHEAD) this.#flushAhead();
+    this.#written(data.length);
+  }
+
+  /**
+   * {@link writeAt} off this thread (Node's thread pool): this thread goes on with other work
+   * while the kernel copies `data`, which must stay as it is until the promise settles. Commit
+   * needs every such write ended first; an abort does not wait (the descriptor is closed when
+   * the last one ends, so that it cannot be reused under them).
+   */
+  writeAtAsync(data: Uint8Array, position: number): Promise<void> {
+    try {
+      injectedFault(data, position);
+    } catch (cause) {
+      return Promise.reject(this.#writeError(cause));
+    }
+    if (!this.#open) return Promise.reject(new MigrationError("EINVAL", "output already closed"));
+    this.#writing++;
+    return new Promise<void>((resolve, reject) => {
+      const next = (done: number): void => {
+        write(this.fd, data, done, data.length - done, position + done, (error, n) => {
+          if (!error && done + n < data.length) return next(done + n);
+          if (--this.#writing === 0 && this.#closeWhenWritten) this.#close();
+          if (error) return reject(this.#writeError(error));
+          this.#written(data.length);
+          resolve();
+        });
+      };
+      next(0);
+    });
+  }
+
+  #writeError(cause: unknown): MigrationError {
+    return ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);
+  }
+
+  #written(bytes: number): void {
+    this.#unflushed += bytes;
+    if (this.#unflushed >= SYNC_AHEAD_BYTES && this.#flushing < FLUSHES_AHEAD && this.#open) this.#flushAhead();
   }
 
   /**
@@ -212,6 +258,7 @@ export class AtomicFile {
   /** Makes the file durable and gives it its final name. */
   commit(): void {
     if (!this.#open) throw new MigrationError("EINVAL", "output already closed");
+    if (this.#writing > 0) throw new MigrationError("EFAULT", "internal: commit with writes still running");
     try {
       fsyncSync(this.fd);
       closeSync(this.fd);
@@ -230,13 +277,19 @@ export class AtomicFile {
     pending.delete(this);
     if (this.#open) {
       this.#open = false;
-      try {
-        closeSync(this.fd);
-      } catch {
-        // already closed: nothing to release
-      }
+      if (this.#writing > 0) this.#closeWhenWritten = true;
+      else this.#close();
     }
     this.#removeTemp();
+  }
+
+  #close(): void {
+    this.#closeWhenWritten = false;
+    try {
+      closeSync(this.fd);
+    } catch {
+      // already closed: nothing to release
+    }
   }
 
   #removeTemp(): void {

@@ -3,7 +3,7 @@
 // applies each verified record at its offset in a temporary output file, renamed only once the
 // whole stream verified.
 import { setImmediate as turn } from "node:timers/promises";
-import { closeSync, createReadStream, fstatSync, ftruncateSync, openSync, readSync } from "node:fs";
+import { closeSync, createReadStream, fstatSync, ftruncateSync, openSync, read, readSync } from "node:fs";
 import { CoreBuffer } from "../core/buffer.js";
 import { MigrationError } from "../core/errors.js";
 import { guarded } from "../core/instance.js";
@@ -66,6 +66,24 @@ function readFully(fd: number, view: Uint8Array, position: number, what: string)
     if (n === 0) throw new MigrationError("EIO", `${what} ended early at byte ${position + done} (file changed while reading?)`);
     done += n;
   }
+}
+
+/** {@link readFully} off this thread (Node's thread pool); `view` must stay until it settles. */
+function readFullyAsync(fd: number, view: Uint8Array, position: number, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const next = (done: number): void => {
+      if (done === view.length) {
+        resolve();
+        return;
+      }
+      read(fd, view, done, view.length - done, position + done, (error, n) => {
+        if (error) reject(ioError(`cannot read ${what}`, error));
+        else if (n === 0) reject(new MigrationError("EIO", `${what} ended early at byte ${position + done} (file changed while reading?)`));
+        else next(done + n);
+      });
+    };
+    next(0);
+  });
 }
 
 function openRead(path: string): { fd: number; size: number } {
@@ -154,7 +172,11 @@ export async function encodeFile(
         await encodeRegionParallel(
           parallel.pool,
           encoder,
-          { size: source.size, read: (at, into) => readFully(source.fd, into, at, input) },
+          {
+            size: source.size,
+            read: (at, into) => readFully(source.fd, into, at, input),
+            readAsync: (at, into) => readFullyAsync(source.fd, into, at, input),
+          },
           {
             pageSize: header.pageSize,
             maxRecordPayload: header.maxRecordPayload,

@@ -353,6 +353,26 @@ describe("hash scan on the pool", () => {
   });
 });
 
+/** Encoder options of the failure tests: LZ4, records of 64 KiB, chunks of 128 KiB (many tasks). */
+const SMALL_CHUNKS = { pageSize: 4096, maxRecordPayload: 65536, checksum: "xxh3", compress: true, chunkBytes: 131072 } as const;
+
+/** Counts the tasks `pool` is given and those that settled (success or failure). */
+function countTasks(pool: WorkerPool): { started: number; settled: number } {
+  const counts = { started: 0, settled: 0 };
+  const run = pool.run.bind(pool);
+  pool.run = (calls) => {
+    const task = run(calls);
+    counts.started++;
+    // Attached first, so it runs before anything the encoder awaits on the same task.
+    task.then(
+      () => counts.settled++,
+      () => counts.settled++,
+    );
+    return task;
+  };
+  return counts;
+}
+
 describe("the pool", () => {
   it("checks jobs", () => {
     expect(() => checkJobs(0)).toThrow(expect.objectContaining({ code: "EINVAL" }));
@@ -514,19 +534,7 @@ describe("the pool", () => {
     try {
       await p.ready();
       const state = buildState([{ kind: 3, pages: 4096 }], 4096, 0, 9);
-      let started = 0;
-      let settled = 0;
-      const run = p.run.bind(p);
-      p.run = (calls) => {
-        const task = run(calls);
-        started++;
-        // Attached first, so it runs before anything the encoder awaits on the same task.
-        task.then(
-          () => settled++,
-          () => settled++,
-        );
-        return task;
-      };
+      const counted = countTasks(p);
       const encoder = new StreamEncoder({ size: state.length, pageSize: 4096, maxRecordPayload: 65536, compress: "lz4", ondata: () => undefined });
       let windows = 0;
       const failing = encodeRegionParallel(
@@ -534,11 +542,7 @@ describe("the pool", () => {
         encoder,
         { size: state.length, read: (at, into) => into.set(state.subarray(at, at + into.length)) },
         {
-          pageSize: 4096,
-          maxRecordPayload: 65536,
-          checksum: "xxh3",
-          compress: true,
-          chunkBytes: 131072,
+          ...SMALL_CHUNKS,
           flush: async () => {
             if (++windows === 2) throw new MigrationError("EIO", "the output failed");
           },
@@ -546,12 +550,64 @@ describe("the pool", () => {
       );
       await expect(failing).rejects.toMatchObject({ code: "EIO" });
       encoder.abort();
-      expect(started).toBeGreaterThan(4);
-      expect(settled).toBe(started);
+      expect(counted.started).toBeGreaterThan(4);
+      expect(counted.settled).toBe(counted.started);
     } finally {
       p.close();
     }
   });
+
+  for (const failure of ["a read", "the output"] as const) {
+    it(`reading ahead, ${failure} failing fails the encode once nothing runs on its memory, reads included`, async () => {
+      const p = new WorkerPool(2);
+      try {
+        await p.ready();
+        const state = buildState([{ kind: 3, pages: 4096 }], 4096, 0, 10);
+        const counted = countTasks(p);
+        let reads = 0;
+        let readsSettled = 0;
+        let windows = 0;
+        const encoder = new StreamEncoder({ size: state.length, pageSize: 4096, maxRecordPayload: 65536, compress: "lz4", ondata: () => undefined });
+        const failing = encodeRegionParallel(
+          p,
+          encoder,
+          {
+            size: state.length,
+            read: () => {
+              throw new Error("the encoder reads ahead off this thread where it can");
+            },
+            // Slow reads: when the output fails, the next window's read is still under way.
+            readAsync: (at, into) => {
+              const n = ++reads;
+              return new Promise<void>((resolve, reject) => {
+                setTimeout(() => {
+                  readsSettled++;
+                  if (failure === "a read" && n === 3) reject(new MigrationError("EIO", "cannot read the state"));
+                  else {
+                    into.set(state.subarray(at, at + into.length));
+                    resolve();
+                  }
+                }, 20);
+              });
+            },
+          },
+          {
+            ...SMALL_CHUNKS,
+            flush: async () => {
+              if (failure === "the output" && ++windows === 2) throw new MigrationError("EIO", "the output failed");
+            },
+          },
+        );
+        await expect(failing).rejects.toMatchObject({ code: "EIO" });
+        expect([counted.settled, readsSettled]).toEqual([counted.started, reads]);
+        encoder.abort();
+        expect(counted.started).toBeGreaterThan(4);
+        expect(reads).toBeGreaterThanOrEqual(3);
+      } finally {
+        p.close();
+      }
+    });
+  }
 
   it("records of 16 MiB on 8 threads fit the pool's memory, and give one thread's bytes", async () => {
     const p = new WorkerPool(8);

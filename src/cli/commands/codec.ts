@@ -139,7 +139,9 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     });
     progress.done();
     let verified: DecoderSummary | undefined;
-    // The written stream goes to disk while it is read back and checked.
+    // Every chunk in the file, then the written stream goes to disk while it is read back and
+    // checked.
+    await output.drain();
     synced = output.syncAhead();
     if (flags.verify && output.tempPath !== undefined) {
       // The bytes on disk, not the ones in memory, are what a reader will get.
