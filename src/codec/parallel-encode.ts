@@ -34,7 +34,7 @@ interface Chunk {
 /** Bytes of state per chunk (a worker's unit of work) when records are small. */
 const CHUNK_BYTES = 2 << 20;
 /** Chunks per thread in a window. */
-const CHUNKS_PER_JOB = 3;
+const CHUNKS_PER_JOB = 2;
 /**
  * Windows in turn: one encoded by the threads, one whose results are being spliced, and one
  * being read meanwhile (off this thread where the source can).

@@ -96,7 +96,7 @@ describe("encodeFile", () => {
 
 describe("encodeFile on the pool", () => {
   it("hands every byte of the snapshot to onwindow once, in order, though windows start again at open records", async () => {
-    // Several of the pool's windows (12 MiB for 2 threads), with raw records open at their ends.
+    // Several of the pool's windows (8 MiB for 2 threads), with raw records open at their ends.
     const state = pattern(29 * 1024 * 1024 + 300, 77);
     state.fill(0, 5 << 20, 6 << 20);
     const path = join(dir, "windows.state");
@@ -128,11 +128,11 @@ describe("encodeFile on the pool, a file that changes while it is read", () => {
       compress: "lz4",
       onwindow: (view) => {
         seen.push(view.slice());
-        // After the first window: a page the second window reads again (the first window, 12
-        // MiB, ends inside a record) changes on disk.
+        // After the first window: the first page it did not hand over changes on disk. The
+        // first window ends inside a record, so the second reads that page again.
         if (calls++ === 0) {
           const fd = openSync(path, "r+");
-          writeSync(fd, new Uint8Array(4096).fill(0xab), 0, 4096, 11.5 * 2 ** 20);
+          writeSync(fd, new Uint8Array(4096).fill(0xab), 0, 4096, view.length);
           closeSync(fd);
         }
       },
