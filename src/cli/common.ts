@@ -12,7 +12,7 @@ import { isatty } from "node:tty";
 import type { Writable } from "node:stream";
 import type { Command } from "commander";
 import { MigrationError } from "../core/errors.js";
-import { AtomicFile, onInterruptCleanup, resolveOutputPath } from "../node/atomic-file.js";
+import { AtomicFile, ioError, onInterruptCleanup, resolveOutputPath } from "../node/atomic-file.js";
 import { StreamFile } from "../node/files.js";
 import { parseSize, sizeFlag } from "./format.js";
 import { peakRss } from "./json.js";
@@ -413,20 +413,22 @@ export interface Output {
   readonly plan: OutputPlan;
   /**
    * Writes `chunk` after everything written before. `release`, if given, is called once the
-   * chunk's memory may be reused (a file: at once; a stream: when the system took it).
+   * chunk's memory may be reused (a file: once the kernel took it; a stream: once the system
+   * did). A write that resolved is not yet in the file: see {@link written}.
    */
   write(chunk: Uint8Array, release?: () => void): Promise<void>;
-  /** The temporary file's path (files only), for a verification pass before commit. */
-  readonly tempPath: string | undefined;
   /**
    * Resolves once every chunk written so far is in the file (files: writes run off this thread,
-   * a few at a time) or handed to the system; rejects with the first failure.
+   * in order, a few queued) or handed to the system; rejects with the first failure. With the
+   * temporary file's path (files only), for a verification pass before commit: the path comes
+   * only once the file holds everything.
    */
-  drain(): Promise<void>;
+  written(): Promise<string | undefined>;
   /**
    * Starts writing what was written so far to disk, off this thread (files; a no-op for
    * streams), so that the flush runs beside whatever comes next (a verification pass) instead of
-   * inside `commit`, which still makes sure of it. Call after {@link drain}.
+   * inside `commit`, which still makes sure of it (and fails if this flush did). Call after
+   * {@link written}.
    */
   syncAhead(): Promise<void>;
   commit(): Promise<void>;
@@ -440,18 +442,19 @@ export async function openOutput(plan: OutputPlan): Promise<Output> {
     let position = 0;
     // Chunks are written off this thread, in order, one at a time (writes at once to one file
     // queue on its lock): the kernel copies one while this thread encodes the next. A few may
-    // wait; the first failure fails the next write, drain and commit.
+    // wait; the first failure fails the next write, `written` and commit.
     let queued = 0;
     let tail: Promise<void> = Promise.resolve();
     let failure: unknown;
-    let room: (() => void) | undefined;
+    /** Writers waiting for room in the queue, all woken when a write ends. */
+    const waiting: Array<() => void> = [];
+    let syncFailure: unknown;
     const drain = async (): Promise<void> => {
       await tail;
       if (failure !== undefined) throw failure;
     };
     return {
       plan,
-      tempPath: file.tempPath,
       async write(chunk, release) {
         if (failure !== undefined) throw failure;
         const at = position;
@@ -467,19 +470,29 @@ export async function openOutput(plan: OutputPlan): Promise<Output> {
             failure ??= error;
           } finally {
             queued--;
-            room?.();
+            for (const wake of waiting.splice(0)) wake();
           }
         });
-        while (queued >= WRITES_QUEUED && failure === undefined) await new Promise<void>((resolve) => (room = resolve));
+        while (queued > WRITES_QUEUED && failure === undefined) await new Promise<void>((resolve) => waiting.push(resolve));
         if (failure !== undefined) throw failure;
       },
-      drain,
+      async written() {
+        await drain();
+        return file.tempPath;
+      },
       syncAhead() {
-        // A failure here is not the output's: commit's own fsync reports any that matters.
-        return new Promise((resolve) => fsync(file.fd, () => resolve()));
+        return new Promise((resolve) =>
+          fsync(file.fd, (error) => {
+            // Reported by commit: the kernel reports a writeback error once per open file, so
+            // commit's own fsync on this descriptor would not see it again.
+            if (error) syncFailure ??= error;
+            resolve();
+          }),
+        );
       },
       async commit() {
         await drain();
+        if (syncFailure !== undefined) throw ioError(`cannot write ${plan.path}`, syncFailure, file.tempPath, plan.path);
         file.commit();
       },
       abort() {
@@ -535,11 +548,11 @@ function streamOutput(plan: OutputPlan, sink: Writable): Output {
     });
   return {
     plan,
-    tempPath: undefined,
     syncAhead: async () => undefined,
-    drain: async () => {
+    written: async () => {
       await flushed();
       check();
+      return undefined;
     },
     async write(chunk, release) {
       check();

@@ -175,7 +175,10 @@ export class ParallelDecoder {
       // Entries for a segment of the smallest records (memory is touched only as entries are
       // written). The areas for decoded blocks come with the first records (their size
       // depends on the header).
-      this.#tableCap = Math.ceil(this.#segCap / RECORD_OVERHEAD) * ENTRY;
+      // A part ends at the first record boundary at or past its share of the segment: at most
+      // that share's worth of the smallest records, and one more. (Sized per part, not per
+      // segment: tables count against the pool's 4 GiB, untouched or not.)
+      this.#tableCap = (Math.ceil(Math.ceil(this.#segCap / this.#parts) / RECORD_OVERHEAD) + 2) * ENTRY;
       for (let i = 0; i < 2; i++) {
         const seg: Segment = { ptr: this.#alloc(this.#segCap), len: 0, streamPos: 0, whole: 0, tables: [], areas: [], pending: undefined, tasks: [] };
         for (let j = 0; j < this.#parts; j++) seg.tables.push(this.#alloc(this.#tableCap));

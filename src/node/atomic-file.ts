@@ -42,6 +42,26 @@ const faultAt = ((): number | undefined => {
 })();
 const cleanups = new Set<() => void>();
 
+/**
+ * Makes a rename in `dir` durable (the directory's entry, not only the file's data). A file
+ * system that cannot sync a directory (EINVAL) has nothing more to make durable.
+ */
+function syncDirectory(dir: string): void {
+  let fd: number;
+  try {
+    fd = openSync(dir, "r");
+  } catch {
+    return; // not readable: the file itself is durable, its name as durable as the system makes it
+  }
+  try {
+    fsyncSync(fd);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EINVAL") throw error;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Throws the injected full disk when a write of `data` at `position` reaches past MIGSTREAM_FAULT_ENOSPC_AT. */
 function injectedFault(data: Uint8Array, position: number): void {
   if (faultAt !== undefined && position + data.length > faultAt) {
@@ -241,17 +261,17 @@ export class AtomicFile {
    * time it runs. Best effort: a failure here is reported, if it matters, by commit's fsync.
    */
   #flushAhead(): void {
+    // The next try comes after another SYNC_AHEAD_BYTES, whatever happens to this one.
+    this.#unflushed = 0;
     let fd: number;
     try {
       fd = openSync(this.tempPath, "r");
     } catch {
-      return; // removed already (an abort), or out of descriptors: commit flushes everything
+      return; // not readable (a write-only mode), or out of descriptors: commit flushes everything
     }
-    this.#unflushed = 0;
     this.#flushing++;
     fdatasync(fd, () => {
-      this.#flushing--;
-      close(fd, () => undefined);
+      close(fd, () => this.#flushing--);
     });
   }
 
@@ -261,9 +281,11 @@ export class AtomicFile {
     if (this.#writing > 0) throw new MigrationError("EFAULT", "internal: commit with writes still running");
     try {
       fsyncSync(this.fd);
-      closeSync(this.fd);
+      // Closed once, whatever closeSync says: a second close could hit a reused number.
       this.#open = false;
+      closeSync(this.fd);
       renameSync(this.tempPath, this.path);
+      syncDirectory(dirname(this.path));
     } catch (cause) {
       this.abort();
       throw ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);

@@ -141,13 +141,13 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     let verified: DecoderSummary | undefined;
     // Every chunk in the file, then the written stream goes to disk while it is read back and
     // checked.
-    await output.drain();
+    const tempPath = await output.written();
     synced = output.syncAhead();
-    if (flags.verify && output.tempPath !== undefined) {
+    if (flags.verify && tempPath !== undefined) {
       // The bytes on disk, not the ones in memory, are what a reader will get.
       progress.phase("verify", summary.bytes);
       const check = await inspectStream(
-        new StreamFile(output.tempPath),
+        new StreamFile(tempPath),
         { maxStateSize: summary.stateBytes, maxRecordPayload: parseSize(flags.maxRecord) },
         pool ? { pool } : {},
         (bytes) => progress.update(bytes),

@@ -163,7 +163,9 @@ async function toOutput(plan: OutputPlan, produce: (out: Output) => Promise<void
   const out = await openOutput(plan);
   try {
     await produce(out);
-    if (verify && out.tempPath !== undefined) await verify(out.tempPath);
+    // Checked once every chunk is in the file (writes run off this thread).
+    const tempPath = await out.written();
+    if (verify && tempPath !== undefined) await verify(tempPath);
     await out.commit();
   } catch (error) {
     out.abort();
