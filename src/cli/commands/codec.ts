@@ -1,5 +1,5 @@
 // encode, decode, diff, apply, inspect, verify: snapshot files and streams.
-import { readFileSync, statSync } from "node:fs";
+import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { type Command, Option } from "commander";
 import { MigrationError } from "../../core/errors.js";
 import { decodeToFile, encodeFile, feedDecoder, inspectStream, openDecoder, StreamFile } from "../../node/files.js";
@@ -283,7 +283,6 @@ function headerOf(bytes: Uint8Array, keep: number): StreamHeader | undefined {
  * anyway passes through to be reported as such.
  */
 async function* incrementalOnly(source: AsyncIterable<Uint8Array>, shown: string): AsyncIterable<Uint8Array> {
-  const KEEP = 1 << 16;
   const held: Uint8Array[] = [];
   let bytes = 0;
   let checked = false;
@@ -311,10 +310,18 @@ async function* incrementalOnly(source: AsyncIterable<Uint8Array>, shown: string
  * Keeps the first bytes of a stream as they pass: when the decoder refuses the header (a limit),
  * inspect still shows what the header says, parsed again without limits.
  */
+/** Bytes of a stream's start kept to show a header the decoder refused. */
+const KEEP = 1 << 16;
+
+/**
+ * The input of inspect, with the header it starts with (shown when the decoder refused it): a
+ * regular file is read straight into the decoder's memory, and its start read again only if it
+ * is needed; anything else passes through, its start kept on the way.
+ */
 function headerKeeper(source: AsyncIterable<Uint8Array>): { source: AsyncIterable<Uint8Array>; header: () => StreamHeader | undefined } {
+  if (source instanceof StreamFile) return { source, header: () => headerOf(readStart(source.path, KEEP), KEEP) };
   const kept: Uint8Array[] = [];
   let keptBytes = 0;
-  const KEEP = 1 << 16;
   async function* pass(): AsyncIterable<Uint8Array> {
     for await (const chunk of source) {
       if (keptBytes < KEEP) {
@@ -330,6 +337,24 @@ function headerKeeper(source: AsyncIterable<Uint8Array>): { source: AsyncIterabl
   };
 }
 
+/** Up to `length` bytes from the start of the file at `path` (fewer if it is shorter, none if it is gone). */
+function readStart(path: string, length: number): Uint8Array {
+  const bytes = new Uint8Array(length);
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch {
+    return new Uint8Array(0);
+  }
+  try {
+    return bytes.subarray(0, readSync(fd, bytes, 0, length, 0));
+  } catch {
+    return new Uint8Array(0);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** LZ4 records: their payload bytes against the state bytes they cover. */
 function compressedJson(summary: DecoderSummary): { records: number; bytes: number; stateBytes: number; ratio: number | null } {
   const pageSize = summary.header?.pageSize ?? 0;
@@ -343,15 +368,10 @@ async function runInspect(stream: string, flags: CommonFlags & { maxRecord: stri
   const started = performance.now();
   const progress = new Progress("inspect", flags);
   const total = inputSize(stream);
-  let bytes = 0;
   const keeper = headerKeeper(openSource(stream));
-  const counted = (async function* () {
-    for await (const chunk of keeper.source) {
-      progress.update((bytes += chunk.length), total);
-      yield chunk;
-    }
-  })();
-  const { summary, bytesByKind, problem } = await inspectStream(counted, readerLimits(flags)).finally(() => progress.done());
+  const { summary, bytesByKind, problem } = await inspectStream(keeper.source, readerLimits(flags), {}, (done) => progress.update(done, total)).finally(() =>
+    progress.done(),
+  );
   // The header the decoder accepted, or else the one it refused (shown so that the reason is).
   const h = summary.header ?? (problem ? keeper.header() : undefined);
   if (flags.json) {
