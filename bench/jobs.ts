@@ -21,7 +21,17 @@ interface Report {
   maxRssBytes: number;
 }
 
+/**
+ * Writes back what earlier runs left dirty, before a run is timed: otherwise a run pays for the
+ * write-back of the one before (up to 2 GiB after two decodes at once), and which kind of run
+ * follows which decides the ratio more than the runs do.
+ */
+function settleDisk(): void {
+  spawnSync("sync");
+}
+
 function run(binary: string, args: string[]): Report {
+  settleDisk();
   const result = spawnSync(process.execPath, [binary, ...args, "--json"], { encoding: "utf8", maxBuffer: 1 << 24 });
   if (result.status !== 0) throw new Error(`migstream ${args.join(" ")} failed (${result.status}): ${result.stderr}`);
   return JSON.parse(result.stdout) as Report;
@@ -29,6 +39,7 @@ function run(binary: string, args: string[]): Report {
 
 /** Runs two migstream commands at once, as separate processes; resolves with the wall time of both. */
 function concurrently(a: string[], b: string[]): Promise<Report> {
+  settleDisk();
   const started = performance.now();
   const one = (args: string[]) =>
     new Promise<void>((resolve, reject) => {

@@ -96,7 +96,7 @@ describe("encodeFile", () => {
 
 describe("encodeFile on the pool", () => {
   it("hands every byte of the snapshot to onwindow once, in order, though windows start again at open records", async () => {
-    // Several of the pool's windows (8 MiB for 2 threads), with raw records open at their ends.
+    // Two of the pool's windows (16 MiB for 2 threads), with raw records open at their ends.
     const state = pattern(29 * 1024 * 1024 + 300, 77);
     state.fill(0, 5 << 20, 6 << 20);
     const path = join(dir, "windows.state");
