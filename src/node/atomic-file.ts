@@ -14,7 +14,6 @@ import {
   fchmodSync,
   fchownSync,
   fdatasync,
-  write,
   fsyncSync,
   lstatSync,
   openSync,
@@ -171,10 +170,6 @@ export class AtomicFile {
   #unflushed = 0;
   /** Background flushes running (each on a descriptor of its own, see {@link #flushAhead}). */
   #flushing = 0;
-  /** Writes started by {@link writeAtAsync} and not yet ended. */
-  #writing = 0;
-  /** Aborted while writes ran: the descriptor is closed when the last one ends. */
-  #closeWhenWritten = false;
 
   /**
    * Creates the temporary file; `initial` (a path) is copied into it first (a base to patch).
@@ -217,34 +212,6 @@ export class AtomicFile {
     this.#written(data.length);
   }
 
-  /**
-   * {@link writeAt} off this thread (Node's thread pool): this thread goes on with other work
-   * while the kernel copies `data`, which must stay as it is until the promise settles. Commit
-   * needs every such write ended first; an abort does not wait (the descriptor is closed when
-   * the last one ends, so that it cannot be reused under them).
-   */
-  writeAtAsync(data: Uint8Array, position: number): Promise<void> {
-    try {
-      injectedFault(data, position);
-    } catch (cause) {
-      return Promise.reject(this.#writeError(cause));
-    }
-    if (!this.#open) return Promise.reject(new MigrationError("EINVAL", "output already closed"));
-    this.#writing++;
-    return new Promise<void>((resolve, reject) => {
-      const next = (done: number): void => {
-        write(this.fd, data, done, data.length - done, position + done, (error, n) => {
-          if (!error && done + n < data.length) return next(done + n);
-          if (--this.#writing === 0 && this.#closeWhenWritten) this.#close();
-          if (error) return reject(this.#writeError(error));
-          this.#written(data.length);
-          resolve();
-        });
-      };
-      next(0);
-    });
-  }
-
   #writeError(cause: unknown): MigrationError {
     return ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);
   }
@@ -278,7 +245,6 @@ export class AtomicFile {
   /** Makes the file durable and gives it its final name. */
   commit(): void {
     if (!this.#open) throw new MigrationError("EINVAL", "output already closed");
-    if (this.#writing > 0) throw new MigrationError("EFAULT", "internal: commit with writes still running");
     try {
       fsyncSync(this.fd);
       // Closed once, whatever closeSync says: a second close could hit a reused number.
@@ -299,14 +265,12 @@ export class AtomicFile {
     pending.delete(this);
     if (this.#open) {
       this.#open = false;
-      if (this.#writing > 0) this.#closeWhenWritten = true;
-      else this.#close();
+      this.#close();
     }
     this.#removeTemp();
   }
 
   #close(): void {
-    this.#closeWhenWritten = false;
     try {
       closeSync(this.fd);
     } catch {

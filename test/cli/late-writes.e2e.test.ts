@@ -1,6 +1,7 @@
-// Outputs are written off the main thread: a command checks, flushes and renames its output only
-// once every write ended. Here each write's callback comes 20 ms late (a preload standing for a
-// slow disk); every command that reads its own output back must still see all of it.
+// A command checks, flushes and renames its output only once every write ended (Output.written).
+// Here every fs.write callback comes 20 ms late (a preload standing for a slow disk, should any
+// output be written off the main thread); every command that reads its own output back must
+// still see all of it.
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";

@@ -1,6 +1,6 @@
-// The CLI's file output: chunks written off the main thread, in order, a few queued; `written`
-// resolves (with the temporary path) only once all of them are in the file; a failed write fails
-// the writes after it, `written` and commit, and abort leaves nothing behind.
+// The CLI's file output: chunks written in order; `written` resolves (with the temporary path)
+// only once all of them are in the file; a failed write fails the writes after it, `written` and
+// commit, and abort leaves nothing behind.
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

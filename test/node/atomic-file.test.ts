@@ -58,32 +58,6 @@ describe.skipIf(process.platform !== "linux")("AtomicFile background flushes", (
     expect(await descriptorsBackTo(before)).toBe(before);
   });
 
-  it("writes off the thread: commit refuses while they run, then commits them all", async () => {
-    const path = join(dir, "async.bin");
-    const file = new AtomicFile(path);
-    const pieces = Array.from({ length: 8 }, (_, i) => new Uint8Array(1 << 20).fill(i + 1));
-    const writes = pieces.map((piece, i) => file.writeAtAsync(piece, i << 20));
-    expect(() => file.commit()).toThrow(expect.objectContaining({ code: "EFAULT" }));
-    await Promise.all(writes);
-    file.commit();
-    const written = readFileSync(path);
-    expect(written.length).toBe(8 << 20);
-    for (let i = 0; i < 8; i++) expect([written[i << 20], written[((i + 1) << 20) - 1]]).toEqual([i + 1, i + 1]);
-  });
-
-  it("abort while writes run: the temporary is gone at once, the descriptor closed once they end", async () => {
-    const before = openDescriptors();
-    const file = new AtomicFile(join(dir, "async-aborted.bin"));
-    const writes = Array.from({ length: 8 }, (_, i) => file.writeAtAsync(new Uint8Array(1 << 20), i << 20));
-    file.abort();
-    expect(readdirSync(dir).filter((n) => n.startsWith(".async-aborted.bin"))).toEqual([]);
-    // Still open: a write under way must not land on a descriptor reused by something else.
-    expect(openDescriptors()).toBe(before + 1);
-    await Promise.allSettled(writes);
-    expect(await descriptorsBackTo(before)).toBe(before);
-    await expect(file.writeAtAsync(new Uint8Array(1), 0)).rejects.toMatchObject({ code: "EINVAL" });
-  });
-
   it("a writer that never returns to the event loop starts at most two flushes", () => {
     const before = openDescriptors();
     const file = new AtomicFile(join(dir, "busy.bin"));

@@ -163,7 +163,7 @@ async function toOutput(plan: OutputPlan, produce: (out: Output) => Promise<void
   const out = await openOutput(plan);
   try {
     await produce(out);
-    // Checked once every chunk is in the file (writes run off this thread).
+    // Checked once every chunk is in the file.
     const tempPath = await out.written();
     if (verify && tempPath !== undefined) await verify(tempPath);
     await out.commit();
