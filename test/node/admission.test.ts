@@ -139,7 +139,8 @@ describe("Admission", () => {
   });
 
   it("a shielded member (a channel waiting for its migration) is never the one dropped to make room; at most maxShielded", async () => {
-    const d = await door({ maxUnauthenticated: 3, protectedMs: 100, maxShielded: 2 });
+    // A deadline far beyond the test: on a loaded machine, only eviction may drop anyone here.
+    const d = await door({ maxUnauthenticated: 3, protectedMs: 100, maxShielded: 2, authTimeoutMs: 120_000 });
     for (let i = 0; i < 3; i++) await d.dial();
     const [a, b, c] = d.admitted;
     expect(d.admission.shield(a!)).toBe(true);
@@ -151,8 +152,13 @@ describe("Admission", () => {
     await d.dial();
     // Room is made only in c's slot (c, then the newcomer in it once past its protection).
     await until(() => d.dropped.length >= 2);
-    expect(d.dropped[0]!.socket).toBe(c);
-    expect(d.dropped.every((x) => x.reason === "evicted" && x.socket !== a && x.socket !== b)).toBe(true);
+    const names = new Map<Socket, string>(
+      [...d.admitted.entries()].map(([i, socket]) => [socket, ["a", "b", "c", "first newcomer", "second newcomer"][i] ?? `#${i}`]),
+    );
+    expect(d.dropped.slice(0, 2).map((x) => [names.get(x.socket), x.reason])).toEqual([
+      ["c", "evicted"],
+      ["first newcomer", "evicted"],
+    ]);
     expect(d.admission.unauthenticated).toBe(3);
     // A shielded member that authenticates leaves, and frees its place under the cap.
     d.admission.authenticated(a!);
