@@ -120,10 +120,10 @@ class ParallelRun {
     this.#pageSize = pageSize;
     const chunk = Math.max(options.chunkBytes ?? CHUNK_BYTES, 2 * maxRecordPayload);
     this.#chunkPages = Math.max(8, Math.floor(chunk / pageSize));
-    // WINDOWS windows, each CHUNKS_PER_JOB chunks for every thread (so that the calling
-    // thread, which also reads and writes, can take fewer than the workers), and always more
-    // than a record so the plan moves forward. Small: every buffer here is first touched by
-    // each process (about 3 ms per MiB on a VM).
+    // WINDOWS windows, each CHUNKS_PER_JOB chunks for every thread (several, so that the
+    // calling thread, which also reads, plans and splices, can take fewer than the workers),
+    // and always more than a record so the plan moves forward. No larger than that pays for:
+    // every buffer here is first touched by each process (about 3 ms per MiB on a VM).
     // (Large records make large chunks: then one per thread and two windows, as memory is
     // bounded at 4 GiB.)
     const perJob = chunk <= CHUNK_BYTES ? CHUNKS_PER_JOB : 1;

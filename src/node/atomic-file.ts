@@ -61,13 +61,6 @@ function syncDirectory(dir: string): void {
   }
 }
 
-/** Throws the injected full disk when a write of `data` at `position` reaches past MIGSTREAM_FAULT_ENOSPC_AT. */
-function injectedFault(data: Uint8Array, position: number): void {
-  if (faultAt !== undefined && position + data.length > faultAt) {
-    throw Object.assign(new Error("ENOSPC: no space left on device, write (injected by MIGSTREAM_FAULT_ENOSPC_AT)"), { code: "ENOSPC" });
-  }
-}
-
 /**
  * Registers temporary state (a spool directory, say) to remove on interruption as well as on
  * the normal path; returns the function that removes it and unregisters it.
@@ -202,23 +195,17 @@ export class AtomicFile {
   writeAt(data: Uint8Array, position: number): void {
     let done = 0;
     try {
-      injectedFault(data, position);
+      if (faultAt !== undefined && position + data.length > faultAt) {
+        throw Object.assign(new Error("ENOSPC: no space left on device, write (injected by MIGSTREAM_FAULT_ENOSPC_AT)"), { code: "ENOSPC" });
+      }
       while (done < data.length) {
         done += writeSync(this.fd, data, done, data.length - done, position + done);
       }
     } catch (cause) {
-      throw this.#writeError(cause);
+      throw ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);
     }
-    this.#written(data.length);
-  }
-
-  #writeError(cause: unknown): MigrationError {
-    return ioError(`cannot write ${this.path}`, cause, this.tempPath, this.path);
-  }
-
-  #written(bytes: number): void {
-    this.#unflushed += bytes;
-    if (this.#unflushed >= SYNC_AHEAD_BYTES && this.#flushing < FLUSHES_AHEAD && this.#open) this.#flushAhead();
+    this.#unflushed += data.length;
+    if (this.#unflushed >= SYNC_AHEAD_BYTES && this.#flushing < FLUSHES_AHEAD) this.#flushAhead();
   }
 
   /**
@@ -265,17 +252,13 @@ export class AtomicFile {
     pending.delete(this);
     if (this.#open) {
       this.#open = false;
-      this.#close();
+      try {
+        closeSync(this.fd);
+      } catch {
+        // already closed: nothing to release
+      }
     }
     this.#removeTemp();
-  }
-
-  #close(): void {
-    try {
-      closeSync(this.fd);
-    } catch {
-      // already closed: nothing to release
-    }
   }
 
   #removeTemp(): void {

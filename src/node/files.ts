@@ -63,9 +63,14 @@ function readFully(fd: number, view: Uint8Array, position: number, what: string)
     } catch (cause) {
       throw ioError(`cannot read ${what}`, cause);
     }
-    if (n === 0) throw new MigrationError("EIO", `${what} ended early at byte ${position + done} (file changed while reading?)`);
+    if (n === 0) throw endedEarly(what, position + done);
     done += n;
   }
+}
+
+/** A file shorter than its size said when it was opened. */
+function endedEarly(what: string, at: number): MigrationError {
+  return new MigrationError("EIO", `${what} ended early at byte ${at} (file changed while reading?)`);
 }
 
 /** {@link readFully} off this thread (Node's thread pool); `view` must stay until it settles. */
@@ -78,7 +83,7 @@ function readFullyAsync(fd: number, view: Uint8Array, position: number, what: st
       }
       read(fd, view, done, view.length - done, position + done, (error, n) => {
         if (error) reject(ioError(`cannot read ${what}`, error));
-        else if (n === 0) reject(new MigrationError("EIO", `${what} ended early at byte ${position + done} (file changed while reading?)`));
+        else if (n === 0) reject(endedEarly(what, position + done));
         else next(done + n);
       });
     };

@@ -306,17 +306,14 @@ async function* incrementalOnly(source: AsyncIterable<Uint8Array>, shown: string
   if (!checked) yield* held;
 }
 
-/**
- * Keeps the first bytes of a stream as they pass: when the decoder refuses the header (a limit),
- * inspect still shows what the header says, parsed again without limits.
- */
 /** Bytes of a stream's start kept to show a header the decoder refused. */
 const KEEP = 1 << 16;
 
 /**
- * The input of inspect, with the header it starts with (shown when the decoder refused it): a
- * regular file is read straight into the decoder's memory, and its start read again only if it
- * is needed; anything else passes through, its start kept on the way.
+ * The input of inspect, with the header it starts with: when the decoder refuses the header (a
+ * limit), inspect still shows what it says, parsed again without limits. A regular file is read
+ * straight into the decoder's memory, and its start read again only if it is needed; anything
+ * else passes through, its start kept on the way.
  */
 function headerKeeper(source: AsyncIterable<Uint8Array>): { source: AsyncIterable<Uint8Array>; header: () => StreamHeader | undefined } {
   if (source instanceof StreamFile) return { source, header: () => headerOf(readStart(source.path, KEEP), KEEP) };
