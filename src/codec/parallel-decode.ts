@@ -24,11 +24,6 @@ const PART_BYTES = 2 << 20;
 /** Bytes of one precheck entry (assembly/parallel.ts PRECHECK_ENTRY). */
 const ENTRY = 32;
 
-/**
- * A push decoder like {@link StreamDecoder} whose checksum and LZ4 work runs on `pool`. For
- * targets that take records through `apply` (files, verification): staging targets decode in
- * the process's own core.
- */
 /** A buffer of stream bytes in pool memory, with the precheck results of its whole records. */
 interface Segment {
   ptr: number;
@@ -47,7 +42,8 @@ interface Segment {
 /**
  * A push decoder like {@link StreamDecoder} whose checksum and LZ4 work runs on `pool`, one
  * segment ahead of the decoder (two segments: the workers check one while the decoder runs
- * over the other). For targets that take records through `apply` (files, verification).
+ * over the other). For targets that take records through `apply` (files, verification):
+ * staging targets decode in the process's own core.
  */
 export class ParallelDecoder {
   readonly #pool: WorkerPool;
@@ -164,7 +160,7 @@ export class ParallelDecoder {
 
   #segment(): Segment {
     if (this.#segments.length === 0) {
-      // A part per worker, and room beyond that for the header and a whole record of the
+      // A part per thread, and room beyond that for the header and a whole record of the
       // largest size allowed.
       this.#threshold = this.#pool.jobs * this.#partBytes;
       this.#segCap = this.#threshold + this.#maxHeader + this.#maxRecord + RECORD_OVERHEAD;
@@ -177,7 +173,10 @@ export class ParallelDecoder {
       this.#tableCap = (Math.ceil(Math.ceil(this.#segCap / this.#parts) / RECORD_OVERHEAD) + 2) * ENTRY;
       for (let i = 0; i < 2; i++) {
         const seg: Segment = { ptr: this.#alloc(this.#segCap), len: 0, streamPos: 0, whole: 0, tables: [], areas: [], pending: undefined, tasks: [] };
-        for (let j = 0; j < this.#parts; j++) seg.tables.push(this.#alloc(this.#tableCap));
+        // The parts' tables in one block, in order: #decode moves every part's entries together
+        // behind the first part's, which stays inside the block only if it is one.
+        const tables = this.#alloc(this.#parts * this.#tableCap);
+        for (let j = 0; j < this.#parts; j++) seg.tables.push(tables + j * this.#tableCap);
         this.#segments.push(seg);
       }
     }

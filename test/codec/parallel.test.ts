@@ -252,6 +252,41 @@ describe("decode on the pool", () => {
     for (const partBytes of [512, 32768]) expect(await decodeParallel(stream, 1000, pool(2), partBytes, true, "pushFrom")).toEqual(serial);
   });
 
+  it("keeps a segment's precheck entries inside its own tables, wherever the allocator put them", async () => {
+    // The parts' entries are moved together behind the first part's: with each part's table
+    // allocated on its own, a table-sized hole before someone else's block let them overflow
+    // into it (found in review: 278,635 bytes of the block overwritten).
+    const p = new WorkerPool(4);
+    try {
+      await p.ready();
+      const pageSize = 64;
+      const pages = 40000;
+      const state = new Uint8Array(pages * pageSize);
+      // Every other page not zero: a record per page (zero or not), many entries per part.
+      for (let i = 1; i < pages; i += 2) state[i * pageSize] = 1 + (i % 200);
+      const stream = encodeSnapshot(state, { pageSize });
+      const partBytes = 512;
+      const maxRecordPayload = 1 << 20;
+      const segCap = 4 * partBytes + 65536 + maxRecordPayload + 32;
+      const tableCap = (Math.ceil(Math.ceil(segCap / 4) / 32) + 2) * 32;
+      const c = p.core;
+      const hole = c.alloc(tableCap);
+      const foreign = c.alloc(1 << 20);
+      c.u8.fill(0xab, foreign, foreign + (1 << 20));
+      c.free(hole);
+      let records = 0;
+      const target: DecodeTarget = { open: () => undefined, apply: () => void records++, commit: () => undefined, abort: () => undefined };
+      const decoder = new ParallelDecoder(p, target, { maxRecordPayload }, false, partBytes);
+      await decoder.push(stream);
+      await decoder.end();
+      expect(records).toBe(pages);
+      expect(c.u8.subarray(foreign, foreign + (1 << 20)).every((b) => b === 0xab)).toBe(true);
+      c.free(foreign);
+    } finally {
+      p.close();
+    }
+  });
+
   it("reports a malformed LZ4 block behind a valid checksum like one thread", async () => {
     const state = buildState([{ kind: 2, pages: 64 }], 4096, 0, 7);
     const stream = encodeSnapshot(state, { compress: "lz4", checksum: "crc32c" }).slice();
