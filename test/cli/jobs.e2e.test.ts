@@ -5,7 +5,7 @@ import { randomBytes } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
 import { makeState, run, tempFiles, useTestDir } from "./helpers.js";
 
-// Several pool windows and decoder segments: larger than 2 jobs x 4 MiB.
+// Several pool windows (16 MiB at 2 jobs) and decoder segments (4 MiB at 2 jobs).
 const SIZE = 24 * 1024 * 1024 + 4096 * 3 + 123;
 
 const scratch = useTestDir();

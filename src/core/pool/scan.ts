@@ -1,6 +1,6 @@
 // Dirty tracking by page hash on the worker pool: the region, its hashes and the bitmap live
-// in the pool's shared memory, and each worker scans a range of whole bitmap bytes (8 pages), so
-// no two workers touch the same hash or bitmap byte.
+// in the pool's shared memory, and each thread scans ranges of whole bitmap bytes (8 pages), so
+// no two threads touch the same hash or bitmap byte.
 import { MigrationError } from "../errors.js";
 import { bitmapBytes, pageCount, validatePageSize } from "../scan.js";
 import type { WorkerPool } from "./pool.js";
@@ -28,8 +28,8 @@ export async function scanHashOnPool(pool: WorkerPool, data: Uint8Array, pageSiz
   if (pages === 0) return 0;
   // Ranges of whole bitmap bytes, 16 per thread: a scan of 1 GiB takes about 35 ms on 2
   // threads, so the last range one thread runs while the other has none left is what decides
-  // it (4 per thread, 128 MiB ranges, measured 1.32-1.75x one thread's scan over three runs of
-  // 8 rounds; 16 per thread 1.56-1.75x; 64 per thread no better).
+  // it. In-process on 1 GiB, three runs of 8 rounds, as memory bandwidth allowed that day: 4 per
+  // thread (128 MiB ranges) 1.32-1.75x one thread's scan, 16 per thread 1.56-1.75x, 64 no better.
   const groups = Math.ceil(pages / 8);
   const parts = Math.min(groups, pool.jobs * 16);
   const tasks: Promise<unknown[]>[] = [];
