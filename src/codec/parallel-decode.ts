@@ -71,9 +71,9 @@ export class ParallelDecoder {
    * `payloads` false: the target never reads a page record's bytes (verification), so LZ4
    * blocks are decoded by the workers only to check them, each over the last.
    */
-  constructor(pool: WorkerPool, target: DecodeTarget, options: DecoderOptions = {}, payloads = true, partBytes?: number) {
+  constructor(pool: WorkerPool, target: DecodeTarget, options: DecoderOptions = {}, payloads = true, partBytes = PART_BYTES) {
     this.#payloads = payloads;
-    this.#partBytes = partBytes ?? PART_BYTES;
+    this.#partBytes = partBytes;
     this.#pool = pool;
     this.#parts = pool.jobs;
     this.#core = pool.core;
