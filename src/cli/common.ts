@@ -540,9 +540,11 @@ function streamOutput(plan: OutputPlan, sink: Writable): Output {
       check();
       const ok = sink.write(chunk, (error) => {
         if (error) failure ??= error;
-        else release?.();
+        // Done with the chunk either way: a failed stream does not write it later.
+        release?.();
       });
-      if (!ok) {
+      // A stream already destroyed (its peer hung up) emits no more events: nothing to wait for.
+      if (!ok && !sink.destroyed) {
         await new Promise<void>((resolve) => {
           const done = (): void => {
             sink.off("drain", done);

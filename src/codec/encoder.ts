@@ -449,8 +449,16 @@ export class StreamEncoder {
    * as if this encoder had written them: they must be numbered from {@link nextRecordIndex},
    * `count` of them; `chain` advances the stream digest over them; `counts` holds the page and
    * LZ4 counters of the encoder context that encoded them. Output pending here goes first.
+   * `lend`, given, receives `records` instead of the encoder's output (the caller keeps them
+   * valid for as long as it promised whoever takes them; the encoder does not copy them).
    */
-  spliceRecords(records: Uint8Array, count: number, chain: (digest: bigint) => bigint, counts: (field: number) => number | bigint): void {
+  spliceRecords(
+    records: Uint8Array,
+    count: number,
+    chain: (digest: bigint) => bigint,
+    counts: (field: number) => number | bigint,
+    lend?: (records: Uint8Array) => void,
+  ): void {
     this.#checkOpen();
     this.#flushPush();
     this.#closeOpenRecord();
@@ -465,7 +473,8 @@ export class StreamEncoder {
     for (const field of [Enc.LZ4_PACKED, Enc.LZ4_COVERED]) ctx.setU64(field, ctx.u64(field) + BigInt(counts(field)));
     if (records.length === 0) return;
     this.#bytes += records.length;
-    this.#sink(records, false);
+    if (lend) lend(records);
+    else this.#sink(records, false);
   }
 
   /** Gives back core memory without finishing the stream (after an error, or to abandon it). */

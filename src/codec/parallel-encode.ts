@@ -40,12 +40,19 @@ const CHUNK_BYTES = 2 << 20;
  */
 const CHUNKS_PER_JOB = 4;
 /**
- * Windows in turn: one encoded by the threads, one whose results are being spliced, and one
- * being read meanwhile (off this thread where the source can).
+ * Windows in turn: one encoded by the threads while the next is read into the other (off this
+ * thread where the source can), once the window before had all its chunks encoded. A third
+ * window, so that the read could start before that, measured no faster (CLI encode of 1 GiB at
+ * --jobs 2, medians of 8: 924 against 928 ms) and took 16 MiB more at --jobs 2.
  */
-const WINDOWS = 3;
-/** Windows in turn for large chunks (large records): the next is read once the last is spliced. */
-const WINDOWS_LARGE = 2;
+const WINDOWS = 2;
+/**
+ * Output slots beyond one window's chunks, per thread: what the threads encode into while the
+ * window before is spliced and written (a worker is handed two tasks at a time). A set of
+ * slots per window, 10 more at --jobs 2, measured no faster (916 against 928 ms); none beyond
+ * a window's left the threads idle during the splice (984 ms).
+ */
+const SPARE_SLOTS_PER_JOB = 2;
 
 /** Per in-flight chunk: the encoder context, output and scratch the worker encodes with. */
 interface Slot {
@@ -72,6 +79,12 @@ export interface ParallelEncodeOptions {
   onbytes?: (view: Uint8Array) => void;
   /** Awaited after each window's records went to the encoder (drain its output here). */
   flush?: () => Promise<void>;
+  /**
+   * Given, each chunk's records come here instead of the encoder's output, in stream order
+   * after whatever the encoder wrote before them: views of the pool's memory, not copies, that
+   * stay valid until the `flush` after them resolved (the chunk's memory is reused then).
+   */
+  lend?: (records: Uint8Array) => void;
   signal?: AbortSignal;
   /** State bytes per chunk, a worker's unit of work (default 2 MiB; at least two records). */
   chunkBytes?: number;
@@ -100,12 +113,11 @@ class ParallelRun {
   readonly #options: ParallelEncodeOptions;
   readonly #pageSize: number;
   readonly #windowBytes: number;
-  /** Windows in turn. */
-  readonly #ring: number;
   readonly #chunkPages: number;
   readonly #taken: number[] = [];
   readonly #windows: number[] = [];
-  readonly #slots: Slot[][] = [];
+  /** Slots no chunk holds: a chunk takes one when dispatched and gives it back once spliced. */
+  readonly #free: Slot[] = [];
   readonly #plan: ContextView;
   /** The ZERO record still open at the end of the last window planned. */
   #carry: { offset: bigint; pages: number } | undefined;
@@ -124,10 +136,8 @@ class ParallelRun {
     // calling thread, which also reads, plans and splices, can take fewer than the workers),
     // and always more than a record so the plan moves forward. No larger than that pays for:
     // every buffer here is first touched by each process (about 3 ms per MiB on a VM).
-    // (Large records make large chunks: then one per thread and two windows, as memory is
-    // bounded at 4 GiB.)
+    // (Large records make large chunks: then one per thread, as memory is bounded at 4 GiB.)
     const perJob = chunk <= CHUNK_BYTES ? CHUNKS_PER_JOB : 1;
-    this.#ring = chunk <= CHUNK_BYTES ? WINDOWS : WINDOWS_LARGE;
     this.#windowBytes = Math.max(perJob * pool.jobs * this.#chunkPages * pageSize, 2 * maxRecordPayload + pageSize);
     const c = this.#core;
     const k = c.exports;
@@ -138,22 +148,17 @@ class ParallelRun {
     const chunkMax = this.#chunkPages * pageSize + maxRecordPayload + pageSize;
     const outCap = chunkMax + Math.ceil(chunkMax / pageSize) * RECORD_OVERHEAD + maxRecordPayload + 2 * RECORD_OVERHEAD + 64;
     const lz4Size = options.compress ? k.encode_lz4_scratch_size(maxRecordPayload) >>> 0 : 0;
-    for (let w = 0; w < this.#ring; w++) this.#windows.push(this.#alloc(this.#windowBytes));
-    // Slots for two windows: the one being encoded and the one before, being spliced (the
-    // window being read has none yet). A slot set per window cost more peak RSS for nothing:
-    // 16 MiB at --jobs 2, 35 MiB at --jobs 4 (encode --compress lz4 of 1 GiB).
-    for (let w = 0; w < 2; w++) {
-      const slots: Slot[] = [];
-      for (let i = 0; i < perWindow; i++) {
-        slots.push({
-          ctx: new ContextView(c.memory, this.#alloc(ctxSize)),
-          out: this.#alloc(outCap),
-          outCap,
-          scratch: this.#alloc(pageSize + 64),
-          lz4: lz4Size > 0 ? this.#alloc(lz4Size) : 0,
-        });
-      }
-      this.#slots.push(slots);
+    for (let w = 0; w < WINDOWS; w++) this.#windows.push(this.#alloc(this.#windowBytes));
+    // A chunk holds its slot from dispatch until its records were written: one window's chunks
+    // and the spare ones the next window starts on.
+    for (let i = 0; i < perWindow + SPARE_SLOTS_PER_JOB * pool.jobs; i++) {
+      this.#free.push({
+        ctx: new ContextView(c.memory, this.#alloc(ctxSize)),
+        out: this.#alloc(outCap),
+        outCap,
+        scratch: this.#alloc(pageSize + 64),
+        lz4: lz4Size > 0 ? this.#alloc(lz4Size) : 0,
+      });
     }
     this.#seq = encoder.nextRecordIndex;
   }
@@ -177,14 +182,15 @@ class ParallelRun {
     const inFlight = new Set<Promise<unknown[]>>();
     /** The read of the next window, when it runs off this thread. */
     let reading: Promise<void> | undefined;
-    const view = (w: number, length: number) => new Uint8Array(this.#core.memory.buffer, this.#windows[w % this.#ring]!, length);
+    const view = (w: number, length: number) => new Uint8Array(this.#core.memory.buffer, this.#windows[w % WINDOWS]!, length);
     const startRead = (w: number, at: number): void => {
       const length = Math.min(this.#windowBytes, size - at);
       reading = source.readAsync ? source.readAsync(at, view(w, length)) : undefined;
       reading?.catch(() => undefined);
     };
-    const finish = async (): Promise<void> => {
-      if (!pending) return;
+    /** Splices the pending window's results; `onencoded` runs once its chunks were encoded. */
+    const finish = async (onencoded?: () => void): Promise<void> => {
+      if (!pending) return onencoded?.();
       const { chunks, tasks, slots, done } = pending;
       pending = undefined;
       // This thread runs queued tasks (the newest window's first: the workers take the
@@ -194,15 +200,17 @@ class ParallelRun {
       await this.#pool.help(inFlight, settled);
       const results = await settled;
       for (const task of tasks) inFlight.delete(task);
+      onencoded?.();
       chunks.forEach((chunk, i) => this.#splice(chunk, slots[i]!, results[i]!));
       await this.#options.flush?.();
+      this.#free.push(...slots);
       this.#options.onprogress?.(done);
     };
     try {
       startRead(0, 0);
       while (at < size || (size === 0 && at === 0 && w === 0)) {
         if (this.#options.signal?.aborted) throw new MigrationError("ECANCELED", "encode aborted");
-        const window = this.#windows[w % this.#ring]!;
+        const window = this.#windows[w % WINDOWS]!;
         const length = Math.min(this.#windowBytes, size - at);
         if (reading) {
           // The workers go on with the last window meanwhile, and this thread with them.
@@ -213,18 +221,25 @@ class ParallelRun {
         const last = at + length === size;
         const { chunks, next } = this.#planWindow(window, at, length, last);
         this.#options.onbytes?.(new Uint8Array(this.#core.memory.buffer, window, (last ? at + length : next) - at));
-        // The set the window before last used: spliced already (finish() below, last time round).
-        const slots = this.#slots[w % 2]!;
-        if (chunks.length > slots.length) throw new MigrationError("EFAULT", `internal: ${chunks.length} chunks planned for ${slots.length} slots`);
-        const tasks = chunks.map((chunk, i) => this.#dispatch(chunk, slots[i]!, window, at, length));
-        for (const task of tasks) inFlight.add(task);
-        // The next window is read, and the previous window's results go out, while this one
-        // is encoded (with two windows, the next is read into the previous one's memory, once
-        // its results went out).
-        const early = this.#ring > 2;
-        if (!last && early) startRead(w + 1, next);
-        await finish();
-        if (!last && !early) startRead(w + 1, next);
+        // As many chunks go out as there are free slots now, the rest once the window before
+        // was spliced and written.
+        const slots: Slot[] = [];
+        const tasks: Promise<unknown[]>[] = [];
+        const dispatch = (): void => {
+          while (tasks.length < chunks.length && this.#free.length > 0) {
+            const slot = this.#free.pop()!;
+            slots.push(slot);
+            const task = this.#dispatch(chunks[tasks.length]!, slot, window, at, length);
+            inFlight.add(task);
+            tasks.push(task);
+          }
+        };
+        dispatch();
+        // While this window is encoded, the next is read into the window before's memory (once
+        // that was encoded) and the window before's results go out.
+        await finish(last ? undefined : () => startRead(w + 1, next));
+        dispatch();
+        if (tasks.length < chunks.length) throw new MigrationError("EFAULT", `internal: ${chunks.length} chunks planned for ${slots.length} slots`);
         pending = { chunks, tasks, slots, done: last ? size : next };
         at = next;
         w++;
@@ -362,6 +377,7 @@ class ParallelRun {
       // into its open record, not encoded).
       (field) =>
         field === Enc.LZ4_PACKED || field === Enc.LZ4_COVERED ? ctx.u64(field) : ctx.u32(field) + (field === Enc.PAGES_ZERO ? (chunk.init?.pages ?? 0) : 0),
+      this.#options.lend,
     );
   }
 }

@@ -51,6 +51,14 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
   pool?: WorkerPool;
   /** Told why more than one job was asked but one thread does the work. */
   onnote?: (message: string) => void;
+  /**
+   * With a pool: hand the records the threads encoded to `write` as views of the pool's memory,
+   * not copies, and wait, before that memory is used again, until each was released. `write`
+   * must then call `release` once it is done with a chunk (at once for a file written
+   * synchronously, once the system took it for a stream). Saves copying the stream and the
+   * memory the copies take (about 19 MiB at two threads). Default false.
+   */
+  lend?: boolean;
 }
 
 /** Reads exactly `view.length` bytes at `position` (files only grow short at EOF: an error). */
@@ -159,16 +167,27 @@ export async function encodeFile(
     const pageSize = options.pageSize ?? 4096;
     const window = Math.max(pageSize, Math.floor(WINDOW / pageSize) * pageSize);
     const baseDigest = base ? digestFile(base.fd, base.size, options.base!) : undefined;
-    const out: Uint8Array[] = [];
-    const { base: _base, config, signal, onprogress, onwindow, jobs: _jobs, pool: _pool, onnote: _onnote, ...encoderOptions } = options;
+    /** Chunks to write, in order; `lent` ones are views of the pool's memory. */
+    const out: { chunk: Uint8Array; lent: boolean }[] = [];
+    const { base: _base, config, signal, onprogress, onwindow, jobs: _jobs, pool: _pool, onnote: _onnote, lend, ...encoderOptions } = options;
     const pool = new ChunkPool();
     // The encoder's own views (valid during the call) are copied once, into pooled memory.
     encoder = new StreamEncoder(
       { ...encoderOptions, regions: [{ name: "state", size: source.size }], ...(baseDigest !== undefined ? { baseDigest } : {}) },
-      (view) => out.push(pool.take(view)),
+      (view) => out.push({ chunk: pool.take(view), lent: false }),
     );
     const flush = async (): Promise<void> => {
-      for (const chunk of out.splice(0)) await write(chunk, () => pool.give(chunk));
+      const released: Promise<void>[] = [];
+      for (const { chunk, lent } of out.splice(0)) {
+        if (!lent) await write(chunk, () => pool.give(chunk));
+        else {
+          let release = (): void => undefined;
+          released.push(new Promise<void>((resolve) => (release = resolve)));
+          await write(chunk, release);
+        }
+      }
+      // The pool reuses lent memory once this resolves.
+      await Promise.all(released);
     };
     const parallel = base ? undefined : poolFor(options);
     if (parallel) {
@@ -188,6 +207,7 @@ export async function encodeFile(
             checksum: header.checksum,
             compress: header.compression === "lz4",
             flush,
+            ...(lend ? { lend: (records: Uint8Array) => void out.push({ chunk: records, lent: true }) } : {}),
             // The bytes each window's records were encoded from (a window may be read again
             // from a record left open: those bytes count with the later read, the one sent).
             ...(onwindow ? { onbytes: onwindow } : {}),
@@ -393,6 +413,14 @@ export interface JobsOptions {
   pool?: WorkerPool;
   /** Told why more than one job was asked but one thread does the work. */
   onnote?: (message: string) => void;
+  /**
+   * With a pool: hand the records the threads encoded to `write` as views of the pool's memory,
+   * not copies, and wait, before that memory is used again, until each was released. `write`
+   * must then call `release` once it is done with a chunk (at once for a file written
+   * synchronously, once the system took it for a stream). Saves copying the stream and the
+   * memory the copies take (about 19 MiB at two threads). Default false.
+   */
+  lend?: boolean;
 }
 
 export interface DecodeFileOptions extends Omit<DecoderOptions, "base" | "baseDigest">, JobsOptions {

@@ -1,7 +1,9 @@
 // The CLI's file output: chunks written in order; `written` resolves (with the temporary path)
 // only once all of them are in the file; a failed write fails the writes after it, `written` and
-// commit, and abort leaves nothing behind.
+// commit, and abort leaves nothing behind. A stream output whose peer hung up fails its writes
+// and releases what it took.
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -50,5 +52,36 @@ describe("file output", () => {
     await expect(out.commit()).rejects.toMatchObject({ code: "EIO" });
     out.abort();
     expect(readdirSync(dir).filter((name) => name.includes("full.bin"))).toEqual([]);
+  });
+});
+
+describe("stream output", () => {
+  it("fails a write once the peer hung up instead of waiting for a drain, and releases every chunk it took (a lending encoder waits for that)", async () => {
+    // A socket whose peer hangs up after the first bytes: a small write is taken at once and
+    // fails later.
+    const path = join(dir, "peer.sock");
+    const server = createServer((socket) => socket.once("data", () => socket.destroy()));
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    try {
+      const out = await openOutput(planOutput(path, { force: true }));
+      let taken = 0;
+      let released = 0;
+      let failure: unknown;
+      for (let i = 0; i < 500 && failure === undefined; i++) {
+        try {
+          await out.write(new Uint8Array(1024).fill(i), () => released++);
+          taken++;
+        } catch (error) {
+          failure = error;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+      expect(failure).toMatchObject({ code: "EIO" });
+      expect(taken).toBeGreaterThan(0);
+      expect(released).toBe(taken);
+      out.abort();
+    } finally {
+      server.close();
+    }
   });
 });

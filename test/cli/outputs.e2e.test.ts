@@ -69,6 +69,19 @@ describe("1. outputs that are not regular files are written through", () => {
     }
   });
 
+  it("encode --jobs 2 to /dev/full as stdout fails cleanly, its records lent to the output", async () => {
+    // Two pool windows of records handed to stdout uncopied: the encoder waits for each
+    // chunk's release before reusing its memory.
+    writeFileSync(at("big.state"), makeState(24 * 1024 * 1024 + 5, 9));
+    const child = spawn(
+      `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} encode ${JSON.stringify(at("big.state"))} --jobs 2 --compress lz4 -o - > /dev/full`,
+      { shell: true, env: { ...process.env, NO_PROGRESS: "1" } },
+    );
+    const result = await finished(child);
+    expect(result.code).toBe(4);
+    expect(result.stderr.trim()).toBe("migstream: EIO: cannot write stdout: ENOSPC: no space left on device, write");
+  });
+
   it("decode -o - | head -c 10 ends quietly and leaves no staging", async () => {
     const tmp = tempDir();
     try {

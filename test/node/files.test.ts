@@ -113,6 +113,53 @@ describe("encodeFile on the pool", () => {
     expect(Buffer.compare(Buffer.concat(seen), state)).toBe(0);
     expect(Buffer.compare(Buffer.concat(parts), encodeSnapshot(state, { compress: "lz4" }))).toBe(0);
   });
+
+  it("lends the threads' records to write uncopied, and reuses none of them before its release", async () => {
+    const state = pattern(29 * 1024 * 1024 + 300, 79);
+    state.fill(0, 3 << 20, 7 << 20);
+    const path = join(dir, "lend.state");
+    writeFileSync(path, state);
+    const parts: Uint8Array[] = [];
+    let lent = 0;
+    let changed = 0;
+    /** Chunks handed over and not released yet, with what they held then. */
+    const held = new Map<Uint8Array, Uint8Array>();
+    const check = (): void => {
+      for (const [chunk, copy] of held) if (Buffer.compare(chunk, copy) !== 0) changed++;
+    };
+    await encodeFile(
+      path,
+      (chunk, release) => {
+        check();
+        const copy = chunk.slice();
+        parts.push(copy);
+        if (chunk.buffer instanceof SharedArrayBuffer) lent++;
+        // Released later, as a socket would once the system took it: until then its bytes must
+        // stay as they were, while the encode goes on (the next window's chunks are encoded
+        // and written meanwhile unless the encoder waits).
+        held.set(chunk, copy);
+        setTimeout(() => {
+          check();
+          held.delete(chunk);
+          release();
+        }, 100);
+      },
+      { jobs: 2, compress: "lz4", lend: true },
+    );
+    expect(lent).toBeGreaterThan(8);
+    expect(changed).toBe(0);
+    expect(Buffer.compare(Buffer.concat(parts), encodeSnapshot(state, { compress: "lz4" }))).toBe(0);
+  });
+
+  it("copies what it hands to write unless asked to lend (a chunk kept, never released, stays as it was)", async () => {
+    const state = pattern(29 * 1024 * 1024 + 300, 80);
+    const path = join(dir, "kept.state");
+    writeFileSync(path, state);
+    const parts: Uint8Array[] = [];
+    await encodeFile(path, (chunk) => void parts.push(chunk), { jobs: 2, compress: "lz4" });
+    expect(parts.some((chunk) => chunk.buffer instanceof SharedArrayBuffer)).toBe(false);
+    expect(Buffer.compare(Buffer.concat(parts), encodeSnapshot(state, { compress: "lz4" }))).toBe(0);
+  });
 });
 
 describe("encodeFile on the pool, a file that changes while it is read", () => {

@@ -127,7 +127,8 @@ async function runEncode(command: "encode" | "diff", snapshot: string, flags: En
     pool = pooled.pool;
     if (pooled.note) noteFor(flags)(pooled.note);
     const summary = await encodeFile(input.path, (chunk, release) => output!.write(chunk, release), {
-      ...(pool ? { pool } : {}),
+      // Every output releases what it wrote (a file at once, a stream once the system took it).
+      ...(pool ? { pool, lend: true } : {}),
       pageSize: parseSize(flags.pageSize),
       maxRecordPayload: parseSize(flags.maxRecord),
       checksum: flags.checksum,
