@@ -150,8 +150,11 @@ class ParallelRun {
     const lz4Size = options.compress ? k.encode_lz4_scratch_size(maxRecordPayload) >>> 0 : 0;
     for (let w = 0; w < WINDOWS; w++) this.#windows.push(this.#alloc(this.#windowBytes));
     // A chunk holds its slot from dispatch until its records were written: one window's chunks
-    // and the spare ones the next window starts on.
-    for (let i = 0; i < perWindow + SPARE_SLOTS_PER_JOB * pool.jobs; i++) {
+    // and the spare ones the next window starts on. (Large chunks, one per thread, have a
+    // window's worth of spares, as before: their slots are several records each, and more of
+    // them would not fit the 4 GiB memory at 3 threads and 48 MiB records.)
+    const spare = perJob > 1 ? SPARE_SLOTS_PER_JOB * pool.jobs : perWindow;
+    for (let i = 0; i < perWindow + spare; i++) {
       this.#free.push({
         ctx: new ContextView(c.memory, this.#alloc(ctxSize)),
         out: this.#alloc(outCap),

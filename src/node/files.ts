@@ -55,8 +55,10 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
    * With a pool: hand the records the threads encoded to `write` as views of the pool's memory,
    * not copies, and wait, before that memory is used again, until each was released. `write`
    * must then call `release` once it is done with a chunk (at once for a file written
-   * synchronously, once the system took it for a stream). Saves copying the stream and the
-   * memory the copies take (about 19 MiB at two threads). Default false.
+   * synchronously, once the system took it for a stream), also when its output failed: until
+   * then the encode waits, and on a failure it waits for the chunks `write` took before it
+   * rejects. Saves copying the stream and the memory the copies take (about 19 MiB at two
+   * threads). Default false.
    */
   lend?: boolean;
 }
@@ -149,7 +151,8 @@ class ChunkPool {
  *
  * A consumer that calls `release` once it is done with a chunk (a socket, once the kernel took
  * it) gets that memory back for a later chunk: fresh memory costs its first touch, so reusing it
- * matters at these sizes. Not calling it is fine (the chunk is then the consumer's).
+ * matters at these sizes. Not calling it is fine (the chunk is then the consumer's), except
+ * with `lend` (see there).
  */
 export async function encodeFile(
   input: string,
@@ -177,17 +180,23 @@ export async function encodeFile(
       (view) => out.push({ chunk: pool.take(view), lent: false }),
     );
     const flush = async (): Promise<void> => {
+      /** Releases of the lent chunks `write` took: the pool reuses their memory after them. */
       const released: Promise<void>[] = [];
-      for (const { chunk, lent } of out.splice(0)) {
-        if (!lent) await write(chunk, () => pool.give(chunk));
-        else {
-          let release = (): void => undefined;
-          released.push(new Promise<void>((resolve) => (release = resolve)));
-          await write(chunk, release);
+      try {
+        for (const { chunk, lent } of out.splice(0)) {
+          if (!lent) await write(chunk, () => pool.give(chunk));
+          else {
+            let release = (): void => undefined;
+            const done = new Promise<void>((resolve) => (release = resolve));
+            await write(chunk, release);
+            released.push(done);
+          }
         }
+      } finally {
+        // Also when a write failed: the memory is freed after this, and those taken before
+        // may still be read until they are released.
+        await Promise.all(released);
       }
-      // The pool reuses lent memory once this resolves.
-      await Promise.all(released);
     };
     const parallel = base ? undefined : poolFor(options);
     if (parallel) {
@@ -413,14 +422,6 @@ export interface JobsOptions {
   pool?: WorkerPool;
   /** Told why more than one job was asked but one thread does the work. */
   onnote?: (message: string) => void;
-  /**
-   * With a pool: hand the records the threads encoded to `write` as views of the pool's memory,
-   * not copies, and wait, before that memory is used again, until each was released. `write`
-   * must then call `release` once it is done with a chunk (at once for a file written
-   * synchronously, once the system took it for a stream). Saves copying the stream and the
-   * memory the copies take (about 19 MiB at two threads). Default false.
-   */
-  lend?: boolean;
 }
 
 export interface DecodeFileOptions extends Omit<DecoderOptions, "base" | "baseDigest">, JobsOptions {

@@ -3,6 +3,7 @@
 // nothing left behind by any ending signal, one error style with hints, the JSON error object.
 import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { beforeAll, describe, expect, it } from "vitest";
 import { CLI, finished, makeState, run, start, tempDir, tempFiles, useTestDir } from "./helpers.js";
 
@@ -69,17 +70,30 @@ describe("1. outputs that are not regular files are written through", () => {
     }
   });
 
-  it("encode --jobs 2 to /dev/full as stdout fails cleanly, its records lent to the output", async () => {
-    // Two pool windows of records handed to stdout uncopied: the encoder waits for each
-    // chunk's release before reusing its memory.
-    writeFileSync(at("big.state"), makeState(24 * 1024 * 1024 + 5, 9));
-    const child = spawn(
-      `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} encode ${JSON.stringify(at("big.state"))} --jobs 2 --compress lz4 -o - > /dev/full`,
-      { shell: true, env: { ...process.env, NO_PROGRESS: "1" } },
-    );
-    const result = await finished(child);
-    expect(result.code).toBe(4);
-    expect(result.stderr.trim()).toBe("migstream: EIO: cannot write stdout: ENOSPC: no space left on device, write");
+  it("encode --jobs 2 to a socket that reads late gives the stream it writes to a file", async () => {
+    // The pool's records go to the socket uncopied, and their memory is reused only once the
+    // socket released them (here, after waiting for the reader: every write waits for a drain).
+    writeFileSync(at("big.state"), makeState(40 * 1024 * 1024 + 5, 9));
+    const file = await run(["encode", at("big.state"), "--jobs", "2", "--compress", "lz4", "-o", at("big.mig"), "-q"]);
+    expect(file.code, file.stderr).toBe(0);
+    const received: Buffer[] = [];
+    let done: () => void = () => undefined;
+    const ended = new Promise<void>((resolve) => (done = resolve));
+    const server = createServer((socket) => {
+      socket.pause();
+      setTimeout(() => socket.resume(), 500);
+      socket.on("data", (data: Buffer) => received.push(data));
+      socket.on("end", done);
+    });
+    await new Promise<void>((resolve) => server.listen(at("slow.sock"), resolve));
+    try {
+      const result = await run(["encode", at("big.state"), "--jobs", "2", "--compress", "lz4", "-o", at("slow.sock"), "-q"]);
+      expect(result.code, result.stderr).toBe(0);
+      await ended;
+      expect(Buffer.concat(received).equals(readFileSync(at("big.mig")))).toBe(true);
+    } finally {
+      server.close();
+    }
   });
 
   it("decode -o - | head -c 10 ends quietly and leaves no staging", async () => {

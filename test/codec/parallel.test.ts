@@ -662,20 +662,26 @@ describe("the pool", () => {
     }
   });
 
-  it("records of 16 MiB on 8 threads fit the pool's memory, and give one thread's bytes", async () => {
-    const p = new WorkerPool(8);
+  // Large records make chunks of two records each, one per thread, each slot about 5 records'
+  // worth with its LZ4 scratch. (Two spare slots per thread, as small chunks have, came to 14
+  // slots at 4 threads of 48 MiB records: past the 4 GiB memory.)
+  it.each([
+    { threads: 8, record: 16, pages: [300, 200, 100] },
+    { threads: 4, record: 48, pages: [40, 20, 40] },
+  ])("records of $record MiB on $threads threads fit the pool's memory, and give one thread's bytes", async ({ threads, record, pages }) => {
+    const p = new WorkerPool(threads);
     try {
       const state = buildState(
         [
-          { kind: 3, pages: 300 },
-          { kind: 0, pages: 200 },
-          { kind: 1, pages: 100 },
+          { kind: 3, pages: pages[0]! },
+          { kind: 0, pages: pages[1]! },
+          { kind: 1, pages: pages[2]! },
         ],
         4096,
         0,
         13,
       );
-      const o = { pageSize: 4096, maxRecordPayload: 16 << 20, compress: true, checksum: "xxh3" as const, chunkBytes: 2 << 20 };
+      const o = { pageSize: 4096, maxRecordPayload: record << 20, compress: true, checksum: "xxh3" as const, chunkBytes: 2 << 20 };
       const parallel = await encodeOnPool(state, p, o);
       expect(Buffer.compare(parallel, encodeSnapshot(state, { ...o, compress: "lz4", config: new Uint8Array([1, 2, 3]) }))).toBe(0);
     } finally {

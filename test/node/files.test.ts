@@ -151,6 +151,33 @@ describe("encodeFile on the pool", () => {
     expect(Buffer.compare(Buffer.concat(parts), encodeSnapshot(state, { compress: "lz4" }))).toBe(0);
   });
 
+  it("a write that fails: encodeFile rejects only after the lent chunks write took were released", async () => {
+    const state = pattern(29 * 1024 * 1024 + 300, 81);
+    const path = join(dir, "lend-fail.state");
+    writeFileSync(path, state);
+    let calls = 0;
+    let taken = 0;
+    let released = 0;
+    const failed = encodeFile(
+      path,
+      (chunk, release) => {
+        if (++calls === 5) throw new Error("the output broke");
+        if (chunk.buffer instanceof SharedArrayBuffer) {
+          taken++;
+          // Held a while, as a socket's queue would: the pool's memory must stay until then.
+          setTimeout(() => {
+            released++;
+            release();
+          }, 50);
+        } else release();
+      },
+      { jobs: 2, compress: "lz4", lend: true },
+    );
+    await expect(failed).rejects.toThrow("the output broke");
+    expect(taken).toBeGreaterThan(1);
+    expect(released).toBe(taken);
+  });
+
   it("copies what it hands to write unless asked to lend (a chunk kept, never released, stays as it was)", async () => {
     const state = pattern(29 * 1024 * 1024 + 300, 80);
     const path = join(dir, "kept.state");
