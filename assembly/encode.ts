@@ -70,64 +70,26 @@ export function encode_lz4_scratch_size(maxPayload: u32): u32 {
 /**
  * Replaces the raw record being closed at `start` (payload `payload` bytes) by an LZ4 record
  * when that is smaller: `u32 uncompressed length`, then the block. Returns the payload length
- * the record now has (the same when it stays raw); the tag is rewritten by the caller. The
- * payload is read from `src`: the output after the header when the pages were copied there,
- * or the window when they were not (then the block goes straight to the output, and the pages
- * are copied only if they stay raw; a compressible record is never written twice).
+ * the record now has (the same when it stays raw); the tag is rewritten by the caller.
  */
-function compressRecord(ctx: usize, start: usize, payload: usize, src: usize): usize {
-  const dst = start + RECORD_HEADER;
-  const copied = src == dst;
-  if (payload <= 5) {
-    if (!copied) memory.copy(dst, src, payload);
-    return payload;
-  }
+function compressRecord(ctx: usize, start: usize, payload: usize): usize {
+  if (payload <= 5) return payload;
   const scratch = <usize>load<u32>(ctx, E_LZ4_SCRATCH);
   const table = scratch;
-  const block = copied ? scratch + LZ4_TABLE_ENTRIES * 4 : dst + 4;
+  const block = scratch + LZ4_TABLE_ENTRIES * 4;
+  const src = start + RECORD_HEADER;
   // Smaller by at least one byte with the length prefix, or not at all.
   const n = lz4_compress(src, payload, block, payload - 5, table, LZ4_BAIL_AFTER);
-  if (n < 0) {
-    if (!copied) memory.copy(dst, src, payload);
-    return payload;
-  }
-  store<u32>(dst, <u32>payload);
-  if (copied) memory.copy(dst + 4, block, <usize>n);
+  if (n < 0) return payload;
+  store<u32>(src, <u32>payload);
+  memory.copy(src + 4, block, <usize>n);
   store<u32>(ctx, load<u32>(ctx, E_RECORDS_LZ4) + 1, E_RECORDS_LZ4);
   store<u64>(ctx, load<u64>(ctx, E_LZ4_PACKED) + <u64>(4 + n), E_LZ4_PACKED);
   store<u64>(ctx, load<u64>(ctx, E_LZ4_COVERED) + <u64>payload, E_LZ4_COVERED);
   return 4 + <usize>n;
 }
 
-/**
- * Closes the record being built at `start` (compressed first where MODE_LZ4 asks and that is
- * smaller, its payload read from `src` as compressRecord says) and returns its size.
- */
-function finishRecord(ctx: usize, start: usize, src: usize, tag: u8, region: u16, payload: usize, seq: u32, pages: u32, offset: u64): usize {
-  if ((load<u8>(ctx, E_MODE) & MODE_LZ4) != 0 && tag == TAG_PAGES) {
-    const packed = compressRecord(ctx, start, payload, src);
-    if (packed != payload) {
-      store<u32>(ctx, load<u32>(ctx, E_PAGES_LZ4) + pages, E_PAGES_LZ4);
-      tag = TAG_LZ4;
-      payload = packed;
-    }
-  }
-  return closeRecord(start, tag, 0, region, payload, seq, pages, offset, load<u8>(ctx, E_ALG));
-}
-
 export function encode_window(ctx: usize): i32 {
-  return encodeWindow(ctx, false);
-}
-
-/**
- * encode_window, then encode_flush, in one call (the worker pool's chunks): the last record's
- * pages are then compressed straight from the window too, rather than copied out first.
- */
-export function encode_chunk(ctx: usize): i32 {
-  return encodeWindow(ctx, true);
-}
-
-function encodeWindow(ctx: usize, closeAtEnd: bool): i32 {
   const cur = <usize>load<u32>(ctx, E_CUR);
   const shadow = <usize>load<u32>(ctx, E_SHADOW);
   const bitmap = <usize>load<u32>(ctx, E_BITMAP);
@@ -137,6 +99,7 @@ function encodeWindow(ctx: usize, closeAtEnd: bool): i32 {
   const outCap = <usize>load<u32>(ctx, E_OUTCAP);
   const maxPayload = <usize>load<u32>(ctx, E_MAXPAYLOAD);
   const region = load<u16>(ctx, E_REGION);
+  const alg = load<u8>(ctx, E_ALG);
   const mode = load<u8>(ctx, E_MODE);
   const windowOffset = load<u64>(ctx, E_OFFSET);
   const scratch = <usize>load<u32>(ctx, E_SCRATCH);
@@ -164,10 +127,6 @@ function encodeWindow(ctx: usize, closeAtEnd: bool): i32 {
   let recPayload = <usize>load<u32>(ctx, E_REC_PAYLOAD);
   let recPages = load<u32>(ctx, E_REC_PAGES);
   let recOffset = load<u64>(ctx, E_REC_OFFSET);
-  // With MODE_LZ4, a raw record begun in this call is not copied page by page: its pages stay
-  // in the window (from recSrc on) until it closes, and only what goes out is written. Between
-  // calls the window may change, so a record still open when the call ends is copied out then.
-  let recSrc: usize = 0;
   const recordRoom = RECORD_HEADER + maxPayload + RECORD_TRAILER;
 
   while (p < pages) {
@@ -213,9 +172,16 @@ function encodeWindow(ctx: usize, closeAtEnd: bool): i32 {
     if (!extends_) {
       if (recTag != 0) {
         const start = out + outLen;
-        const size = finishRecord(ctx, start, recSrc != 0 ? recSrc : start + RECORD_HEADER, recTag, recRegion, recPayload, seq, recPages, recOffset);
-        digest = chainDigest(digest, load<u64>(start + size - RECORD_TRAILER));
-        recSrc = 0;
+        if (compress && recTag == TAG_PAGES) {
+          const packed = compressRecord(ctx, start, recPayload);
+          if (packed != recPayload) {
+            store<u32>(ctx, load<u32>(ctx, E_PAGES_LZ4) + recPages, E_PAGES_LZ4);
+            recTag = TAG_LZ4;
+            recPayload = packed;
+          }
+        }
+        const size = closeRecord(start, recTag, 0, recRegion, recPayload, seq, recPages, recOffset, alg);
+        digest = chainDigest(digest, load<u64>(start + RECORD_HEADER + recPayload));
         outLen += size;
         seq++;
         records++;
@@ -230,12 +196,11 @@ function encodeWindow(ctx: usize, closeAtEnd: bool): i32 {
       recPayload = 0;
       recOffset = pageOffset;
       recPages = 0;
-      if (compress && tag == TAG_PAGES) recSrc = src;
     }
 
     const dest = out + outLen + RECORD_HEADER + recPayload;
     if (tag == TAG_PAGES) {
-      if (recSrc == 0) memory.copy(dest, src, pageLen);
+      memory.copy(dest, src, pageLen);
       pagesRaw++;
     } else if (tag == TAG_DELTA) {
       store<u32>(dest, <u32>deltaLen);
@@ -251,18 +216,6 @@ function encodeWindow(ctx: usize, closeAtEnd: bool): i32 {
     recPayload += add;
     recPages++;
     p++;
-  }
-
-  if (closeAtEnd && status == ENCODE_DONE && recTag != 0) {
-    const start = out + outLen;
-    const size = finishRecord(ctx, start, recSrc != 0 ? recSrc : start + RECORD_HEADER, recTag, recRegion, recPayload, seq, recPages, recOffset);
-    digest = chainDigest(digest, load<u64>(start + size - RECORD_TRAILER));
-    outLen += size;
-    seq++;
-    records++;
-    recTag = 0;
-  } else if (recSrc != 0) {
-    memory.copy(out + outLen + RECORD_HEADER, recSrc, recPayload);
   }
 
   store<u8>(ctx, recTag, E_REC_TAG);
@@ -284,22 +237,21 @@ function encodeWindow(ctx: usize, closeAtEnd: bool): i32 {
 
 /** Closes the open record, if any (before a config, round or end record, or the last drain). */
 export function encode_flush(ctx: usize): void {
-  const tag = load<u8>(ctx, E_REC_TAG);
+  let tag = load<u8>(ctx, E_REC_TAG);
   if (tag == 0) return;
   const start = <usize>load<u32>(ctx, E_OUT) + <usize>load<u32>(ctx, E_OUTLEN);
+  let payload = <usize>load<u32>(ctx, E_REC_PAYLOAD);
+  if ((load<u8>(ctx, E_MODE) & MODE_LZ4) != 0 && tag == TAG_PAGES) {
+    const packed = compressRecord(ctx, start, payload);
+    if (packed != payload) {
+      store<u32>(ctx, load<u32>(ctx, E_PAGES_LZ4) + load<u32>(ctx, E_REC_PAGES), E_PAGES_LZ4);
+      tag = TAG_LZ4;
+      payload = packed;
+    }
+  }
   const seq = load<u32>(ctx, E_SEQ);
-  const size = finishRecord(
-    ctx,
-    start,
-    start + RECORD_HEADER,
-    tag,
-    load<u16>(ctx, E_REC_REGION),
-    <usize>load<u32>(ctx, E_REC_PAYLOAD),
-    seq,
-    load<u32>(ctx, E_REC_PAGES),
-    load<u64>(ctx, E_REC_OFFSET),
-  );
-  store<u64>(ctx, chainDigest(load<u64>(ctx, E_DIGEST), load<u64>(start + size - RECORD_TRAILER)), E_DIGEST);
+  const size = closeRecord(start, tag, 0, load<u16>(ctx, E_REC_REGION), payload, seq, load<u32>(ctx, E_REC_PAGES), load<u64>(ctx, E_REC_OFFSET), load<u8>(ctx, E_ALG));
+  store<u64>(ctx, chainDigest(load<u64>(ctx, E_DIGEST), load<u64>(start + RECORD_HEADER + payload)), E_DIGEST);
   store<u32>(ctx, seq + 1, E_SEQ);
   store<u32>(ctx, load<u32>(ctx, E_OUTLEN) + <u32>size, E_OUTLEN);
   store<u32>(ctx, load<u32>(ctx, E_RECORDS) + 1, E_RECORDS);

@@ -11,7 +11,7 @@ export { crc32c } from "./crc32c";
 export { scan_dirty, scan_zero, scan_hash } from "./scan";
 export { xbzrle_encode, xbzrle_decode } from "./xbzrle";
 export { chain_digest } from "./checksum";
-export { encode_context_size, encode_lz4_scratch_size, encode_window, encode_chunk, encode_flush, frame_record } from "./encode";
+export { encode_context_size, encode_lz4_scratch_size, encode_window, encode_flush, frame_record } from "./encode";
 export { decode_context_size, region_entry_size, decode_window, first_missing, apply_delta_run } from "./decode";
 export { bitmap_set_range, bitmap_clear_range, bitmap_or, bitmap_count } from "./bitmap";
 export { lz4_compress, lz4_decompress, lz4_error_offset, lz4_table_size, lz4_bound } from "./lz4";

@@ -354,7 +354,10 @@ class ParallelRun {
       ctx.setU64(Enc.REC_OFFSET, chunk.init.offset);
       ctx.setU32(Enc.REC_PAGES, chunk.init.pages);
     }
-    return this.#pool.run([["encode_chunk", ctx.ptr]]);
+    return this.#pool.run([
+      ["encode_window", ctx.ptr],
+      ["encode_flush", ctx.ptr],
+    ]);
   }
 
   #splice(chunk: Chunk, slot: Slot, results: unknown[]): void {

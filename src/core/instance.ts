@@ -24,7 +24,6 @@ export interface CoreExports {
   encode_context_size(): number;
   encode_lz4_scratch_size(maxPayload: number): number;
   encode_window(ctx: number): number;
-  encode_chunk(ctx: number): number;
   encode_flush(ctx: number): void;
   frame_record(ctx: number, tag: number, flags: number, payload: number): number;
   decode_context_size(): number;
