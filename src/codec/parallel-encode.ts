@@ -116,7 +116,7 @@ class ParallelRun {
   readonly #chunkPages: number;
   readonly #taken: number[] = [];
   readonly #windows: number[] = [];
-  /** Slots no chunk holds: a chunk takes one when dispatched and gives it back once spliced. */
+  /** Slots no chunk holds: a chunk takes one when dispatched, and gives it back once its records were written. */
   readonly #free: Slot[] = [];
   readonly #plan: ContextView;
   /** The ZERO record still open at the end of the last window planned. */
