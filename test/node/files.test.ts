@@ -23,6 +23,18 @@ function pattern(size: number, seed: number): Uint8Array {
   return out;
 }
 
+/**
+ * A snapshot file of more than one pool window (16 MiB at 2 threads) and a partial last page,
+ * pages [from, to) zero if given.
+ */
+function snapshotFile(name: string, seed: number, zeros?: [number, number]): { state: Uint8Array; path: string } {
+  const state = pattern(29 * 1024 * 1024 + 300, seed);
+  if (zeros) state.fill(0, zeros[0], zeros[1]);
+  const path = join(dir, name);
+  writeFileSync(path, state);
+  return { state, path };
+}
+
 async function decodeFile(stream: Uint8Array, name: string, base?: string): Promise<Uint8Array> {
   const out = join(dir, name);
   await decodeToFile([stream], out, base === undefined ? {} : { base });
@@ -97,10 +109,7 @@ describe("encodeFile", () => {
 describe("encodeFile on the pool", () => {
   it("hands every byte of the snapshot to onwindow once, in order, though windows start again at open records", async () => {
     // Two of the pool's windows (16 MiB for 2 threads), with raw records open at their ends.
-    const state = pattern(29 * 1024 * 1024 + 300, 77);
-    state.fill(0, 5 << 20, 6 << 20);
-    const path = join(dir, "windows.state");
-    writeFileSync(path, state);
+    const { state, path } = snapshotFile("windows.state", 77, [5 << 20, 6 << 20]);
     const seen: Uint8Array[] = [];
     const parts: Uint8Array[] = [];
     await encodeFile(
@@ -115,10 +124,7 @@ describe("encodeFile on the pool", () => {
   });
 
   it("lends the threads' records to write uncopied, and reuses none of them before its release", async () => {
-    const state = pattern(29 * 1024 * 1024 + 300, 79);
-    state.fill(0, 3 << 20, 7 << 20);
-    const path = join(dir, "lend.state");
-    writeFileSync(path, state);
+    const { state, path } = snapshotFile("lend.state", 79, [3 << 20, 7 << 20]);
     const parts: Uint8Array[] = [];
     let lent = 0;
     let changed = 0;
@@ -152,9 +158,7 @@ describe("encodeFile on the pool", () => {
   });
 
   it("a write that fails: encodeFile rejects only after the lent chunks write took were released", async () => {
-    const state = pattern(29 * 1024 * 1024 + 300, 81);
-    const path = join(dir, "lend-fail.state");
-    writeFileSync(path, state);
+    const { path } = snapshotFile("lend-fail.state", 81);
     let calls = 0;
     let taken = 0;
     let released = 0;
@@ -179,9 +183,7 @@ describe("encodeFile on the pool", () => {
   });
 
   it("copies what it hands to write unless asked to lend (a chunk kept, never released, stays as it was)", async () => {
-    const state = pattern(29 * 1024 * 1024 + 300, 80);
-    const path = join(dir, "kept.state");
-    writeFileSync(path, state);
+    const { state, path } = snapshotFile("kept.state", 80);
     const parts: Uint8Array[] = [];
     await encodeFile(path, (chunk) => void parts.push(chunk), { jobs: 2, compress: "lz4" });
     expect(parts.some((chunk) => chunk.buffer instanceof SharedArrayBuffer)).toBe(false);
@@ -191,9 +193,7 @@ describe("encodeFile on the pool", () => {
 
 describe("encodeFile on the pool, a file that changes while it is read", () => {
   it("onwindow sees the bytes the stream carries, not those of a read the stream did not use", async () => {
-    const state = pattern(29 * 1024 * 1024 + 300, 78);
-    const path = join(dir, "changing.state");
-    writeFileSync(path, state);
+    const { path } = snapshotFile("changing.state", 78);
     const seen: Uint8Array[] = [];
     const parts: Uint8Array[] = [];
     let calls = 0;
