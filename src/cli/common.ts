@@ -409,9 +409,10 @@ export function planOutput(path: string, options: { force: boolean; inputs?: rea
 export interface Output {
   readonly plan: OutputPlan;
   /**
-   * Writes `chunk` after everything written before. `release`, if given, is called once the
-   * chunk's memory may be reused (a file: at once; a stream: once the system took it). A write
-   * that resolved may not be in the output yet: see {@link written}.
+   * Writes `chunk` after everything written before. `release`, if given, is called exactly
+   * once, when the chunk's memory may be reused (a file: at once; a stream: once the system took
+   * it), also when the write fails: a write that rejects has released its chunk already. A
+   * write that resolved may not be in the output yet: see {@link written}.
    */
   write(chunk: Uint8Array, release?: () => void): Promise<void>;
   /**
@@ -448,15 +449,17 @@ export async function openOutput(plan: OutputPlan): Promise<Output> {
     return {
       plan,
       async write(chunk, release) {
-        check();
         try {
+          check();
           file.writeAt(chunk, position);
         } catch (error) {
-          failure = error;
+          failure ??= error;
           throw error;
+        } finally {
+          // Written synchronously: done with the chunk whether or not it was written.
+          release?.();
         }
         position += chunk.length;
-        release?.();
       },
       async written() {
         check();
@@ -537,11 +540,18 @@ function streamOutput(plan: OutputPlan, sink: Writable): Output {
       return undefined;
     },
     async write(chunk, release) {
-      check();
-      const ok = sink.write(chunk, (error) => {
-        if (error) failure ??= error;
-        // Done with the chunk either way: a failed stream does not write it later.
+      if (failure) {
         release?.();
+        check();
+      }
+      let ok = false;
+      const taken = new Promise<void>((resolve) => {
+        ok = sink.write(chunk, (error) => {
+          if (error) failure ??= error;
+          // Done with the chunk either way: a failed stream does not write it later.
+          release?.();
+          resolve();
+        });
       });
       // A stream already destroyed (its peer hung up) emits no more events: nothing to wait for.
       if (!ok && !sink.destroyed) {
@@ -557,7 +567,12 @@ function streamOutput(plan: OutputPlan, sink: Writable): Output {
           sink.on("close", done);
         });
       }
-      check();
+      if (failure) {
+        // The system may still be reading the chunk (a write in flight when the peer hung up):
+        // reject only once it is released, as promised. Node calls back every write it took.
+        await taken;
+        check();
+      }
     },
     async commit() {
       await flushed();

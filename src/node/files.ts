@@ -57,8 +57,8 @@ export interface EncodeFileOptions extends Omit<EncoderOptions, "ondata" | "regi
    * must then call `release` once it is done with a chunk (at once for a file written
    * synchronously, once the system took it for a stream), also when its output failed: until
    * then the encode waits, and on a failure it waits for the chunks `write` took before it
-   * rejects. Saves copying the stream, and the buffers the copies take (up to about 19 MiB at
-   * two threads). Default false.
+   * rejects. A `write` that rejects must be done with its own chunk by then. Saves copying the
+   * stream, and the buffers the copies take (up to about 19 MiB at two threads). Default false.
    */
   lend?: boolean;
 }

@@ -1,7 +1,7 @@
 // The CLI's file output: chunks written in order; `written` resolves (with the temporary path)
 // only once all of them are in the file; a failed write fails the writes after it, `written` and
-// commit, and abort leaves nothing behind. A stream output whose peer hung up fails its writes
-// and releases what it took.
+// commit, and abort leaves nothing behind. Every chunk given is released once, also when its write
+// fails (before it rejects). A stream output whose peer hung up fails its writes.
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -38,16 +38,22 @@ describe("file output", () => {
   it("a write that fails (a full disk) fails the next write, `written` and commit; abort leaves nothing", async () => {
     const out = await openOutput(planOutput(join(dir, "full.bin"), { force: true }));
     let failure: unknown;
+    let given = 0;
+    let released = 0;
     for (let i = 0; i < 20 && failure === undefined; i++) {
       try {
-        await out.write(piece(i));
+        given++;
+        await out.write(piece(i), () => released++);
       } catch (error) {
         failure = error;
       }
     }
     expect(failure).toMatchObject({ code: "EIO", message: expect.stringContaining("full.bin") });
     expect((failure as Error).message).not.toContain("migstream-tmp");
-    await expect(out.write(piece(0))).rejects.toMatchObject({ code: "EIO" });
+    // Every chunk released, the failed one too (before its write rejected).
+    expect(released).toBe(given);
+    await expect(out.write(piece(0), () => released++)).rejects.toMatchObject({ code: "EIO" });
+    expect(released).toBe(given + 1);
     await expect(out.written()).rejects.toMatchObject({ code: "EIO" });
     await expect(out.commit()).rejects.toMatchObject({ code: "EIO" });
     out.abort();
@@ -56,7 +62,7 @@ describe("file output", () => {
 });
 
 describe("stream output", () => {
-  it("fails a write once the peer hung up instead of waiting for a drain, and releases every chunk it took (a lending encoder waits for that)", async () => {
+  it("fails a write once the peer hung up instead of waiting for a drain, and releases every chunk once, a failed one before its write rejects (a lending encoder relies on that)", async () => {
     // A socket whose peer hangs up after the first bytes: a small write is taken at once and
     // fails later.
     const path = join(dir, "peer.sock");
@@ -64,21 +70,30 @@ describe("stream output", () => {
     await new Promise<void>((resolve) => server.listen(path, resolve));
     try {
       const out = await openOutput(planOutput(path, { force: true }));
-      let taken = 0;
-      let released = 0;
+      /** Per chunk given to `write`: how often it was released. */
+      const releases: number[] = [];
       let failure: unknown;
+      let failedReleased = -1;
       for (let i = 0; i < 500 && failure === undefined; i++) {
+        releases.push(0);
         try {
-          await out.write(new Uint8Array(1024).fill(i), () => released++);
-          taken++;
+          await out.write(new Uint8Array(1024).fill(i), () => releases[i]!++);
         } catch (error) {
           failure = error;
+          failedReleased = releases[i]!;
         }
         await new Promise((resolve) => setTimeout(resolve, 2));
       }
       expect(failure).toMatchObject({ code: "EIO" });
-      expect(taken).toBeGreaterThan(0);
-      expect(released).toBe(taken);
+      expect(releases.length).toBeGreaterThan(1);
+      expect(failedReleased).toBe(1);
+      // The ones taken before are called back too (a destroyed stream calls back what it holds).
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(releases).toEqual(releases.map(() => 1));
+      // A write after the failure rejects and releases at once.
+      let late = 0;
+      await expect(out.write(new Uint8Array(8), () => late++)).rejects.toMatchObject({ code: "EIO" });
+      expect(late).toBe(1);
       out.abort();
     } finally {
       server.close();
