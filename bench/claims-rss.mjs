@@ -46,7 +46,9 @@ async function deviceClaim() {
   );
   const socket = connect(await listening, "127.0.0.1");
   socket.on("error", () => undefined);
-  socket.write(header);
+  // Handed to the system (so connected) before the wait: a peer destroyed before its header
+  // went out would be an empty connection, which the receiver drops and keeps listening.
+  await new Promise((r) => socket.write(header, r));
   await new Promise((r) => setTimeout(r, 150));
   return { receiving, socket };
 }

@@ -283,9 +283,11 @@ function apply(sample: Sample, other: Sample, m: Mutation): Uint8Array {
 
 /** The property every mutated stream satisfies; returns the outcome for further checks. */
 function checkMutated(sample: Sample, mutated: Uint8Array): Outcome {
-  const started = Date.now();
+  const started = performance.now();
   const o = outcome(() => decodeSnapshot(mutated, sample.options));
-  expect(Date.now() - started).toBeLessThan(2000); // no hang, no runaway
+  // No hang, no runaway (a small stream decodes in well under a millisecond; the bound only
+  // has to hold on a loaded machine).
+  expect(performance.now() - started).toBeLessThan(10_000);
   if (o.ok) {
     // Only a mutation that changed nothing may decode, and then to the original state.
     expect(hex(mutated)).toBe(hex(sample.stream));

@@ -68,7 +68,7 @@ describe("Admission", () => {
   });
 
   it("past their protection, a random member is dropped for each waiting newcomer (random early drop)", async () => {
-    const d = await door({ maxUnauthenticated: 3, protectedMs: 100 });
+    const d = await door({ maxUnauthenticated: 3, protectedMs: 1_000 });
     for (let i = 0; i < 3; i++) await d.dial();
     const first = [...d.admitted];
     await d.dial();
@@ -110,7 +110,7 @@ describe("Admission", () => {
   });
 
   it("a source at its cap waits while another source is admitted at once; room is made within the capped source", async () => {
-    const d = await door({ maxUnauthenticated: 8, maxPerSource: 2, protectedMs: 100 });
+    const d = await door({ maxUnauthenticated: 8, maxPerSource: 2, protectedMs: 1_000 });
     const a = [await d.dial("127.0.0.1"), await d.dial("127.0.0.1"), await d.dial("127.0.0.1")];
     expect(d.admitted).toHaveLength(2);
     await d.dial("127.0.0.2");

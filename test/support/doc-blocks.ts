@@ -49,13 +49,17 @@ export function docBlocks(markdown: string): DocBlock[] {
 
 /**
  * What may differ between two runs of the same example: numbers (sizes, times, digests, ports,
- * counts), the unit a size or a time is shown in, column padding, and how many times a row that
- * normalises the same repeats (a migration takes 1 or 3 pre-copy rounds).
+ * counts), the unit a size or a time is shown in, column padding, how many times a row that
+ * normalises the same repeats (a migration takes 1 or 3 pre-copy rounds), and what a live
+ * migration's timing decides: the state its workload stopped in (STOP, or STOP_COPY when a
+ * write came during the stop-copy) and why pre-copy ended (a stalled round makes no progress).
  */
 export function normalise(text: string): string[] {
   const out: string[] = [];
   for (const raw of text.split("\n")) {
     const line = raw
+      .replace(/stopped at [A-Z_]+/g, "stopped at <state>")
+      .replace(/pre-copy ended: [a-z-]+/g, "pre-copy ended: <reason>")
       .replace(/0x[0-9a-f]+/gi, "0x#")
       .replace(/\d+(?:\.\d+)?/g, "#")
       .replace(/# (?:B|KiB|MiB|GiB|TiB)\b/g, "# <bytes>")

@@ -231,7 +231,7 @@ describe("vfio-user server: DMA", () => {
   });
 
   it("a client that refuses DMA is EIO; one that never answers is ETIMEDOUT; the server stays usable", async () => {
-    const { client, served } = await setup({ dmaTimeoutMs: 300 });
+    const { client, served } = await setup({ dmaTimeoutMs: 1_500 });
     await client.version();
     await client.dmaMap(0x1000, 0x1000);
     client.guest.windows.length = 0; // the client forgets its memory: it answers EFAULT
