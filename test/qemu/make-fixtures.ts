@@ -36,8 +36,7 @@ async function migrateDirtyingOnce(dir: string, out: string, memMiB: number): Pr
   copyFileSync(join(FIXTURES, "dirty-boot.bin"), disk);
   const vm = await startVm({ dir, memMiB, bootDisk: disk }, "dirty");
   try {
-    // Let the BIOS boot the sector (it then loops forever).
-    await sleep(1500);
+    await untilDirtying(vm, dir);
     await vm.qmp("migrate-set-capabilities", { capabilities: [{ capability: "xbzrle", state: true }] });
     // Slow and strict: the two pages it dirties never fit the downtime, so QEMU iterates.
     await vm.qmp("migrate-set-parameters", { "max-bandwidth": 1024 * 1024, "downtime-limit": 1 });
@@ -53,6 +52,30 @@ async function migrateDirtyingOnce(dir: string, out: string, memMiB: number): Pr
     return await vm.waitMigration();
   } finally {
     await vm.quit();
+  }
+}
+
+/**
+ * Waits until the boot sector runs its loop, seen in its pages (read with pmemsave): the 16
+ * words it increments, one every 512 bytes of 0x8000-0x9fff, all counted past 1 and within one
+ * of each other (its signature: a pass increments each once), and counting on since the last
+ * look. Booting takes the BIOS a while under TCG, longer on a loaded machine: a fixed wait
+ * could start the migration before the guest dirties anything.
+ */
+async function untilDirtying(vm: Awaited<ReturnType<typeof startVm>>, dir: string): Promise<void> {
+  const probe = join(dir, "probe.bin");
+  const deadline = performance.now() + 60_000;
+  let last: number | undefined;
+  for (;;) {
+    await vm.pmemsave(0x8000, 0x2000, probe);
+    const pages = readFileSync(probe);
+    const words = Array.from({ length: 16 }, (_, i) => pages.readUInt16LE(i * 512));
+    const low = Math.min(...words);
+    const looping = low > 1 && Math.max(...words) - low <= 1;
+    if (looping && last !== undefined && words[0] !== last) return;
+    last = looping ? words[0] : undefined;
+    if (performance.now() > deadline) throw new Error("the dirtying guest did not start its loop within 60 s");
+    await sleep(50);
   }
 }
 
