@@ -541,8 +541,9 @@ function streamOutput(plan: OutputPlan, sink: Writable): Output {
     },
     async write(chunk, release) {
       if (failure) {
+        // Not taken: released at once, and the failure reported.
         release?.();
-        check();
+        throw streamError(plan, failure);
       }
       let ok = false;
       const taken = new Promise<void>((resolve) => {
