@@ -3,10 +3,9 @@
 // its stream, a second snapshot and the stream between them, a PSK file). Outputs an example
 // writes (`-o name`) are not there beforehand. The only rewrite: `send` examples dial
 // `target:7400`, which here is a receiver started from the matching `receive --help` example
-// (same position) on a free loopback port.
+// (same position) on port 0, dialled on the port it says it listens on.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { cpSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cliOnPath } from "../support/doc-blocks.js";
@@ -67,14 +66,23 @@ function outcome(child: ChildProcess): Promise<{ code: number | null; output: st
   return new Promise((resolve) => child.on("close", (code) => resolve({ code, output })));
 }
 
-function freePort(): Promise<number> {
+/**
+ * The port a receiver started with `--listen` port 0 says it listens on (its first line on
+ * stderr; a port picked by the system, so no other test can hold it, and dialled only once the
+ * receiver listens).
+ */
+function listeningPort(child: ChildProcess): Promise<string> {
   return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
+    let said = "";
+    const read = (d: Buffer): void => {
+      said += d.toString();
+      const port = /listening on \S+:(\d+)/.exec(said)?.[1];
+      if (port === undefined) return;
+      child.stderr?.off("data", read);
+      resolve(port);
+    };
+    child.stderr?.on("data", read);
+    child.once("close", (code) => reject(new Error(`the receiver ended (${code}) before it listened: ${said}`)));
   });
 }
 
@@ -96,18 +104,12 @@ describe("--help examples", () => {
     expect(sends.length).toBeGreaterThan(0);
     expect(sends.length).toBe(receives.length);
     for (const [i, send] of sends.entries()) {
-      const port = String(await freePort());
-      const receive = receives[i]!.replace(/\b7400\b/, port);
+      const receive = receives[i]!.replace(/\b7400\b/, "0");
       const receiver = shell(receive, folderFor(receive));
       const received = outcome(receiver);
+      const port = await listeningPort(receiver);
       const sender = send.replace("target:7400", `127.0.0.1:${port}`);
-      const senderDir = folderFor(sender);
-      // The receiver may not be listening yet: retry a refused connection for a while.
-      let sent = await outcome(shell(sender, senderDir));
-      for (let tries = 0; sent.code !== 0 && /ECONNREFUSED/.test(sent.output) && tries < 100; tries++) {
-        await new Promise((r) => setTimeout(r, 100));
-        sent = await outcome(shell(sender, senderDir));
-      }
+      const sent = await outcome(shell(sender, folderFor(sender)));
       expect(sent.code, `${send}\n${sent.output}`).toBe(0);
       const got = await received;
       expect(got.code, `${receive}\n${got.output}`).toBe(0);
